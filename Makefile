@@ -1,0 +1,35 @@
+# Every target creates/refreshes the local virtual environment first, so a new user types nothing else.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+# The CPU build of torch is installed first (on this project's machines it lies on local disk).
+# A GPU user can run `make TORCH_SPEC=torch ...` or install their CUDA torch into the venv beforehand:
+# an already importable torch is kept.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.crossgraft-installed
+DEMO_OUT ?= runs/demo
+
+.PHONY: venv demo test lint bench-metrics clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	@touch $(STAMP)
+
+demo: venv
+	$(PY) -m crossgraft anomaly demo --out $(DEMO_OUT)
+
+test: venv
+	$(PY) -m pytest
+
+lint: venv
+	$(VENV)/bin/ruff check src tests benchmarks
+
+bench-metrics: venv
+	$(PY) benchmarks/metrics_bench.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

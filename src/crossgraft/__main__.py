@@ -1,0 +1,5 @@
+import sys
+
+from crossgraft.cli import main
+
+sys.exit(main())

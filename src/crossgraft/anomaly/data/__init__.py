@@ -1,0 +1,23 @@
+"""Anomaly datasets: on-disk formats, one record type, transforms, k-shot selection, synthetic data."""
+
+from crossgraft.anomaly.data.dataset import AnomalyDataset
+from crossgraft.anomaly.data.datasets import DATASETS, DatasetSpec, get_spec, group_by_class, load_samples
+from crossgraft.anomaly.data.kshot import sample_k_shot
+from crossgraft.anomaly.data.records import DataError, Sample, write_jsonl
+from crossgraft.anomaly.data.transforms import AugmentConfig, TestTransform, TrainTransform
+
+__all__ = [
+    "DATASETS",
+    "AnomalyDataset",
+    "AugmentConfig",
+    "DataError",
+    "DatasetSpec",
+    "Sample",
+    "TestTransform",
+    "TrainTransform",
+    "get_spec",
+    "group_by_class",
+    "load_samples",
+    "sample_k_shot",
+    "write_jsonl",
+]

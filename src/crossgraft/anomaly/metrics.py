@@ -1,0 +1,404 @@
+"""Exact, fast anomaly-detection metrics (DESIGN §5).
+
+Image and pixel AUROC / AP (as sklearn's `roc_auc_score` / `average_precision_score`, ties included), F1-max
+over every threshold of the precision-recall curve, and AUPRO as the official MVTec AD evaluation defines
+it: regions are the 8-connected components of each ground-truth mask, FPR runs over all normal pixels of
+the class, PRO is the mean overlap over regions, the curve is integrated up to `fpr_limit` (linear
+interpolation at the limit) and divided by it. `pro_compat=True` adds the 200-threshold AUPRO that
+AnomalyCLIP-family papers report (thresholds evenly spaced between the class's min and max score, strict
+`>`, FPR kept below the limit and min-max rescaled, as their code does).
+
+How it is fast: every pixel becomes one 64-bit key, the order-preserving bits of its float32 score above
+its region id (0 for a normal pixel), written straight into one growing buffer as batches arrive (8 bytes
+a pixel; no float maps are kept). One in-place sort per class; one chunked pass finds the anomalous
+pixels; everything after that works on the anomalous pixels and on the distinct scores they hold, because
+every curve changes slope only there: between two such scores TP and PRO are flat, so AUROC (Mann-Whitney
+with ties), AP and F1-max only need those groups, and the (FPR, PRO) curve is flat between them. No
+per-threshold loop, no sklearn, no second copy of the pixels.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import ndimage
+
+CHUNK = 1 << 22  # keys scanned per vectorised step when looking for anomalous pixels
+REGION_BITS = 32
+REGION_MASK = np.uint64((1 << REGION_BITS) - 1)
+SIGN_BIT = np.int32(-(2**31))
+EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
+COMPAT_STEPS = 200
+LITTLE_ENDIAN = sys.byteorder == "little"
+
+
+@dataclass
+class AnomalyMetrics:
+    """Metrics of one class (or their mean). None: not applicable (e.g. a class with only one label)."""
+
+    image_auroc: float | None
+    image_ap: float | None
+    image_f1max: float | None
+    pixel_auroc: float | None
+    pixel_ap: float | None
+    pixel_f1max: float | None
+    aupro: float | None
+    aupro_compat: float | None = None
+
+    def as_dict(self) -> dict[str, float | None]:
+        return asdict(self)
+
+
+@dataclass
+class CurveMetrics:
+    auroc: float | None
+    ap: float | None
+    f1max: float | None
+    aupro: float | None = None
+    aupro_compat: float | None = None
+
+
+class MetricsInputError(ValueError):
+    """Scores or masks that cannot be evaluated (NaN/inf scores, non-binary masks, mismatched shapes)."""
+
+
+# ------------------------------------------------------------------------------------------ key packing
+def _ordered_bits32(scores: np.ndarray) -> np.ndarray:
+    """uint32 whose unsigned order is the float32 order; -0.0 is made +0.0 first so that the two tie."""
+    bits = (np.asarray(scores, dtype=np.float32) + np.float32(0.0)).view(np.int32)
+    return (bits ^ ((bits >> 31) | SIGN_BIT)).view(np.uint32)  # negatives: all bits flipped; else sign set
+
+
+def ordered_bits(scores: np.ndarray) -> np.ndarray:
+    """The ordered score bits as uint64 (the high half of a key)."""
+    return _ordered_bits32(scores).astype(np.uint64)
+
+
+def _check_finite(scores: np.ndarray, what: str) -> None:
+    if not np.isfinite(scores).all():
+        bad = int((~np.isfinite(scores)).sum())
+        raise MetricsInputError(f"{what} contain {bad} NaN or infinite value(s); cannot rank them")
+
+
+def _binary_mask(masks: np.ndarray, binarize: bool) -> np.ndarray:
+    masks = np.asarray(masks)
+    if masks.dtype == bool:
+        return masks
+    if binarize:
+        return masks != 0
+    values = np.unique(masks)
+    if not np.isin(values, (0, 1)).all():
+        shown = values[:6].tolist()
+        raise MetricsInputError(
+            f"masks must be binary (0/1 or bool), found values {shown}; pass binarize=True to use mask != 0"
+        )
+    return masks.astype(bool)
+
+
+# ----------------------------------------------------------------------------------------- accumulator
+class PixelAccumulator:
+    """Collects one class's anomaly maps batch by batch as packed keys (8 bytes a pixel, no float maps).
+
+    Give `expected_pixels` (images x H x W of the class) when it is known, as an evaluation does: the keys
+    then go straight into one buffer, and computing needs no second copy. Without it, batches are kept as
+    separate blocks and joined once at `compute()`.
+    """
+
+    def __init__(self, *, binarize: bool = False, expected_pixels: int | None = None) -> None:
+        self.binarize = binarize
+        self._blocks: list[np.ndarray] = []
+        self._free: np.ndarray | None = np.empty(expected_pixels, np.uint64) if expected_pixels else None
+        self._region_sizes: list[np.ndarray] = [np.zeros(1, dtype=np.int64)]  # region 0: normal pixels
+        self.num_regions = 0
+        self.num_positive = 0
+        self.num_pixels = 0
+        self.min_score = np.float32(np.inf)
+        self.max_score = np.float32(-np.inf)
+
+    def _take(self, count: int) -> np.ndarray:
+        """A block of `count` keys: the next part of the preallocated buffer, or a new array."""
+        if self._free is not None and self._free.size >= count:
+            block, self._free = self._free[:count], self._free[count:]
+        else:
+            block = np.empty(count, dtype=np.uint64)
+        self._blocks.append(block)
+        return block
+
+    def _all_keys(self) -> np.ndarray:
+        blocks, self._blocks, self._free = self._blocks, [], None
+        if not blocks:
+            return np.empty(0, dtype=np.uint64)
+        base = blocks[0].base
+        if base is not None and all(b.base is base for b in blocks):  # all in the one preallocated buffer
+            return base[: self.num_pixels]
+        return np.concatenate(blocks)
+
+    def add(self, scores: np.ndarray, masks: np.ndarray) -> None:
+        """Add maps (B, H, W) or (H, W) with their ground-truth masks of the same shape."""
+        scores = np.asarray(scores, dtype=np.float32)
+        masks = _binary_mask(masks, self.binarize)
+        if scores.shape != masks.shape:
+            raise MetricsInputError(f"anomaly maps {scores.shape} and masks {masks.shape} differ in shape")
+        if scores.ndim == 2:
+            scores, masks = scores[None], masks[None]
+        if scores.ndim != 3:
+            raise MetricsInputError(f"anomaly maps must be (N, H, W) or (H, W), got {scores.shape}")
+        _check_finite(scores, "anomaly maps")
+        if scores.size == 0:
+            return
+        block = self._take(scores.size).reshape(scores.shape)  # (B, H, W) keys
+        for index in range(scores.shape[0]):
+            regions = np.zeros(scores.shape[1:], dtype=np.uint32)
+            if masks[index].any():
+                labels, count = ndimage.label(masks[index], structure=EIGHT_CONNECTED)
+                if self.num_regions + count >= 1 << REGION_BITS:
+                    raise MetricsInputError("more than 2^32 ground-truth regions in one class")
+                regions = np.where(labels > 0, labels + self.num_regions, 0).astype(np.uint32)
+                self._region_sizes.append(np.bincount(labels.ravel())[1:].astype(np.int64))
+                self.num_regions += count
+            _pack_keys(block[index], _ordered_bits32(scores[index]), regions)
+        self.num_positive += int(masks.sum())
+        self.num_pixels += scores.size
+        self.min_score = min(self.min_score, scores.min())
+        self.max_score = max(self.max_score, scores.max())
+
+    def compute(self, *, fpr_limit: float = 0.3, pro_compat: bool = False) -> CurveMetrics:
+        """Pixel AUROC, AP, F1-max and AUPRO; None where the class has only one pixel label. Consumes the keys."""
+        keys = self._all_keys()
+        num_negative = keys.size - self.num_positive
+        if self.num_positive == 0 or num_negative == 0:
+            return CurveMetrics(None, None, None, None, None)
+        keys.sort()
+        sizes = np.concatenate(self._region_sizes).astype(np.float64)
+        weights = np.zeros_like(sizes)
+        weights[1:] = 1.0 / (self.num_regions * sizes[1:])  # a region's pixels add up to 1/R of PRO
+        compat = _compat_thresholds(self.min_score, self.max_score) if pro_compat else None
+        return _metrics_from_sorted_keys(keys, weights, fpr_limit, compat)
+
+
+def _pack_keys(out: np.ndarray, score_bits: np.ndarray, regions: np.ndarray) -> None:
+    """out (uint64) = score_bits << 32 | regions, written as two uint32 halves where the machine allows."""
+    if LITTLE_ENDIAN and out.flags.c_contiguous:
+        halves = out.view(np.uint32)
+        halves[..., 1::2] = score_bits
+        halves[..., 0::2] = regions
+    else:
+        out[...] = (score_bits.astype(np.uint64) << np.uint64(REGION_BITS)) | regions
+
+
+class ImageAccumulator:
+    """Image scores and labels of one class."""
+
+    def __init__(self) -> None:
+        self.scores: list[np.ndarray] = []
+        self.labels: list[np.ndarray] = []
+
+    def add(self, scores: np.ndarray, labels: np.ndarray) -> None:
+        scores = np.asarray(scores, dtype=np.float32).ravel()
+        labels = np.asarray(labels).ravel()
+        if scores.shape != labels.shape:
+            raise MetricsInputError(f"{scores.size} image scores but {labels.size} image labels")
+        _check_finite(scores, "image scores")
+        if not np.isin(labels, (0, 1)).all():
+            raise MetricsInputError(f"image labels must be 0 or 1, found {np.unique(labels)[:6].tolist()}")
+        self.scores.append(scores)
+        self.labels.append(labels.astype(np.int64))
+
+    def compute(self) -> CurveMetrics:
+        scores = np.concatenate(self.scores) if self.scores else np.zeros(0, np.float32)
+        labels = np.concatenate(self.labels) if self.labels else np.zeros(0, np.int64)
+        if labels.sum() in (0, labels.size):
+            return CurveMetrics(None, None, None)
+        keys = np.empty(scores.size, dtype=np.uint64)
+        _pack_keys(keys, _ordered_bits32(scores), labels.astype(np.uint32))  # "region" 1 = anomalous image
+        keys.sort()
+        return _metrics_from_sorted_keys(keys, np.array([0.0, 0.0]), fpr_limit=None, compat=None)
+
+
+# ------------------------------------------------------------------------------------- curve metrics
+def _compat_thresholds(min_score: np.float32, max_score: np.float32) -> np.ndarray:
+    # Same arithmetic as the AnomalyCLIP code: float32 step, np.arange of float32 scalars (a float64 array).
+    min_score, max_score = np.float32(min_score), np.float32(max_score)
+    delta = (max_score - min_score) / COMPAT_STEPS
+    if delta == 0:
+        return np.zeros(0)
+    return np.arange(min_score, max_score, delta)
+
+
+def _positive_positions(keys: np.ndarray) -> np.ndarray:
+    """Sorted indices of the keys whose region id is non-zero, found chunk by chunk (bounded temporaries)."""
+    parts = []
+    for start in range(0, keys.size, CHUNK):
+        chunk = keys[start : start + CHUNK]
+        parts.append(np.flatnonzero(chunk & REGION_MASK) + start)
+    return np.concatenate(parts)
+
+
+def _metrics_from_sorted_keys(
+    keys: np.ndarray, weights: np.ndarray, fpr_limit: float | None, compat: np.ndarray | None
+) -> CurveMetrics:
+    """All metrics from ascending keys. Work beyond one scan is proportional to the anomalous pixels."""
+    total = keys.size
+    positions = _positive_positions(keys)  # (P,) ascending
+    num_positive = positions.size
+    num_negative = total - num_positive
+    positive_keys = keys[positions]
+    positive_bits = positive_keys >> np.uint64(REGION_BITS)
+    pro_weights = weights[(positive_keys & REGION_MASK).astype(np.intp)]
+
+    # groups: distinct scores that hold at least one anomalous pixel, ascending
+    first = np.flatnonzero(np.concatenate(([True], positive_bits[1:] != positive_bits[:-1])))
+    group_bits = positive_bits[first]
+    tp_in_group = np.diff(np.append(first, num_positive)).astype(np.float64)
+    lo = np.searchsorted(keys, group_bits << np.uint64(REGION_BITS), side="left")  # first key of the group
+    hi = np.searchsorted(keys, (group_bits + np.uint64(1)) << np.uint64(REGION_BITS), side="left")
+    fp_in_group = (hi - lo) - tp_in_group
+    positives_below = first.astype(np.float64)
+    negatives_below = lo - positives_below
+    tp_at = num_positive - positives_below  # score >= group score
+    fp_at = num_negative - negatives_below
+
+    # AUROC: Mann-Whitney with ties counted half; AP and F1-max at each threshold where TP changes
+    auroc = float(np.sum(tp_in_group * (negatives_below + 0.5 * fp_in_group))) / (num_positive * num_negative)
+    precision = tp_at / (tp_at + fp_at)
+    ap = float(np.sum(tp_in_group * precision)) / num_positive
+    f1max = float(np.max(2 * tp_at / (tp_at + fp_at + num_positive)))
+    result = CurveMetrics(auroc=auroc, ap=ap, f1max=f1max)
+
+    if fpr_limit is not None or compat is not None:
+        cum_weights = np.concatenate(([0.0], np.cumsum(pro_weights)))  # weight of positives below index
+        pro_at = np.minimum(cum_weights[-1] - cum_weights[first], 1.0)  # PRO at score >= group score
+    if fpr_limit is not None:
+        result.aupro = _aupro(fp_at, fp_in_group, pro_at, num_negative, fpr_limit)
+    if compat is not None:
+        # pixels strictly above a float64 threshold = float32 scores >= the next float32 above it
+        bounds = compat.astype(np.float32)
+        bounds = np.where(bounds.astype(np.float64) <= compat, np.nextafter(bounds, np.float32(np.inf)), bounds)
+        bound_keys = ordered_bits(bounds) << np.uint64(REGION_BITS)
+        above = total - np.searchsorted(keys, bound_keys, side="left")
+        positives_not_above = np.searchsorted(positive_keys, bound_keys, side="left")
+        fp_above = above - (num_positive - positives_not_above)
+        pro_above = np.minimum(cum_weights[-1] - cum_weights[positives_not_above], 1.0)
+        result.aupro_compat = _compat_aupro(fp_above / num_negative, pro_above, fpr_limit or 0.3)
+    return result
+
+
+def _aupro(fp_at, fp_in_group, pro_at, num_negative, fpr_limit) -> float:
+    """Integrate the MVTec (FPR, PRO) curve from (0, 0) to the limit, descending thresholds.
+
+    Between two groups with anomalous pixels PRO is flat, so the curve's vertices are, per group: the
+    point before it (FPR of the scores above it, PRO of the previous group) and its end point; then the
+    lowest score's point (1, PRO) and the official closing point (1, 1).
+    """
+    fpr_end = np.minimum(fp_at[::-1] / num_negative, 1.0)
+    fpr_start = np.minimum((fp_at - fp_in_group)[::-1] / num_negative, 1.0)
+    pro_end = pro_at[::-1]
+    pro_start = np.concatenate(([0.0], pro_end[:-1]))
+    xs = np.concatenate(([0.0], np.column_stack([fpr_start, fpr_end]).ravel(), [1.0, 1.0]))
+    ys = np.concatenate(([0.0], np.column_stack([pro_start, pro_end]).ravel(), [pro_end[-1], 1.0]))
+    return _area_up_to(xs, ys, fpr_limit) / fpr_limit
+
+
+def _area_up_to(xs: np.ndarray, ys: np.ndarray, limit: float) -> float:
+    """Trapezoid area of a polyline with non-decreasing x from xs[0] to `limit`, interpolating at the limit."""
+    inside = xs <= limit
+    count = int(np.argmin(inside)) if not inside.all() else xs.size  # vertices up to the limit
+    area = float(np.sum((xs[1:count] - xs[: count - 1]) * (ys[1:count] + ys[: count - 1]) * 0.5))
+    if count < xs.size and xs[count - 1] < limit:
+        last_x, last_y, next_x, next_y = xs[count - 1], ys[count - 1], xs[count], ys[count]
+        y_at_limit = last_y + (next_y - last_y) * (limit - last_x) / (next_x - last_x)
+        area += 0.5 * (y_at_limit + last_y) * (limit - last_x)
+    return area
+
+
+def _compat_aupro(fprs: np.ndarray, pros: np.ndarray, fpr_limit: float) -> float | None:
+    keep = fprs < fpr_limit
+    fprs, pros = fprs[keep], pros[keep]
+    if fprs.size < 2 or fprs.max() == fprs.min():
+        return None
+    fprs = (fprs - fprs.min()) / (fprs.max() - fprs.min())
+    return float(abs(np.sum((fprs[1:] - fprs[:-1]) * (pros[1:] + pros[:-1]) * 0.5)))
+
+
+# -------------------------------------------------------------------------------------------- public
+def compute_metrics(
+    pixel_scores: np.ndarray | None,
+    masks: np.ndarray | None,
+    image_scores: np.ndarray,
+    image_labels: np.ndarray,
+    *,
+    fpr_limit: float = 0.3,
+    pro_compat: bool = False,
+    binarize: bool = False,
+) -> AnomalyMetrics:
+    """All metrics of one class. `pixel_scores` (N, H, W) float, `masks` (N, H, W) 0/1 or bool (or both None
+    for image-level only), `image_scores` and `image_labels` (N,)."""
+    expected = None if pixel_scores is None else int(np.prod(np.shape(pixel_scores)))
+    accumulator = ClassMetricsAccumulator(
+        fpr_limit=fpr_limit, pro_compat=pro_compat, binarize=binarize, expected_pixels=expected
+    )
+    accumulator.add(image_scores, image_labels, pixel_scores, masks)
+    return accumulator.compute()
+
+
+class ClassMetricsAccumulator:
+    """Batch-by-batch evaluation of one class: `add(...)` per batch, `compute()` once."""
+
+    def __init__(
+        self,
+        *,
+        fpr_limit: float = 0.3,
+        pro_compat: bool = False,
+        binarize: bool = False,
+        expected_pixels: int | None = None,
+    ) -> None:
+        if not 0 < fpr_limit <= 1:
+            raise MetricsInputError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
+        self.fpr_limit = fpr_limit
+        self.pro_compat = pro_compat
+        self.pixels = PixelAccumulator(binarize=binarize, expected_pixels=expected_pixels)
+        self.images = ImageAccumulator()
+        self.has_pixels = False
+
+    def add(
+        self,
+        image_scores: np.ndarray,
+        image_labels: np.ndarray,
+        pixel_scores: np.ndarray | None = None,
+        masks: np.ndarray | None = None,
+    ) -> None:
+        if pixel_scores is not None:
+            if masks is None:
+                raise MetricsInputError("pixel scores were given without masks")
+            if len(pixel_scores) != np.asarray(image_scores).size:
+                raise MetricsInputError(
+                    f"{len(pixel_scores)} anomaly maps but {np.asarray(image_scores).size} image scores"
+                )
+        self.images.add(image_scores, image_labels)
+        if pixel_scores is not None:
+            self.pixels.add(pixel_scores, masks)
+            self.has_pixels = True
+
+    def compute(self) -> AnomalyMetrics:
+        image = self.images.compute()
+        pixel = (
+            self.pixels.compute(fpr_limit=self.fpr_limit, pro_compat=self.pro_compat)
+            if self.has_pixels
+            else CurveMetrics(None, None, None)
+        )
+        return AnomalyMetrics(
+            image.auroc, image.ap, image.f1max, pixel.auroc, pixel.ap, pixel.f1max, pixel.aupro,
+            pixel.aupro_compat if self.pro_compat else None,
+        )
+
+
+def mean_metrics(per_class: dict[str, AnomalyMetrics]) -> AnomalyMetrics:
+    """Mean over classes of each metric, leaving out classes where it is not applicable (None)."""
+    fields = list(AnomalyMetrics.__dataclass_fields__)
+    means = {}
+    for field in fields:
+        values = [getattr(m, field) for m in per_class.values() if getattr(m, field) is not None]
+        means[field] = float(np.mean(values)) if values else None
+    return AnomalyMetrics(**means)

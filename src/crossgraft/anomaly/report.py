@@ -1,0 +1,98 @@
+"""Per-class + mean result tables: terminal text, CSV and JSON."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+from crossgraft.anomaly.metrics import AnomalyMetrics, mean_metrics
+
+COLUMNS = {
+    "image_auroc": "I-AUROC",
+    "image_ap": "I-AP",
+    "image_f1max": "I-F1max",
+    "pixel_auroc": "P-AUROC",
+    "pixel_ap": "P-AP",
+    "pixel_f1max": "P-F1max",
+    "aupro": "AUPRO",
+    "aupro_compat": "AUPRO@200",
+}
+MEAN_ROW = "mean"
+NOT_APPLICABLE = "n/a"
+
+
+def _columns(per_class: dict[str, AnomalyMetrics]) -> list[str]:
+    """Every column, except AUPRO@200 when no class has it."""
+    fields = list(COLUMNS)
+    if all(m.aupro_compat is None for m in per_class.values()):
+        fields.remove("aupro_compat")
+    return fields
+
+
+def format_table(per_class: dict[str, AnomalyMetrics], title: str | None = None) -> str:
+    """A plain-text table in percent (one decimal), classes then their mean."""
+    fields = _columns(per_class)
+    rows = {**per_class, MEAN_ROW: mean_metrics(per_class)}
+    name_width = max(len(MEAN_ROW), *(len(name) for name in rows))
+    widths = [max(len(COLUMNS[f]), 6) for f in fields]
+    lines = []
+    if title:
+        lines.append(title)
+    header = f"{'class':<{name_width}}  " + "  ".join(f"{COLUMNS[f]:>{w}}" for f, w in zip(fields, widths))
+    lines += [header, "-" * len(header)]
+    for name, metrics in rows.items():
+        if name == MEAN_ROW:
+            lines.append("-" * len(header))
+        cells = []
+        for field, width in zip(fields, widths):
+            value = getattr(metrics, field)
+            cells.append(f"{NOT_APPLICABLE if value is None else f'{100 * value:.1f}':>{width}}")
+        lines.append(f"{name:<{name_width}}  " + "  ".join(cells))
+    if any(getattr(m, f) is None for m in per_class.values() for f in fields):
+        lines.append(
+            f"{NOT_APPLICABLE}: not applicable (the class has only normal or only anomalous "
+            "images/pixels); left out of the mean"
+        )
+    return "\n".join(lines)
+
+
+def _atomic_write(path: Path, text: str) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def write_csv(per_class: dict[str, AnomalyMetrics], path: Path) -> Path:
+    """One row per class and a mean row; values are fractions in [0, 1], empty where not applicable."""
+    fields = _columns(per_class)
+    rows = {**per_class, MEAN_ROW: mean_metrics(per_class)}
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    with tmp.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["class", *fields])
+        for name, metrics in rows.items():
+            writer.writerow([name, *("" if getattr(metrics, f) is None else repr(getattr(metrics, f)) for f in fields)])
+    os.replace(tmp, path)
+    return Path(path)
+
+
+def write_json(per_class: dict[str, AnomalyMetrics], path: Path, extra: dict | None = None) -> Path:
+    """{"classes": {name: metrics}, "mean": metrics, ...extra}; null where not applicable."""
+    document = {
+        "classes": {name: metrics.as_dict() for name, metrics in per_class.items()},
+        "mean": mean_metrics(per_class).as_dict(),
+        **(extra or {}),
+    }
+    return _atomic_write(path, json.dumps(document, indent=2) + "\n")
+
+
+def read_json(path: Path) -> dict[str, AnomalyMetrics]:
+    """Per-class metrics back from a results.json."""
+    document = json.loads(Path(path).read_text(encoding="utf-8"))
+    return {name: AnomalyMetrics(**values) for name, values in document["classes"].items()}
