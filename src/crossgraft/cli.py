@@ -45,7 +45,8 @@ def add_clip_args(parser: argparse.ArgumentParser) -> None:
                        "is the paper's), an OpenAI-format .pt/.pth file (ViT-L-14-336px.pt), or 'tiny' "
                        "(random, offline, for tests and demos)")
     group.add_argument("--tokenizer", default=None,
-                       help="CLIP tokenizer (HF id or directory); default: from --clip, or the OpenAI one for .pt files")
+                       help="CLIP tokenizer (HF id or directory); default: from --clip, or the OpenAI one "
+                       "for .pt files")
     group.add_argument("--img_size", type=int, default=None,
                        help=f"input side in pixels, a multiple of the patch size (default: {DEFAULT_IMG_SIZE} for real "
                        "CLIPs, the preset's own size for tiny); positions are interpolated bicubically")

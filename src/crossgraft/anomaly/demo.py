@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from crossgraft.anomaly.backbone import FrozenCLIP, load_clip
-from crossgraft.anomaly.data import AnomalyDataset, TestTransform, group_by_class, load_samples
+from crossgraft.anomaly.data import AnomalyDataset, EvalTransform, group_by_class, load_samples
 from crossgraft.anomaly.data.synthetic import SyntheticConfig, make_synthetic_dataset
 from crossgraft.anomaly.metrics import AnomalyMetrics, ClassMetricsAccumulator
 from crossgraft.anomaly.report import format_table, write_csv, write_json
@@ -84,7 +84,7 @@ def run_demo(
         backbone.embed_dim, backbone.image_size, backbone.grid_size, backbone.grid_size,
         backbone.clip.config.vision_config.image_size, backbone.levels,
     )
-    transform = TestTransform(backbone.image_size)
+    transform = EvalTransform(backbone.image_size)
     results: dict[str, AnomalyMetrics] = {}
     panels = []
     for name, samples in test.items():

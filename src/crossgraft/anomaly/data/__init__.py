@@ -4,7 +4,7 @@ from crossgraft.anomaly.data.dataset import AnomalyDataset
 from crossgraft.anomaly.data.datasets import DATASETS, DatasetSpec, get_spec, group_by_class, load_samples
 from crossgraft.anomaly.data.kshot import sample_k_shot
 from crossgraft.anomaly.data.records import DataError, Sample, write_jsonl
-from crossgraft.anomaly.data.transforms import AugmentConfig, TestTransform, TrainTransform
+from crossgraft.anomaly.data.transforms import AugmentConfig, EvalTransform, TrainTransform
 
 __all__ = [
     "DATASETS",
@@ -13,7 +13,7 @@ __all__ = [
     "DataError",
     "DatasetSpec",
     "Sample",
-    "TestTransform",
+    "EvalTransform",
     "TrainTransform",
     "get_spec",
     "group_by_class",

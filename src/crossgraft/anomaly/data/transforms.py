@@ -74,7 +74,7 @@ def _to_tensors(image: Image.Image, mask: Image.Image) -> tuple[torch.Tensor, to
     return (pixels - mean) / std, mask_tensor
 
 
-class TestTransform:
+class EvalTransform:
     """Resize (image bicubic, mask nearest), normalise with CLIP's mean/std, binarise the mask."""
 
     def __init__(self, image_size: int) -> None:
@@ -96,7 +96,7 @@ def _uniform(low: float, high: float) -> float:
     return float(low + (high - low) * torch.rand(()))
 
 
-class TrainTransform(TestTransform):
+class TrainTransform(EvalTransform):
     """The reference augmentation, applied jointly to image and mask. Draws from torch's RNG (seedable)."""
 
     def __init__(self, image_size: int, augment: AugmentConfig | None = None) -> None:
