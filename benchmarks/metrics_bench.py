@@ -23,9 +23,21 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 from crossgraft.anomaly.metrics import ClassMetricsAccumulator
 
 MVTEC_TEST_SIZES = {
-    "bottle": 83, "cable": 150, "capsule": 132, "carpet": 117, "grid": 78, "hazelnut": 110, "leather": 124,
-    "metal_nut": 115, "pill": 167, "screw": 160, "tile": 117, "toothbrush": 42, "transistor": 100,
-    "wood": 79, "zipper": 151,
+    "bottle": 83,
+    "cable": 150,
+    "capsule": 132,
+    "carpet": 117,
+    "grid": 78,
+    "hazelnut": 110,
+    "leather": 124,
+    "metal_nut": 115,
+    "pill": 167,
+    "screw": 160,
+    "tile": 117,
+    "toothbrush": 42,
+    "transistor": 100,
+    "wood": 79,
+    "zipper": 151,
 }
 GRID = 37
 EVAL_BATCH = 32
@@ -118,16 +130,22 @@ def main() -> None:
             base_time += base_elapsed
             base_pixels += pixels
             base_cell, delta_cell = f"{base_elapsed:.1f}", f"{abs(base_auroc - result.pixel_auroc):.1e}"
-        print(f"{name:<12}{len(maps):>7}{pixels / 1e6:>8.1f}{elapsed:>9.2f}{bytes_per_pixel:>11.1f}"
-              f"{base_cell:>12}{delta_cell:>10}")
+        print(
+            f"{name:<12}{len(maps):>7}{pixels / 1e6:>8.1f}{elapsed:>9.2f}{bytes_per_pixel:>11.1f}"
+            f"{base_cell:>12}{delta_cell:>10}"
+        )
         del maps, masks
     print()
-    print(f"ours: all pixel + image metrics incl. AUPRO, {len(names)} classes, {total_pixels / 1e6:.0f} Mpx: "
-          f"{ours_time:.1f} s; peak extra memory {worst_bytes_per_pixel:.1f} bytes/pixel of a class")
+    print(
+        f"ours: all pixel + image metrics incl. AUPRO, {len(names)} classes, {total_pixels / 1e6:.0f} Mpx: "
+        f"{ours_time:.1f} s; peak extra memory {worst_bytes_per_pixel:.1f} bytes/pixel of a class"
+    )
     if base_pixels:
         extrapolated = base_time * total_pixels / base_pixels
-        print(f"baseline: {base_time:.1f} s on {args.baseline_classes} classes ({base_pixels / 1e6:.0f} Mpx), "
-              f"extrapolated by pixel count to all classes: {extrapolated:.0f} s")
+        print(
+            f"baseline: {base_time:.1f} s on {args.baseline_classes} classes ({base_pixels / 1e6:.0f} Mpx), "
+            f"extrapolated by pixel count to all classes: {extrapolated:.0f} s"
+        )
         print(f"speed-up: {extrapolated / ours_time:.1f}x (baseline extrapolated / ours measured)")
 
 

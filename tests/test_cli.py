@@ -8,7 +8,7 @@ import pytest
 
 from crossgraft.cli import build_parser, main
 
-ANOMALY_COMMANDS = ["demo", "make-synthetic", "inspect-data", "k-shot", "features"]
+ANOMALY_COMMANDS = ["demo", "train", "test", "predict", "make-synthetic", "inspect-data", "k-shot", "features"]
 
 
 def test_top_level_and_family_help_list_the_commands(capsys):
@@ -39,8 +39,25 @@ def test_module_entry_point_runs():
 
 def test_make_synthetic_inspect_and_k_shot(tmp_path, capsys):
     root = tmp_path / "data"
-    assert main(["anomaly", "make-synthetic", "--out", str(root), "--classes", "2", "--train_per_class", "1",
-                 "--test_per_class", "4", "--size", "32"]) == 0
+    assert (
+        main(
+            [
+                "anomaly",
+                "make-synthetic",
+                "--out",
+                str(root),
+                "--classes",
+                "2",
+                "--train_per_class",
+                "1",
+                "--test_per_class",
+                "4",
+                "--size",
+                "32",
+            ]
+        )
+        == 0
+    )
     assert main(["anomaly", "inspect-data", "--data_root", str(root)]) == 0
     out = capsys.readouterr().out
     assert "8 images, every file readable" in out and "stripes" in out
@@ -67,8 +84,22 @@ def test_features_command_on_the_tiny_preset(capsys):
 
 def test_demo_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
-    args = ["anomaly", "demo", "--out", str(out), "--classes", "2", "--train_per_class", "4", "--test_per_class", "6",
-            "--size", "64", "--device", "cpu"]
+    args = [
+        "anomaly",
+        "demo",
+        "--out",
+        str(out),
+        "--classes",
+        "2",
+        "--train_per_class",
+        "4",
+        "--test_per_class",
+        "6",
+        "--size",
+        "64",
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "P-AUROC" in printed and "mean" in printed

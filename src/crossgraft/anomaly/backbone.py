@@ -465,8 +465,15 @@ def _count_blocks(state_dict: dict[str, torch.Tensor], prefix: str) -> int:
 
 def clip_from_openai_state_dict(state_dict: dict[str, torch.Tensor]) -> CLIPModel:
     """Convert OpenAI / open_clip ViT key names (`visual.transformer.resblocks.*`, ...) to transformers' CLIP."""
-    required = ["visual.conv1.weight", "visual.positional_embedding", "visual.proj", "token_embedding.weight",
-                "positional_embedding", "ln_final.weight", "text_projection"]
+    required = [
+        "visual.conv1.weight",
+        "visual.positional_embedding",
+        "visual.proj",
+        "token_embedding.weight",
+        "positional_embedding",
+        "ln_final.weight",
+        "text_projection",
+    ]
     missing = [key for key in required if key not in state_dict]
     if missing:
         raise BackboneError(
@@ -531,13 +538,19 @@ def _convert_block(state_dict: dict[str, torch.Tensor], source: str, target: str
     q_weight, k_weight, v_weight = state_dict[f"{source}attn.in_proj_weight"].chunk(3, dim=0)
     q_bias, k_bias, v_bias = state_dict[f"{source}attn.in_proj_bias"].chunk(3, dim=0)
     renamed = {
-        "self_attn.q_proj.weight": q_weight, "self_attn.q_proj.bias": q_bias,
-        "self_attn.k_proj.weight": k_weight, "self_attn.k_proj.bias": k_bias,
-        "self_attn.v_proj.weight": v_weight, "self_attn.v_proj.bias": v_bias,
+        "self_attn.q_proj.weight": q_weight,
+        "self_attn.q_proj.bias": q_bias,
+        "self_attn.k_proj.weight": k_weight,
+        "self_attn.k_proj.bias": k_bias,
+        "self_attn.v_proj.weight": v_weight,
+        "self_attn.v_proj.bias": v_bias,
     }
     for source_name, target_name in [
-        ("attn.out_proj", "self_attn.out_proj"), ("ln_1", "layer_norm1"), ("ln_2", "layer_norm2"),
-        ("mlp.c_fc", "mlp.fc1"), ("mlp.c_proj", "mlp.fc2"),
+        ("attn.out_proj", "self_attn.out_proj"),
+        ("ln_1", "layer_norm1"),
+        ("ln_2", "layer_norm2"),
+        ("mlp.c_fc", "mlp.fc1"),
+        ("mlp.c_proj", "mlp.fc2"),
     ]:
         for param in ("weight", "bias"):
             renamed[f"{target_name}.{param}"] = state_dict[f"{source}{source_name}.{param}"]

@@ -376,10 +376,18 @@ class ClassMetricsAccumulator:
                 raise MetricsInputError(
                     f"{len(pixel_scores)} anomaly maps but {np.asarray(image_scores).size} image scores"
                 )
-        self.images.add(image_scores, image_labels)
+        self.add_images(image_scores, image_labels)
         if pixel_scores is not None:
-            self.pixels.add(pixel_scores, masks)
-            self.has_pixels = True
+            self.add_pixels(pixel_scores, masks)
+
+    def add_images(self, image_scores: np.ndarray, image_labels: np.ndarray) -> None:
+        """Image-level scores alone (e.g. when they can only be fused after the whole class is seen)."""
+        self.images.add(image_scores, image_labels)
+
+    def add_pixels(self, pixel_scores: np.ndarray, masks: np.ndarray) -> None:
+        """Anomaly maps (B, H, W) and their masks alone."""
+        self.pixels.add(pixel_scores, masks)
+        self.has_pixels = True
 
     def compute(self) -> AnomalyMetrics:
         image = self.images.compute()
@@ -389,7 +397,13 @@ class ClassMetricsAccumulator:
             else CurveMetrics(None, None, None)
         )
         return AnomalyMetrics(
-            image.auroc, image.ap, image.f1max, pixel.auroc, pixel.ap, pixel.f1max, pixel.aupro,
+            image.auroc,
+            image.ap,
+            image.f1max,
+            pixel.auroc,
+            pixel.ap,
+            pixel.f1max,
+            pixel.aupro,
             pixel.aupro_compat if self.pro_compat else None,
         )
 

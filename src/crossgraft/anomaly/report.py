@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from crossgraft.anomaly.metrics import AnomalyMetrics, mean_metrics
+from crossgraft.graft import write_text_atomic
 
 COLUMNS = {
     "image_auroc": "I-AUROC",
@@ -58,15 +59,6 @@ def format_table(per_class: dict[str, AnomalyMetrics], title: str | None = None)
     return "\n".join(lines)
 
 
-def _atomic_write(path: Path, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
 def write_csv(per_class: dict[str, AnomalyMetrics], path: Path) -> Path:
     """One row per class and a mean row; values are fractions in [0, 1], empty where not applicable."""
     fields = _columns(per_class)
@@ -89,7 +81,7 @@ def write_json(per_class: dict[str, AnomalyMetrics], path: Path, extra: dict | N
         "mean": mean_metrics(per_class).as_dict(),
         **(extra or {}),
     }
-    return _atomic_write(path, json.dumps(document, indent=2) + "\n")
+    return write_text_atomic(path, json.dumps(document, indent=2) + "\n")
 
 
 def read_json(path: Path) -> dict[str, AnomalyMetrics]:

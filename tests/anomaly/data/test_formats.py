@@ -106,10 +106,17 @@ def test_medical_bmad_layout(tmp_path):
 
 def test_public_jsonl_and_anomalyclip_meta_json(mvtec_root):
     samples = load_samples("MVTec", mvtec_root)
-    lines = [json.dumps({"image_path": str(s.image_path.relative_to(mvtec_root)), "label": s.label,
-                         "class_name": s.class_name,
-                         **({"mask_path": str(s.mask_path.relative_to(mvtec_root))} if s.mask_path else {})})
-             for s in samples]
+    lines = [
+        json.dumps(
+            {
+                "image_path": str(s.image_path.relative_to(mvtec_root)),
+                "label": s.label,
+                "class_name": s.class_name,
+                **({"mask_path": str(s.mask_path.relative_to(mvtec_root))} if s.mask_path else {}),
+            }
+        )
+        for s in samples
+    ]
     (mvtec_root / "meta.jsonl").write_text("\n".join(lines) + "\n")
     from_jsonl = load_samples("MVTec", mvtec_root, meta=mvtec_root / "meta.jsonl")
     assert [(s.image_path, s.label, s.mask_path) for s in from_jsonl] == [
@@ -117,11 +124,15 @@ def test_public_jsonl_and_anomalyclip_meta_json(mvtec_root):
     ]
     meta = {"test": {}, "train": {}}
     for s in samples:
-        meta["test"].setdefault(s.class_name, []).append({
-            "img_path": str(s.image_path.relative_to(mvtec_root)),
-            "mask_path": str(s.mask_path.relative_to(mvtec_root)) if s.mask_path else "",
-            "cls_name": s.class_name, "specie_name": s.defect_type, "anomaly": s.label,
-        })
+        meta["test"].setdefault(s.class_name, []).append(
+            {
+                "img_path": str(s.image_path.relative_to(mvtec_root)),
+                "mask_path": str(s.mask_path.relative_to(mvtec_root)) if s.mask_path else "",
+                "cls_name": s.class_name,
+                "specie_name": s.defect_type,
+                "anomaly": s.label,
+            }
+        )
     (mvtec_root / "meta.json").write_text(json.dumps(meta))
     from_meta = read_meta_json(mvtec_root / "meta.json", mvtec_root, classes=["bottle"])
     assert len(from_meta) == 4 and {s.defect_type for s in from_meta} == {"good", "crack", "scratch"}
@@ -149,13 +160,22 @@ def test_missing_image_and_mask_name_the_file(mvtec_root):
         load_samples("MVTec", mvtec_root)
     samples = load_samples("MVTec", mvtec_root, allow_missing_masks=True)
     assert sum(s.label == 1 and s.mask_path is None for s in samples) == 1
-    (mvtec_root / "meta.jsonl").write_text(json.dumps({"image_path": "bottle/test/crack/missing.png", "label": 0,
-                                                       "class_name": "bottle"}) + "\n")
+    (mvtec_root / "meta.jsonl").write_text(
+        json.dumps({"image_path": "bottle/test/crack/missing.png", "label": 0, "class_name": "bottle"}) + "\n"
+    )
     with pytest.raises(DataError, match="image not found: .*missing.png"):
         load_samples("MVTec", mvtec_root, meta=mvtec_root / "meta.jsonl")
-    (mvtec_root / "meta.jsonl").write_text(json.dumps({
-        "image_path": "bottle/test/crack/000.png", "label": 1, "class_name": "bottle",
-        "mask_path": "bottle/ground_truth/crack/gone.png"}) + "\n")
+    (mvtec_root / "meta.jsonl").write_text(
+        json.dumps(
+            {
+                "image_path": "bottle/test/crack/000.png",
+                "label": 1,
+                "class_name": "bottle",
+                "mask_path": "bottle/ground_truth/crack/gone.png",
+            }
+        )
+        + "\n"
+    )
     with pytest.raises(DataError, match="mask not found: .*gone.png"):
         load_samples("MVTec", mvtec_root, meta=mvtec_root / "meta.jsonl")
 

@@ -64,8 +64,9 @@ def denormalise(tensor):
 def test_train_transform_moves_image_and_mask_together(seed):
     torch.manual_seed(seed)
     image, mask = square_image_and_mask()
-    transform = TrainTransform(64, AugmentConfig(color_jitter=False, rotate_p=1, translate_p=1, hflip_p=0.5,
-                                                 vflip_p=0.5))
+    transform = TrainTransform(
+        64, AugmentConfig(color_jitter=False, rotate_p=1, translate_p=1, hflip_p=0.5, vflip_p=0.5)
+    )
     pixels, mask_tensor = transform(image, mask)
     assert set(mask_tensor.unique().tolist()) <= {0.0, 1.0} and mask_tensor.sum() > 0
     red = denormalise(pixels)[0] > 0.7

@@ -20,12 +20,35 @@ class DatasetSpec:
 
 
 MVTEC_CLASSES = (
-    "bottle", "cable", "capsule", "carpet", "grid", "hazelnut", "leather", "metal_nut", "pill", "screw",
-    "tile", "transistor", "toothbrush", "wood", "zipper",
+    "bottle",
+    "cable",
+    "capsule",
+    "carpet",
+    "grid",
+    "hazelnut",
+    "leather",
+    "metal_nut",
+    "pill",
+    "screw",
+    "tile",
+    "transistor",
+    "toothbrush",
+    "wood",
+    "zipper",
 )
 VISA_CLASSES = (
-    "candle", "capsules", "cashew", "chewinggum", "fryum", "macaroni1", "macaroni2", "pcb1", "pcb2", "pcb3",
-    "pcb4", "pipe_fryum",
+    "candle",
+    "capsules",
+    "cashew",
+    "chewinggum",
+    "fryum",
+    "macaroni1",
+    "macaroni2",
+    "pcb1",
+    "pcb2",
+    "pcb3",
+    "pcb4",
+    "pipe_fryum",
 )
 
 DATASETS = {
@@ -34,8 +57,12 @@ DATASETS = {
         DatasetSpec("MVTec", "mvtec", INDUSTRIAL, MVTEC_CLASSES),
         DatasetSpec("VisA", "visa", INDUSTRIAL, VISA_CLASSES),
         DatasetSpec("BTAD", "mvtec", INDUSTRIAL, ("01", "02", "03")),
-        DatasetSpec("MPDD", "mvtec", INDUSTRIAL,
-                    ("bracket_black", "bracket_brown", "bracket_white", "connector", "metal_plate", "tubes")),
+        DatasetSpec(
+            "MPDD",
+            "mvtec",
+            INDUSTRIAL,
+            ("bracket_black", "bracket_brown", "bracket_white", "connector", "metal_plate", "tubes"),
+        ),
         DatasetSpec("Brain", "medical", MEDICAL, ("Brain",)),
         DatasetSpec("Liver", "medical", MEDICAL, ("Liver",)),
         DatasetSpec("Retina", "medical", MEDICAL, ("Retina",)),

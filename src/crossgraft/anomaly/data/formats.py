@@ -122,8 +122,7 @@ def read_medical(
                 if label == ANOMALOUS and label_dir.is_dir():
                     mask = next((p for p in list_images(label_dir) if p.stem == image.stem), None)
                 samples.append(
-                    Sample(image, label, class_name, defect_type=GOOD if label == NORMAL else "anomaly",
-                           mask_path=mask)
+                    Sample(image, label, class_name, defect_type=GOOD if label == NORMAL else "anomaly", mask_path=mask)
                 )
     return samples
 

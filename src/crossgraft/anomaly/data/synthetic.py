@@ -3,8 +3,8 @@
 Each class is a procedurally drawn texture or object with its own palette and geometry; images of a class
 differ by small shifts, rotations and noise. Defects are drawn on top, and the mask is exactly the region
 that was painted (for objects, its part that lies on the object):
-  scratch  a thin polyline in a contrasting colour
-  spot     a filled blob in a contrasting colour
+  scratch  a thin dark polyline
+  spot     a filled dark blob
   missing  a piece cut out (background shows through) or, on textures, smoothed away to a flat patch
 """
 
@@ -20,6 +20,9 @@ from PIL import Image, ImageDraw
 ARCHETYPES = ("stripes", "checker", "dots", "rings", "weave", "disc", "plate", "waves")
 OBJECT_ARCHETYPES = {"disc", "plate"}
 DEFECTS = ("scratch", "spot", "missing")
+PALETTE_JITTER = 30.0  # per-image shift of a class's colours
+TEXTURE_MIN, TEXTURE_MAX = 100.0, 230.0  # texture and background colours
+DEFECT_MAX = 45.0  # defect colours lie below this
 
 
 @dataclass(frozen=True)
@@ -51,11 +54,11 @@ class _ClassStyle:
 
 def _class_style(index: int, seed: int) -> _ClassStyle:
     rng = np.random.default_rng([seed, index, 7])
-    colors = rng.uniform(40, 215, size=(3, 3))
+    colors = rng.uniform(TEXTURE_MIN, TEXTURE_MAX, size=(3, 3))
     return _ClassStyle(
         archetype=ARCHETYPES[index % len(ARCHETYPES)],
         colors=colors,
-        frequency=float(rng.uniform(5, 9)),
+        frequency=float(rng.uniform(3, 6)),
         angle=float(rng.uniform(0, np.pi)),
     )
 
@@ -88,7 +91,8 @@ def _render(style: _ClassStyle, size: int, rng: np.random.Generator) -> tuple[np
         weight = 0.5 + 0.5 * np.sin(f * 2 * radius + phase)
     else:  # plate
         weight = 0.5 + 0.25 * np.sin(f * u + phase)
-    foreground, second, background = style.colors
+    # every image shifts the class palette a little, so colour alone never tells a defect from the texture
+    foreground, second, background = np.clip(style.colors + rng.uniform(-PALETTE_JITTER, PALETTE_JITTER, 3), 0, 255)
     image = weight[..., None] * foreground + (1 - weight[..., None]) * second
     if kind == "disc":
         obj = radius < 0.34
@@ -105,9 +109,9 @@ def _render(style: _ClassStyle, size: int, rng: np.random.Generator) -> tuple[np
     return np.clip(image, 0, 255).astype(np.uint8), obj
 
 
-def _contrasting(color: np.ndarray, rng: np.random.Generator) -> tuple[int, int, int]:
-    shifted = np.where(color > 127, color - rng.uniform(90, 130), color + rng.uniform(90, 130))
-    return tuple(int(c) for c in np.clip(shifted, 0, 255))
+def _defect_colour(rng: np.random.Generator) -> tuple[int, int, int]:
+    """Marks are dark, as stains and scratches on a product are: far below every texture colour."""
+    return tuple(int(c) for c in rng.uniform(0, DEFECT_MAX, 3))
 
 
 def _draw_defect(
@@ -139,7 +143,7 @@ def _draw_defect(
             fill = image[mask].mean(axis=0) * 0.6  # flat, darker patch: the texture is gone
         result[mask] = np.clip(fill + rng.normal(0, 4, size=(int(mask.sum()), 3)), 0, 255).astype(np.uint8)
     else:
-        result[mask] = _contrasting(image[mask].mean(axis=0), rng)
+        result[mask] = _defect_colour(rng)
     return result, mask
 
 

@@ -1,0 +1,133 @@
+"""`crossgraft anomaly test`: evaluate one checkpoint of a trained run on a dataset (DESIGN §3, §5)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from crossgraft.anomaly.data import AnomalyDataset, EvalTransform, get_spec, group_by_class, load_samples
+from crossgraft.anomaly.infer import anomaly_maps, clip_anchors, fuse_image_scores, load_trained
+from crossgraft.anomaly.metrics import AnomalyMetrics, ClassMetricsAccumulator
+from crossgraft.anomaly.model import AdaptedCLIP
+from crossgraft.anomaly.prompts import class_text, load_class_descriptions
+from crossgraft.anomaly.report import format_table, write_csv, write_json
+from crossgraft.anomaly.visualize import save_panel
+from crossgraft.runlog import setup_run_logging
+
+
+@dataclass
+class EvalConfig:
+    dataset: str
+    data_root: Path
+    save_path: Path
+    epoch: int | None = None
+    meta: Path | None = None
+    classes: list[str] | None = None
+    batch_size: int = 8
+    visualize: bool = False
+    pro_compat: bool = False
+    allow_missing_masks: bool = False
+    class_descriptions: Path | None = None
+    out: Path | None = None  # default: {save_path}/test_{dataset}[_epoch{N}]
+    device: str = "cpu"
+    num_workers: int = 0
+
+
+def evaluate(config: EvalConfig) -> dict[str, AnomalyMetrics]:
+    """Evaluate the checkpoint a config names; results go to `config.out`."""
+    model, run, has_text = load_trained(config.save_path, config.epoch, device=config.device)
+    descriptions = load_class_descriptions(config.class_descriptions or run.get("class_descriptions"))
+    when = f"epoch {config.epoch}" if config.epoch is not None else "latest"
+    return evaluate_model(model, has_text, config, descriptions, label=f"{config.save_path} ({when})")
+
+
+def default_out(config: EvalConfig) -> Path:
+    suffix = f"_epoch{config.epoch}" if config.epoch is not None else ""
+    return Path(config.out or Path(config.save_path) / f"test_{get_spec(config.dataset).name}{suffix}")
+
+
+def evaluate_model(
+    model: AdaptedCLIP, has_text: bool, config: EvalConfig, descriptions: dict[str, str], label: str
+) -> dict[str, AnomalyMetrics]:
+    """Evaluate a model in memory (a loaded run, or an untrained baseline) on the config's dataset."""
+    spec = get_spec(config.dataset)
+    out = default_out(config)
+    logger = setup_run_logging(out, "test.log")
+    samples = load_samples(
+        spec.name,
+        config.data_root,
+        split="test",
+        meta=config.meta,
+        classes=config.classes,
+        allow_missing_masks=config.allow_missing_masks,
+    )
+    logger.info(
+        "evaluating %s on %s: %d images; text adapter %s",
+        label,
+        spec.name,
+        len(samples),
+        "used" if has_text else "absent (CLIP's own text encoder)",
+    )
+    transform = EvalTransform(model.backbone.image_size)
+    results: dict[str, AnomalyMetrics] = {}
+    for class_name, class_samples in group_by_class(samples).items():
+        texts = [class_text(class_name, descriptions)]
+        with torch.no_grad():
+            anchors = (model.class_anchors(texts) if has_text else clip_anchors(model, texts))[0]  # (E, 2)
+        results[class_name] = evaluate_class(
+            model, class_samples, anchors, spec.domain, transform, config, out / "visualize" / class_name
+        )
+    logger.info("\n%s", format_table(results, title=f"{spec.name} test split, {label} (%)"))
+    extra = {"dataset": spec.name, "model": label, "epoch": config.epoch}
+    write_csv(results, out / "results.csv")
+    write_json(results, out / "results.json", extra=extra)
+    logger.info("results: %s, %s", out / "results.csv", out / "results.json")
+    if config.visualize:
+        logger.info("heat maps (image | ground truth | heat map | overlay): %s", out / "visualize")
+    return results
+
+
+def evaluate_class(model, samples, anchors, domain, transform, config: EvalConfig, visual_dir: Path) -> AnomalyMetrics:
+    """Maps batch by batch into the metric accumulator; image scores fused with the class-wide normalisation."""
+    size = model.backbone.image_size
+    pixels = ClassMetricsAccumulator(pro_compat=config.pro_compat, expected_pixels=len(samples) * size * size)
+    has_masks = all(s.mask_path is not None for s in samples if s.label == 1)
+    map_max, map_min, det_scores, labels, kept = [], [], [], [], []
+    loader = DataLoader(
+        AnomalyDataset(samples, transform), batch_size=config.batch_size, num_workers=config.num_workers
+    )
+    for batch in tqdm(loader, desc=samples[0].class_name, leave=False):
+        images = batch["image"].to(config.device)
+        output = anomaly_maps(model, images, anchors.expand(len(images), -1, -1), domain)
+        maps = output.maps.float().cpu().numpy()
+        if has_masks:
+            pixels.add_pixels(maps, batch["mask"].numpy() > 0)
+        map_max.append(maps.reshape(len(maps), -1).max(1))
+        map_min.append(maps.reshape(len(maps), -1).min(1))
+        det_scores.append(output.det_scores.float().cpu().numpy())
+        labels.append(batch["label"].numpy())
+        if config.visualize:
+            kept += [
+                (samples[i], maps[j].astype(np.float16), batch["mask"][j].numpy())
+                for j, i in enumerate(batch["index"].tolist())
+            ]
+    map_max, map_min = np.concatenate(map_max), np.concatenate(map_min)
+    det, labels = np.concatenate(det_scores), np.concatenate(labels)
+    image_scores = fuse_image_scores(map_max, det, float(map_min.min()), float(map_max.max()), domain)
+    pixels.add_images(image_scores, labels)
+    low, high = float(map_min.min()), float(map_max.max())
+    for sample, score_map, mask in kept:  # heat maps share the class-wide range, as the scores do
+        save_panel(
+            sample.image_path,
+            score_map.astype(np.float32),
+            visual_dir / f"{sample.defect_type}_{sample.image_path.stem}.png",
+            mask=mask if sample.mask_path else None,
+            low=low,
+            high=high,
+        )
+    return pixels.compute()

@@ -1,0 +1,120 @@
+"""Test-time anomaly maps and image scores (DESIGN §3), and loading a trained run for inference."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from crossgraft.anomaly.backbone import load_clip
+from crossgraft.anomaly.checkpoints import (
+    IMAGE_FILE,
+    TEXT_FILE,
+    image_epoch_file,
+    load_image_adapter,
+    load_text_adapter,
+)
+from crossgraft.anomaly.data.datasets import MEDICAL
+from crossgraft.anomaly.losses import LOGIT_SCALE
+from crossgraft.anomaly.model import AdaptedCLIP, AdapterConfig
+from crossgraft.anomaly.prompts import class_sentences
+from crossgraft.anomaly.train import read_run_config
+from crossgraft.graft import CheckpointError
+
+BLUR = {"industrial": (7, 1.0), "medical": (9, 1.5)}  # kernel size, sigma at grid resolution
+
+
+@dataclass
+class MapOutput:
+    maps: torch.Tensor  # (B, H, W): sum over levels of the blurred, upsampled level maps
+    det_scores: torch.Tensor  # (B,): (cos(det, T_A) + 1) / 2
+
+
+def gaussian_blur(x: torch.Tensor, kernel_size: int, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of (B, H, W) with reflect borders (torchvision's GaussianBlur kernel)."""
+    half = (kernel_size - 1) / 2
+    coords = torch.linspace(-half, half, kernel_size, device=x.device, dtype=x.dtype)
+    kernel = torch.exp(-0.5 * (coords / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    pad = kernel_size // 2
+    y = F.pad(x[:, None], (pad, pad, pad, pad), mode="reflect")
+    y = F.conv2d(y, kernel.view(1, 1, 1, -1))
+    y = F.conv2d(y, kernel.view(1, 1, -1, 1))
+    return y[:, 0]
+
+
+def level_logit_gap(seg_tokens: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+    """(100·cos_A + 1 − 100·cos_N) / 2 on the patch grid: (B, g, g). anchors (B, E, 2)."""
+    batch, patches, _ = seg_tokens.shape
+    grid = math.isqrt(patches)
+    cos = torch.bmm(seg_tokens, anchors)  # (B, N, 2)
+    gap = (LOGIT_SCALE * cos[..., 1] + 1 - LOGIT_SCALE * cos[..., 0]) / 2
+    return gap.reshape(batch, grid, grid)
+
+
+@torch.no_grad()
+def anomaly_maps(model: AdaptedCLIP, images: torch.Tensor, anchors: torch.Tensor, domain: str) -> MapOutput:
+    """Reference test-time maps: per level gap → blur at grid resolution → bilinear upsample → sum."""
+    kernel_size, sigma = BLUR[domain]
+    output = model(images)
+    size = images.shape[-1]
+    maps = 0
+    for seg_tokens in output.seg_tokens:
+        level = gaussian_blur(level_logit_gap(seg_tokens, anchors).float(), kernel_size, sigma)
+        maps = maps + F.interpolate(level[:, None], size=(size, size), mode="bilinear", align_corners=True)[:, 0]
+    det = torch.bmm(output.det_token.unsqueeze(1).float(), anchors.float())[:, 0]  # (B, 2)
+    return MapOutput(maps=maps, det_scores=(det[:, 1] + 1) / 2)
+
+
+def fuse_image_scores(map_max, det_scores, map_min_all, map_max_all, domain: str):
+    """Per class: min-max normalise maps (by their class-wide range) and det scores; industrial image score =
+    0.5·max(map) + 0.5·det, medical = max(map). Inputs are per-image tensors/arrays of one class."""
+    span = max(map_max_all - map_min_all, 1e-12)
+    map_part = (map_max - map_min_all) / span
+    if domain == MEDICAL:
+        return map_part
+    det_span = max(float(det_scores.max() - det_scores.min()), 1e-12)
+    return 0.5 * map_part + 0.5 * (det_scores - det_scores.min()) / det_span
+
+
+def clip_anchors(model: AdaptedCLIP, class_texts: list[str]) -> torch.Tensor:
+    """Anchors from CLIP's own text encoder (a run without a text adapter, as the public code does)."""
+    backbone = model.backbone
+    anchors = []
+    for text in class_texts:
+        states = []
+        for sentences in class_sentences(text):
+            embeddings = F.normalize(backbone.encode_text(sentences), dim=-1)
+            states.append(F.normalize(embeddings.mean(0), dim=-1))
+        anchors.append(torch.stack(states, dim=-1))
+    return torch.stack(anchors)
+
+
+def load_trained(save_path: Path, epoch: int | None = None, device: str = "cpu") -> tuple[AdaptedCLIP, dict, bool]:
+    """Rebuild the model a run trained (from its run_config.json) and load its adapters.
+
+    Returns (model, run config, whether a text adapter was loaded). `epoch` picks image_adapter_{epoch}.pth;
+    without it the latest image_adapter.pth is used."""
+    save_path = Path(save_path)
+    run = read_run_config(save_path)
+    backbone = load_clip(
+        run["clip"],
+        image_size=run["img_size"],
+        gelu=run["quirks"]["gelu"],
+        tokenizer=run.get("tokenizer"),
+        device=device,
+    )
+    model = AdaptedCLIP(backbone, AdapterConfig(**run["adapter"])).to(device)
+    image_file = save_path / (image_epoch_file(epoch) if epoch is not None else IMAGE_FILE)
+    if not image_file.exists():
+        available = sorted(p.name for p in save_path.glob("image_adapter*.pth"))
+        raise CheckpointError(f"{image_file} not found; image checkpoints in {save_path}: {available or 'none'}")
+    load_image_adapter(model, image_file)
+    has_text = (save_path / TEXT_FILE).exists()
+    if has_text:
+        load_text_adapter(model, save_path / TEXT_FILE)
+    model.eval()
+    return model, run, has_text
