@@ -82,32 +82,77 @@ def test_features_command_on_the_tiny_preset(capsys):
     assert "trainable CLIP parameters: 0" in out
 
 
-def test_demo_end_to_end(tmp_path, capsys):
+def test_demo_trains_and_learns(tmp_path, capsys):
+    """`make demo`'s defaults: after the short schedule the model finds defects on classes it never saw."""
     out = tmp_path / "demo"
-    args = [
-        "anomaly",
-        "demo",
-        "--out",
-        str(out),
-        "--classes",
-        "2",
-        "--train_per_class",
-        "4",
-        "--test_per_class",
-        "6",
-        "--size",
-        "64",
-        "--device",
-        "cpu",
-    ]
-    assert main(args) == 0
+    assert main(["anomaly", "demo", "--out", str(out), "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
-    assert "P-AUROC" in printed and "mean" in printed
-    results = json.loads((out / "results.json").read_text())
-    assert set(results["classes"]) == {"stripes", "checker"}
-    # frozen features already separate drawn defects from normal texture: far above chance
-    assert results["mean"]["pixel_auroc"] > 0.8
-    assert (out / "results.csv").is_file() and (out / "demo.log").is_file()
-    assert len(list((out / "heatmaps").glob("*.png"))) == 6
-    assert main(args) == 0  # a second run reuses the data it wrote
+    assert "trained, held-out classes (zero-shot)" in printed and "heat maps" in printed
+    heldout = json.loads((out / "heldout" / "results.json").read_text())
+    untrained = json.loads((out / "untrained" / "results.json").read_text())
+    assert set(heldout["classes"]) == {"checker", "rings", "disc", "waves"}
+    assert heldout["mean"]["pixel_auroc"] >= 0.85  # chance is 0.5
+    assert heldout["mean"]["pixel_auroc"] > untrained["mean"]["pixel_auroc"] + 0.2
+    assert len(list((out / "heldout" / "visualize").rglob("*.png"))) == 64
+    for name in ("text_adapter.pth", "image_adapter.pth", "image_adapter_8.pth", "train.log", "run_config.json"):
+        assert (out / "run" / name).is_file()
+    assert main(["anomaly", "demo", "--out", str(out), "--device", "cpu"]) == 0  # a second run resumes: no retraining
     assert "reused from" in capsys.readouterr().out
+    assert "resuming: image adapter at epoch 8 of 8" in (out / "run" / "train.log").read_text()
+
+
+def test_train_test_predict_commands(synthetic_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    common = ["--dataset", "synthetic", "--data_root", str(synthetic_root)]
+    assert (
+        main(
+            [
+                "anomaly",
+                "train",
+                *common,
+                "--save_path",
+                str(run),
+                "--clip",
+                "tiny",
+                "--shot",
+                "2",
+                "--text_epoch",
+                "1",
+                "--image_epoch",
+                "1",
+                "--preset",
+                "fixed",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    config = json.loads((run / "run_config.json").read_text())
+    assert config["quirks"]["vv_mode"] == "tokens" and config["shot"] == 2
+    assert len((run / "train_samples.jsonl").read_text().splitlines()) == 6  # 2 per class
+    assert main(["anomaly", "test", *common, "--save_path", str(run), "--epoch", "1", "--device", "cpu"]) == 0
+    assert "P-AUROC" in capsys.readouterr().out and (run / "test_synthetic_epoch1" / "results.csv").is_file()
+    assert (
+        main(
+            [
+                "anomaly",
+                "predict",
+                str(synthetic_root / "dots" / "test" / "good"),
+                "--save_path",
+                str(run),
+                "--class_name",
+                "dots",
+                "--threshold",
+                "1000",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    assert "normal" in capsys.readouterr().out
+    assert main(["anomaly", "train", *common, "--save_path", str(run), "--device", "cpu"]) == 2
+    assert "pass --resume" in capsys.readouterr().err
+    assert main(["anomaly", "test", *common, "--save_path", str(tmp_path / "none"), "--device", "cpu"]) == 2
+    assert "run_config.json not found" in capsys.readouterr().err

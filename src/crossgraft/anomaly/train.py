@@ -176,6 +176,7 @@ def train(config: TrainConfig) -> AdaptedCLIP:
     backbone = load_clip(
         config.clip, image_size=config.img_size, gelu=config.quirks.gelu, tokenizer=config.tokenizer, device=device
     )
+    torch.manual_seed(config.seed)  # adapter init: a resumed run re-creates the same untrained adapters
     model = AdaptedCLIP(backbone, config.adapter).to(device)
     surgery_from = surgery_start(backbone.num_vision_layers, config.surgery_until_layer, backbone.levels)
     if main:
