@@ -259,3 +259,49 @@ def test_predict_writes_heat_maps_and_fits_a_threshold_on_normal_images(trained_
         assert (tmp_path / f"{p.image.split('/')[-1][:-4]}.json").exists() or p.heatmap
         assert p.anomalous == (p.image_score > threshold)
     assert len(list(tmp_path.glob("*_heatmap.png"))) == 3  # the stems repeat across defect folders
+
+
+def test_the_same_command_trains_data_parallel_under_torchrun(synthetic_root, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    run = tmp_path / "ddp"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "crossgraft",
+        "anomaly",
+        "train",
+        "--dataset",
+        "synthetic",
+        "--data_root",
+        str(synthetic_root),
+        "--full_shot",
+        "--clip",
+        "tiny",
+        "--text_epoch",
+        "1",
+        "--image_epoch",
+        "1",
+        "--text_batch_size",
+        "4",
+        "--image_batch_size",
+        "4",
+        "--save_path",
+        str(run),
+        "--device",
+        "cpu",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("training on 18 images") == 1  # only the main process logs
+    log = (run / "train.log").read_text()
+    assert log.count("training image epoch 0") == 1
+    checkpoint = torch.load(run / "image_adapter_1.pth", map_location="cpu")
+    assert checkpoint["epoch"] == 1 and torch.isfinite(checkpoint["image_adapter"]["det_proj.fc.weight"]).all()

@@ -5,6 +5,7 @@ stage 2 trains the image adapters against the frozen anchors. Checkpoints every 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -148,6 +149,8 @@ def train(config: TrainConfig) -> AdaptedCLIP:
     accelerator = Accelerator(cpu=config.device == "cpu", mixed_precision=config.mixed_precision)
     logger = setup_run_logging(save_path, "train.log")
     main = accelerator.is_main_process
+    if not main:  # one process writes the log and the checkpoints
+        logger.setLevel(logging.WARNING)
     logger.info("args: %s", json.dumps(config.to_json()))
     existing = [name for name in (TEXT_FILE, IMAGE_FILE) if (save_path / name).exists()]
     if existing and not config.resume:
