@@ -74,26 +74,37 @@ def _explain_image(model: AdaptedCLIP, state: dict):
     return explain
 
 
+def _load_entry(module, path: Path, key: str, other: str, what: str, explain) -> dict:
+    checkpoint = read_checkpoint(path)
+    if key not in checkpoint:
+        hint = f" (this is a {other.replace('_', ' ')} checkpoint)" if other in checkpoint else ""
+        raise CheckpointError(f"{path}: no {key!r} entry{hint}; keys: {sorted(checkpoint)}")
+    load_strict(module, checkpoint[key], what=what, source=path, explain=explain(checkpoint[key]))
+    return checkpoint
+
+
 def load_text_adapter(model: AdaptedCLIP, path: Path) -> dict:
     """Load a text_adapter.pth (ours or the public code's) strictly; returns the checkpoint dict."""
-    checkpoint = read_checkpoint(path)
-    if "text_adapter" not in checkpoint:
-        hint = " (this is an image adapter checkpoint)" if "image_adapter" in checkpoint else ""
-        raise CheckpointError(f"{path}: no 'text_adapter' entry{hint}; keys: {sorted(checkpoint)}")
-    state = checkpoint["text_adapter"]
-    load_strict(model.text_adapter, state, what="the text adapter", source=path, explain=_explain_text(model, state))
-    return checkpoint
+    return _load_entry(
+        model.text_adapter,
+        path,
+        "text_adapter",
+        "image_adapter",
+        "the text adapter",
+        lambda state: _explain_text(model, state),
+    )
 
 
 def load_image_adapter(model: AdaptedCLIP, path: Path) -> dict:
     """Load an image_adapter[_N].pth (ours or the public code's) strictly; returns the checkpoint dict."""
-    checkpoint = read_checkpoint(path)
-    if "image_adapter" not in checkpoint:
-        hint = " (this is a text adapter checkpoint)" if "text_adapter" in checkpoint else ""
-        raise CheckpointError(f"{path}: no 'image_adapter' entry{hint}; keys: {sorted(checkpoint)}")
-    state = checkpoint["image_adapter"]
-    load_strict(model.image_adapter, state, what="the image adapter", source=path, explain=_explain_image(model, state))
-    return checkpoint
+    return _load_entry(
+        model.image_adapter,
+        path,
+        "image_adapter",
+        "text_adapter",
+        "the image adapter",
+        lambda state: _explain_image(model, state),
+    )
 
 
 def save_text_adapter(model: AdaptedCLIP, optimizer, epoch: int, save_path: Path) -> Path:

@@ -114,18 +114,6 @@ def epoch_seed(seed: int, stage: int, epoch: int) -> int:
     return seed * 1000 + stage * 100 + epoch
 
 
-def _loader(samples, transform, batch_size, seed, num_workers) -> DataLoader:
-    generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)  # augmentation draws from the global RNG in the main process
-    return DataLoader(
-        AnomalyDataset(samples, transform),
-        batch_size=batch_size,
-        shuffle=True,
-        generator=generator,
-        num_workers=num_workers,
-    )
-
-
 def _check_finite(loss: torch.Tensor, stage: str, epoch: int, step: int, save_path: Path, last: str) -> None:
     if not torch.isfinite(loss):
         raise TrainingError(
@@ -142,6 +130,54 @@ def _all_reduce_grads(accelerator: Accelerator, parameters) -> None:
     for parameter in parameters:
         if parameter.grad is not None:
             parameter.grad = accelerator.reduce(parameter.grad, reduction="mean")
+
+
+class EpochRunner:
+    """One training epoch of either stage: seeded loader, progress bar, NaN guard, (data-parallel) step."""
+
+    def __init__(self, accelerator: Accelerator, samples, config: TrainConfig, save_path: Path) -> None:
+        self.accelerator = accelerator
+        self.samples = samples
+        self.config = config
+        self.save_path = save_path
+
+    def loader(self, transform, batch_size: int, seed: int) -> DataLoader:
+        generator = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)  # augmentation draws from the global RNG in the main process
+        loader = DataLoader(
+            AnomalyDataset(self.samples, transform),
+            batch_size=batch_size,
+            shuffle=True,
+            generator=generator,
+            num_workers=self.config.num_workers,
+        )
+        if self.accelerator.num_processes > 1:
+            loader = self.accelerator.prepare_data_loader(loader)
+        return loader
+
+    def run(
+        self, stage, epoch, total, transform, batch_size, loss_fn, optimizer, parameters, last_file, scheduler=None
+    ) -> float:
+        """Train one epoch; returns the mean loss."""
+        loader = self.loader(transform, batch_size, epoch_seed(self.config.seed, stage, epoch))
+        name = "text" if stage == 1 else "image"
+        progress = tqdm(
+            loader, desc=f"{name} epoch {epoch + 1}/{total}", leave=False, disable=not self.accelerator.is_main_process
+        )
+        losses = []
+        for step, batch in enumerate(progress):
+            with self.accelerator.autocast():
+                loss = loss_fn(batch)
+            _check_finite(loss, f"stage-{stage}", epoch + 1, step, self.save_path, last_file)
+            optimizer.zero_grad()
+            self.accelerator.backward(loss)
+            _all_reduce_grads(self.accelerator, parameters)
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()  # per iteration, as the public code
+            losses.append(loss.item())
+            progress.set_postfix(loss=f"{loss.item():.4f}")
+        return sum(losses) / max(len(losses), 1)
 
 
 def train(config: TrainConfig) -> AdaptedCLIP:
@@ -204,29 +240,26 @@ def train(config: TrainConfig) -> AdaptedCLIP:
         logger.info("resuming: image adapter at epoch %d of %d", image_start, config.image_epoch)
 
     texts = {name: class_text(name, descriptions) for name in class_names}
+    epochs = EpochRunner(accelerator, samples, config, save_path)
     stage1_transform = TrainTransform(backbone.image_size, AugmentConfig(color_jitter=False))
     for epoch in range(text_start, config.text_epoch):
-        loader = _loader(
-            samples, stage1_transform, config.text_batch_size, epoch_seed(config.seed, 1, epoch), config.num_workers
+
+        def text_loss(batch):
+            images, masks, labels = (batch[k].to(device) for k in ("image", "mask", "label"))
+            return stage1_loss(model, images, masks, labels, batch["class_name"], texts, surgery_from, config)
+
+        loss = epochs.run(
+            1,
+            epoch,
+            config.text_epoch,
+            stage1_transform,
+            config.text_batch_size,
+            text_loss,
+            text_optimizer,
+            list(model.text_adapter.parameters()),
+            TEXT_FILE,
         )
-        if accelerator.num_processes > 1:
-            loader = accelerator.prepare_data_loader(loader)
-        losses = []
-        model.train()
-        progress = tqdm(loader, desc=f"text epoch {epoch + 1}/{config.text_epoch}", disable=not main, leave=False)
-        for step, batch in enumerate(progress):
-            images, masks = batch["image"].to(device), batch["mask"].to(device)
-            labels = batch["label"].to(device)
-            with accelerator.autocast():
-                loss = stage1_loss(model, images, masks, labels, batch["class_name"], texts, surgery_from, config)
-            _check_finite(loss, "stage-1", epoch + 1, step, save_path, TEXT_FILE)
-            text_optimizer.zero_grad()
-            accelerator.backward(loss)
-            _all_reduce_grads(accelerator, model.text_adapter.parameters())
-            text_optimizer.step()
-            losses.append(loss.item())
-            progress.set_postfix(loss=f"{loss.item():.4f}")
-        logger.info("training text epoch %d: loss: %.6f", epoch, sum(losses) / max(len(losses), 1))
+        logger.info("training text epoch %d: loss: %.6f", epoch, loss)
         if main:
             save_text_adapter(model, text_optimizer, epoch + 1, save_path)
 
@@ -235,29 +268,25 @@ def train(config: TrainConfig) -> AdaptedCLIP:
         anchors = dict(zip(class_names, model.class_anchors([texts[n] for n in class_names])))  # each (E, 2)
     stage2_transform = TrainTransform(backbone.image_size, AugmentConfig(color_jitter=True))
     for epoch in range(image_start, config.image_epoch):
-        loader = _loader(
-            samples, stage2_transform, config.image_batch_size, epoch_seed(config.seed, 2, epoch), config.num_workers
-        )
-        if accelerator.num_processes > 1:
-            loader = accelerator.prepare_data_loader(loader)
-        losses = []
-        model.train()
-        progress = tqdm(loader, desc=f"image epoch {epoch + 1}/{config.image_epoch}", disable=not main, leave=False)
-        for step, batch in enumerate(progress):
-            images, masks = batch["image"].to(device), batch["mask"].to(device)
-            labels = batch["label"].to(device)
+
+        def image_stage_loss(batch):
+            images, masks, labels = (batch[k].to(device) for k in ("image", "mask", "label"))
             batch_anchors = torch.stack([anchors[name] for name in batch["class_name"]])  # (B, E, 2)
-            with accelerator.autocast():
-                loss = stage2_loss(model, images, masks, labels, batch_anchors)
-            _check_finite(loss, "stage-2", epoch + 1, step, save_path, IMAGE_FILE)
-            image_optimizer.zero_grad()
-            accelerator.backward(loss)
-            _all_reduce_grads(accelerator, model.image_adapter.parameters())
-            image_optimizer.step()
-            image_scheduler.step()  # per iteration, as the public code
-            losses.append(loss.item())
-            progress.set_postfix(loss=f"{loss.item():.4f}")
-        logger.info("training image epoch %d: loss: %.6f", epoch, sum(losses) / max(len(losses), 1))
+            return stage2_loss(model, images, masks, labels, batch_anchors)
+
+        loss = epochs.run(
+            2,
+            epoch,
+            config.image_epoch,
+            stage2_transform,
+            config.image_batch_size,
+            image_stage_loss,
+            image_optimizer,
+            list(model.image_adapter.parameters()),
+            IMAGE_FILE,
+            scheduler=image_scheduler,
+        )
+        logger.info("training image epoch %d: loss: %.6f", epoch, loss)
         if main:
             save_image_adapter(model, image_optimizer, image_scheduler, epoch + 1, save_path)
     logger.info("done: checkpoints in %s", save_path)
