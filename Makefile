@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.crossgraft-installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: venv demo test lint bench-metrics clean
+.PHONY: venv demo ablation-demo test lint bench-metrics bench-train clean
 
 venv: $(STAMP)
 
@@ -22,6 +22,9 @@ $(STAMP): pyproject.toml
 demo: venv
 	$(PY) -m crossgraft anomaly demo --out $(DEMO_OUT)
 
+ablation-demo: venv
+	$(PY) -m crossgraft anomaly ablation-demo --out runs/ablation
+
 test: venv
 	$(PY) -m pytest
 
@@ -30,6 +33,9 @@ lint: venv
 
 bench-metrics: venv
 	$(PY) benchmarks/metrics_bench.py
+
+bench-train: venv
+	$(PY) benchmarks/train_bench.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

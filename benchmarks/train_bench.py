@@ -5,6 +5,7 @@ Random weights with the sizes of openai/clip-vit-large-patch14-336 (ViT 24 x 102
 ViT pass in stage 1, text padded to 77 tokens, and CLIP's weights left with requires_grad=True (so backward
 computes their gradients). Both sides run in this process on the same inputs; the script prints ratios.
 The test-batch row compares our full test-time pass (adapted ViT + maps) with a bare CLIP vision forward.
+The last rows time the cross_attn variant's steps and test batch next to the base model's (ours both).
 
     python benchmarks/train_bench.py [--img_size 336] [--batch 2] [--repeats 2] [--device cpu]
 """
@@ -21,9 +22,9 @@ from transformers import CLIPConfig, CLIPModel
 from crossgraft.anomaly.backbone import FrozenCLIP
 from crossgraft.anomaly.infer import anomaly_maps
 from crossgraft.anomaly.losses import orthogonality_loss, segmentation_loss, similarity_map
-from crossgraft.anomaly.model import AdaptedCLIP, stage1_features
+from crossgraft.anomaly.model import AdaptedCLIP, CrossAttentionConfig, stage1_features
 from crossgraft.anomaly.tiny_tokenizer import build_tiny_tokenizer
-from crossgraft.anomaly.train import stage2_loss
+from crossgraft.anomaly.train import TrainConfig, stage1_loss, stage2_loss
 
 VIT_L14_336 = {
     "text_config": {
@@ -107,10 +108,24 @@ def stage1_step(model: AdaptedCLIP, images, masks, naive: bool) -> None:
     loss.backward()
 
 
-def stage2_step(model: AdaptedCLIP, images, masks, labels, anchors) -> None:
+def stage2_step(model: AdaptedCLIP, images, masks, labels) -> None:
     model.zero_grad(set_to_none=True)
     model.backbone.zero_grad(set_to_none=True)
-    stage2_loss(model, images, masks, labels, anchors).backward()
+    with torch.no_grad():
+        text = model.image_text(CLASS_TEXTS * len(images), images)
+    stage2_loss(model, images, masks, labels, text).backward()
+
+
+def variant_stage1_step(model: AdaptedCLIP, images, masks, labels) -> None:
+    config = TrainConfig(dataset="synthetic", data_root=".", save_path=".")
+    model.zero_grad(set_to_none=True)
+    texts = {CLASS_TEXTS[0]: CLASS_TEXTS[0]}
+    stage1_loss(model, images, masks, labels, CLASS_TEXTS * len(images), texts, model.surgery_from, config).backward()
+
+
+def test_batch(model: AdaptedCLIP, images) -> None:
+    with torch.no_grad():
+        anomaly_maps(model, images, model.image_text(CLASS_TEXTS * len(images), images), "industrial")
 
 
 def main() -> None:
@@ -126,8 +141,6 @@ def main() -> None:
     images = torch.randn(args.batch, 3, args.img_size, args.img_size, device=args.device)
     masks = (torch.rand(args.batch, args.img_size, args.img_size, device=args.device) > 0.95).float()
     labels = torch.ones(args.batch, dtype=torch.long, device=args.device)
-    with torch.no_grad():
-        anchors = model.class_anchors(CLASS_TEXTS).expand(args.batch, -1, -1).contiguous()
 
     rows = []
     ours = timed(lambda: stage1_step(model, images, masks, naive=False), args.repeats)
@@ -136,28 +149,43 @@ def main() -> None:
     backbone.requires_grad_(False)
     rows.append(("stage-1 step", ours, naive, "naive / ours"))
 
-    ours = timed(lambda: stage2_step(model, images, masks, labels, anchors), args.repeats)
+    ours = timed(lambda: stage2_step(model, images, masks, labels), args.repeats)
     backbone.requires_grad_(True)
-    naive = timed(lambda: stage2_step(model, images, masks, labels, anchors), args.repeats)
+    naive = timed(lambda: stage2_step(model, images, masks, labels), args.repeats)
     backbone.requires_grad_(False)
     rows.append(("stage-2 step", ours, naive, "naive / ours"))
 
     model.eval()
-    ours = timed(lambda: anomaly_maps(model, images, anchors, "industrial"), args.repeats)
+    ours = timed(lambda: test_batch(model, images), args.repeats)
     with torch.no_grad():
         bare = timed(
             lambda: backbone.clip.vision_model(pixel_values=images, interpolate_pos_encoding=True), args.repeats
         )
     rows.append(("test batch", ours, bare, "ours / bare CLIP"))
 
+    torch.manual_seed(0)
+    cross = AdaptedCLIP(backbone, cross=CrossAttentionConfig(variant="cross_attn")).to(args.device)
+    cross.vv_mode = model.vv_mode = "batch"
+    model.train()
+    cross.train()
+    for name, step in (("stage-1 step", variant_stage1_step), ("stage-2 step", stage2_step)):
+        base_s = timed(lambda step=step: step(model, images, masks, labels), args.repeats)
+        cross_s = timed(lambda step=step: step(cross, images, masks, labels), args.repeats)
+        rows.append((f"{name} x-attn", cross_s, base_s, "x-attn / base"))
+    cross.eval()
+    model.eval()
+    base_s = timed(lambda: test_batch(model, images), args.repeats)
+    cross_s = timed(lambda: test_batch(cross, images), args.repeats)
+    rows.append(("test x-attn", cross_s, base_s, "x-attn / base"))
+
     print(
         f"ViT-L/14-336 sizes, random weights, {args.img_size} px ({backbone.grid_size}x{backbone.grid_size} "
         f"patches), batch {args.batch}, device {args.device}, median of {args.repeats}"
     )
-    print(f"{'':<14}{'crossgraft s':>14}{'baseline s':>12}   ratio")
+    print(f"{'':<20}{'crossgraft s':>14}{'baseline s':>12}   ratio")
     for name, ours_s, base_s, label in rows:
-        ratio = base_s / ours_s if label == "naive / ours" else ours_s / base_s
-        print(f"{name:<14}{ours_s:>14.2f}{base_s:>12.2f}   {ratio:.2f}x ({label})")
+        ratio = base_s / ours_s if label == "naive / ours" else ours_s / base_s  # x-attn rows: cost over base
+        print(f"{name:<20}{ours_s:>14.2f}{base_s:>12.2f}   {ratio:.2f}x ({label})")
 
 
 if __name__ == "__main__":

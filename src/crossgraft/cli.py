@@ -30,7 +30,13 @@ def add_data_args(parser: argparse.ArgumentParser, default_dataset: str = "synth
         help="dataset name: MVTec, VisA, BTAD, MPDD, Brain, Liver, Retina, Colon_*, synthetic, "
         "custom (an MVTec-layout folder)",
     )
-    group.add_argument("--data_root", type=Path, required=True, help="folder that holds the dataset")
+    group.add_argument(
+        "--data_root",
+        type=Path,
+        default=None,
+        help="folder that holds the dataset (default: the public code's data/ layout, e.g. "
+        "data/mvtec_ad, data/VisA_20220922)",
+    )
     group.add_argument(
         "--meta",
         type=Path,
@@ -187,7 +193,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from crossgraft.anomaly.model import AdapterConfig
+    from crossgraft.anomaly.model import AdapterConfig, CrossAttentionConfig
     from crossgraft.anomaly.train import PRESETS, QuirkConfig, TrainConfig, train, validate_config
 
     preset = PRESETS[args.preset]
@@ -229,6 +235,24 @@ def cmd_train(args: argparse.Namespace) -> int:
         device=_device(args.device),
         mixed_precision=args.mixed_precision,
         allow_missing_masks=args.allow_missing_masks,
+    )
+    config.cross = CrossAttentionConfig(
+        variant=args.variant,
+        text_weight=args.text_cross_attn_weight,
+        image_weight=args.image_cross_attn_weight,
+        learnable_weight=args.learnable_cross_attn_weight,
+        heads=args.cross_attn_heads,
+        dropout=args.cross_attn_dropout,
+        image_norm_match=not args.no_image_norm_match,
+    )
+    config.load_base_text_adapter = args.load_base_text_adapter
+    config.load_base_image_adapter = args.load_base_image_adapter
+    config.num_feedback_loops = args.num_feedback_loops
+    config.eval_each_loop = args.eval_each_loop
+    config.eval_dataset, config.eval_data_root, config.eval_classes = (
+        args.eval_dataset,
+        args.eval_data_root,
+        args.eval_classes,
     )
     validate_config(config)
     train(config)
@@ -280,6 +304,142 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"{p.image_score:10.3f}  det {p.det_score:.3f}{flag}  {p.image}")
     print(f"heat maps and one json per image in {out}; summary {Path(out) / 'predictions.json'}")
     return 0
+
+
+def cmd_grad_flow(args: argparse.Namespace) -> int:
+    import torch
+    from torch.utils.data import DataLoader
+
+    from crossgraft.anomaly.backbone import load_clip
+    from crossgraft.anomaly.data import AnomalyDataset, EvalTransform, load_samples
+    from crossgraft.anomaly.diagnostics import gradient_flow
+    from crossgraft.anomaly.infer import load_trained
+    from crossgraft.anomaly.model import AdaptedCLIP, CrossAttentionConfig
+    from crossgraft.anomaly.prompts import class_text
+
+    device = _device(args.device)
+    if args.save_path:
+        model, _, _ = load_trained(args.save_path, args.epoch, device=device)
+    else:
+        torch.manual_seed(args.seed)
+        backbone = load_clip(args.clip, image_size=_img_size(args), tokenizer=args.tokenizer, device=device)
+        model = AdaptedCLIP(
+            backbone, cross=CrossAttentionConfig(variant="image_cross_attn", image_weight=args.image_cross_attn_weight)
+        ).to(device)
+    samples = [s for s in load_samples(args.dataset, args.data_root, classes=args.classes) if s.label == 1]
+    generator = torch.Generator().manual_seed(args.seed)
+    loader = DataLoader(
+        AnomalyDataset(samples, EvalTransform(model.backbone.image_size)),
+        batch_size=args.batch_size,
+        shuffle=True,
+        generator=generator,
+    )
+    batch = next(iter(loader))
+    images, masks, labels = (batch[k].to(device) for k in ("image", "mask", "label"))
+    texts = [class_text(name) for name in batch["class_name"]]
+    for norm_match in (True, False):
+        flow = gradient_flow(model, images, masks, labels, texts, norm_match=norm_match, seed=args.seed)
+        print(flow.report() + "\n")
+    return 0
+
+
+def cmd_attention_maps(args: argparse.Namespace) -> int:
+    from crossgraft.anomaly.data import AnomalyDataset, EvalTransform
+    from crossgraft.anomaly.data.formats import read_folder
+    from crossgraft.anomaly.diagnostics import save_attention_maps, text_to_patch_attention
+    from crossgraft.anomaly.infer import load_trained
+    from crossgraft.anomaly.prompts import class_text, load_class_descriptions
+
+    model, run, _ = load_trained(args.save_path, args.epoch, device=_device(args.device))
+    text = class_text(args.class_name, load_class_descriptions(run.get("class_descriptions")))
+    samples = read_folder(args.inputs, args.class_name)
+    dataset = AnomalyDataset(samples, EvalTransform(model.backbone.image_size))
+    out = args.out or Path(args.save_path) / "attention_maps"
+    written = []
+    for index, sample in enumerate(samples):
+        image = dataset[index]["image"][None].to(model.backbone.device)
+        maps = text_to_patch_attention(model, image, text, args.words)
+        missing = [w for w in args.words if w not in maps]
+        if missing and index == 0:
+            print(f"note: {', '.join(missing)} do not occur as whole tokens in the prompts of {text!r}")
+        written += save_attention_maps(maps, sample.image_path, out, model.backbone.image_size)
+    print(f"{len(written)} attention maps (image | text->patch attention | overlay) in {out}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from crossgraft.anomaly.compare import compare
+
+    print(compare(args.runs, out=args.out, seed=args.seed))
+    return 0
+
+
+def cmd_ablation_demo(args: argparse.Namespace) -> int:
+    from crossgraft.anomaly.data.synthetic import SyntheticConfig
+    from crossgraft.anomaly.demo import run_ablation_demo
+
+    config = SyntheticConfig(args.classes, args.train_per_class, args.test_per_class, args.size, args.seed)
+    run_ablation_demo(
+        args.out,
+        config,
+        seeds=tuple(args.seeds),
+        clip=args.clip,
+        device=_device(args.device),
+        text_epoch=args.text_epoch,
+        image_epoch=args.image_epoch,
+    )
+    return 0
+
+
+def add_cross_attention_args(parser: argparse.ArgumentParser, variant: str = "base", loops: int = 1) -> None:
+    group = parser.add_argument_group("cross-attention variants and fair comparison (DESIGN §4, seeds 000-003)")
+    group.add_argument(
+        "--variant",
+        choices=["base", "text_cross_attn", "image_cross_attn", "cross_attn"],
+        default=variant,
+        help="base = AA-CLIP; text_cross_attn: prompts attend to their image's "
+        "features after text block 1; image_cross_attn: image tokens attend to their class's "
+        "sentence embeddings after vision block --image_adapt_until; cross_attn: both",
+    )
+    group.add_argument("--text_cross_attn_weight", type=float, default=0.1, help="w_t in x + w_t * cross_attn(x)")
+    group.add_argument(
+        "--image_cross_attn_weight",
+        type=float,
+        default=0.1,
+        help="w_i in x + w_i * cross_attn(x) (the output is first rescaled to the tokens' norm)",
+    )
+    group.add_argument("--learnable_cross_attn_weight", action="store_true", help="make w_t and w_i parameters")
+    group.add_argument("--cross_attn_heads", type=int, default=8, help="attention heads of both modules")
+    group.add_argument("--cross_attn_dropout", type=float, default=0.1, help="dropout on the attention weights")
+    group.add_argument(
+        "--no_image_norm_match",
+        action="store_true",
+        help="diagnostic: add the image cross-attention output without rescaling it to the tokens' "
+        "norm (seed 001's state before its fix)",
+    )
+    group.add_argument(
+        "--load_base_text_adapter",
+        type=Path,
+        default=None,
+        help="start from a trained base model's text_adapter.pth (public code's or ours)",
+    )
+    group.add_argument(
+        "--load_base_image_adapter",
+        type=Path,
+        default=None,
+        help="start from a trained base model's image_adapter[_N].pth (public code's or ours)",
+    )
+    group.add_argument(
+        "--num_feedback_loops",
+        type=int,
+        default=loops,
+        help="rounds of stage 1 -> stage 2; later rounds take stage 1's visual features from the "
+        "adapted image encoder of the previous round",
+    )
+    group.add_argument("--eval_each_loop", action="store_true", help="evaluate after every round (metrics in the log)")
+    group.add_argument("--eval_dataset", default=None, help="dataset for --eval_each_loop (default: --dataset)")
+    group.add_argument("--eval_data_root", type=Path, default=None, help="its root (default: --data_root)")
+    group.add_argument("--eval_classes", nargs="+", default=None, help="its classes (default: all)")
 
 
 def add_synthetic_args(
@@ -428,6 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="quirk 4: exact GELU (reference) or CLIP's QuickGELU (fixed)",
     )
+    add_cross_attention_args(train)
     train.set_defaults(func=cmd_train)
 
     test = commands.add_parser(
@@ -485,6 +646,80 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     predict.set_defaults(func=cmd_predict)
 
+    flow = commands.add_parser(
+        "grad-flow",
+        help="seed 001's gradient test: image-adapter gradient norm with vs without cross-attention",
+        description="On one batch of anomalous images: the image adapters' gradient norm without image "
+        "cross-attention and with it, their ratio, [OK] at >= 0.8 else [CAUTION]; once with the output "
+        "norm-matched to the tokens (the fix) and once without.",
+        formatter_class=HelpFormatter,
+    )
+    add_data_args(flow, with_split=False)
+    add_clip_args(flow, with_gelu=False)
+    flow.add_argument(
+        "--save_path",
+        type=Path,
+        default=None,
+        help="a trained run to test (default: fresh adapters on --clip, random image cross-attention)",
+    )
+    flow.add_argument("--epoch", type=int, default=None, help="image checkpoint epoch of --save_path")
+    flow.add_argument("--image_cross_attn_weight", type=float, default=0.1, help="w_i of a fresh model")
+    flow.add_argument("--batch_size", type=int, default=2, help="images in the batch")
+    flow.add_argument("--seed", type=int, default=0, help="picks the batch and the cross-attention init")
+    flow.set_defaults(func=cmd_grad_flow)
+
+    attention = commands.add_parser(
+        "attention-maps",
+        help="text->patch attention of chosen prompt words, as heat maps over the images",
+        description="For a run with text cross-attention: how much each chosen word of the class's 16 prompts "
+        "attends to each image patch (mean over heads and occurrences), written as image | map | overlay.",
+        formatter_class=HelpFormatter,
+    )
+    attention.add_argument("inputs", type=Path, help="an image file or a folder of images")
+    attention.add_argument("--save_path", type=Path, required=True, help="the training run folder")
+    attention.add_argument("--class_name", default="object", help="what the images show (goes into the prompts)")
+    attention.add_argument(
+        "--words",
+        nargs="+",
+        default=["damaged", "broken", "flaw", "defect", "damage"],
+        help="prompt words whose attention to draw",
+    )
+    attention.add_argument("--epoch", type=int, default=None, help="image checkpoint epoch (default: latest)")
+    attention.add_argument("--out", type=Path, default=None, help="output folder (default: SAVE_PATH/attention_maps)")
+    attention.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    attention.set_defaults(func=cmd_attention_maps)
+
+    comparison = commands.add_parser(
+        "compare",
+        help="per-class and mean metric deltas between runs tested on the same data",
+        description="RUN: a results.json or a folder holding one; several separated by commas are seeds of one "
+        "configuration (mean ± std, paired bootstrap 95%% interval of the mean difference). The first RUN is "
+        "the reference.",
+        formatter_class=HelpFormatter,
+    )
+    comparison.add_argument(
+        "runs", nargs="+", help="results of each run: [NAME=]PATH or [NAME=]PATH1,PATH2,... (seeds)"
+    )
+    comparison.add_argument("--out", type=Path, default=None, help="also write compare.txt and compare.json here")
+    comparison.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    comparison.set_defaults(func=cmd_compare)
+
+    ablation = commands.add_parser(
+        "ablation-demo",
+        help="base vs cross_attn (initialised from base) on synthetic data, compared",
+        description="Trains the base model and the cross_attn variant (loaded from the base run, same seed and "
+        "epochs) for each seed, tests both zero-shot on held-out synthetic classes and prints the comparison.",
+        formatter_class=HelpFormatter,
+    )
+    ablation.add_argument("--out", type=Path, default=Path("runs/ablation"), help="run folder")
+    ablation.add_argument("--clip", default="tiny", help="CLIP weights")
+    ablation.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    ablation.add_argument("--seeds", type=int, nargs="+", default=[111, 112], help="training seeds")
+    ablation.add_argument("--text_epoch", type=int, default=2, help="stage-1 epochs of each run")
+    ablation.add_argument("--image_epoch", type=int, default=8, help="stage-2 epochs of each run")
+    add_synthetic_args(ablation, classes=8, train_per_class=2, test_per_class=16)
+    ablation.set_defaults(func=cmd_ablation_demo)
+
     synthetic = commands.add_parser(
         "make-synthetic",
         help="write a synthetic MVTec-layout dataset with drawn defects and exact masks",
@@ -532,6 +767,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def train_cross_attention(argv: list[str] | None = None) -> int:
+    """`train_cross_attention`: seed 000's command line (cross_attn variant, one round)."""
+    return main(["anomaly", "train", "--variant", "cross_attn", *(sys.argv[1:] if argv is None else argv)])
+
+
+def train_cross_attention_feedback(argv: list[str] | None = None) -> int:
+    """`train_cross_attention_feedback`: seed 001's command line (cross_attn variant, feedback rounds)."""
+    args = sys.argv[1:] if argv is None else argv
+    loops = [] if "--num_feedback_loops" in args else ["--num_feedback_loops", "3"]
+    return main(["anomaly", "train", "--variant", "cross_attn", *loops, *args])
+
+
 def main(argv: list[str] | None = None) -> int:
     from crossgraft.anomaly.backbone import BackboneError
     from crossgraft.anomaly.data.records import DataError
@@ -541,6 +788,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "dataset", None) is not None and hasattr(args, "data_root") and args.data_root is None:
+            from crossgraft.anomaly.data.datasets import default_data_root
+
+            args.data_root = default_data_root(args.dataset)
         return args.func(args)
     except (
         DataError,

@@ -231,7 +231,7 @@ class FrozenCLIP(nn.Module):
 
         Blocks 1..surgery_from-1 are identical in both paths and run once. From `surgery_from` on, both
         paths run side by side in one batch through the shared LayerNorms, projections and MLPs; only
-        the attention differs.
+        the attention differs. Past the deepest requested level the V-V path stops.
         """
         levels = self._check_levels(levels)
         if not 1 <= surgery_from <= self.num_vision_layers:
@@ -244,11 +244,15 @@ class FrozenCLIP(nn.Module):
             if index + 1 in levels:
                 level_tokens.append(x)
         both = torch.cat([x, x], dim=0)  # (2B, 1+N, W): plain rows first, V-V rows second
-        for index in range(surgery_from - 1, self.num_vision_layers):
+        last_vv = max(levels)  # past the deepest requested level only the plain path is still needed
+        for index in range(surgery_from - 1, last_vv):
             both = self._dual_block(index, both, batch, vv_mode)
             if index + 1 in levels:
                 level_tokens.append(both[batch:])
-        return VisionFeatures(level_tokens=level_tokens, image_embed=self.image_embedding(both[:batch]))
+        plain = both[:batch] if last_vv >= surgery_from else x
+        for index in range(max(last_vv, surgery_from - 1), self.num_vision_layers):
+            plain = self.vision_block(index, plain)
+        return VisionFeatures(level_tokens=level_tokens, image_embed=self.image_embedding(plain))
 
     def _dual_block(self, index: int, both: torch.Tensor, batch: int, vv_mode: VVMode) -> torch.Tensor:
         layer = self.vision_layers[index]

@@ -1,9 +1,11 @@
-"""AA-CLIP checkpoints in the public code's format (DESIGN §3).
+"""AA-CLIP checkpoints in the public code's format (DESIGN §3), and the cross-attention variants' (§4).
 
 text_adapter.pth:  {"epoch", "text_adapter": ModuleList state (0.fc.0.weight … K.fc.0.weight), "text_optimizer"}
 image_adapter.pth, image_adapter_{epoch}.pth:
                    {"epoch", "image_adapter": ModuleDict state (layer_adapters.i.fc.0.weight, seg_proj.i.fc[.0].weight,
                     det_proj.fc[.0].weight), "image_optimizer"[, "image_scheduler"]}
+Cross-attention variants write text_adapter_cross_attn.pth (adds "text_cross_attn" where the variant has it),
+image_adapter_cross_attn.pth and image_adapter_cross_attn_{epoch}.pth (add "image_cross_attn").
 """
 
 from __future__ import annotations
@@ -16,10 +18,20 @@ from crossgraft.graft import CheckpointError, load_strict, read_checkpoint, save
 
 TEXT_FILE = "text_adapter.pth"
 IMAGE_FILE = "image_adapter.pth"
+CROSS_SUFFIX = "_cross_attn"
 
 
-def image_epoch_file(epoch: int) -> str:
-    return f"image_adapter_{epoch}.pth"
+def text_file(variant: str = "base") -> str:
+    return TEXT_FILE if variant == "base" else f"text_adapter{CROSS_SUFFIX}.pth"
+
+
+def image_file(variant: str = "base", epoch: int | None = None) -> str:
+    stem = "image_adapter" if variant == "base" else f"image_adapter{CROSS_SUFFIX}"
+    return f"{stem}.pth" if epoch is None else f"{stem}_{epoch}.pth"
+
+
+def image_epoch_file(epoch: int, variant: str = "base") -> str:
+    return image_file(variant, epoch)
 
 
 def _count(keys: list[str], pattern: str) -> int:
@@ -83,9 +95,25 @@ def _load_entry(module, path: Path, key: str, other: str, what: str, explain) ->
     return checkpoint
 
 
-def load_text_adapter(model: AdaptedCLIP, path: Path) -> dict:
-    """Load a text_adapter.pth (ours or the public code's) strictly; returns the checkpoint dict."""
-    return _load_entry(
+def _load_cross(module, checkpoint: dict, key: str, path: Path, adapters_only: bool) -> None:
+    """The cross-attention entry must be there exactly when the model has the module."""
+    if module is None or adapters_only:
+        if key in checkpoint:
+            raise CheckpointError(
+                f"{path} holds {key!r} weights: it comes from a cross-attention run, but this model "
+                f"{'is loading base adapters' if adapters_only else 'has no ' + key + ' module'}; use "
+                "--variant of that run (test/predict read it from run_config.json), or a base-model checkpoint"
+            )
+        return
+    if key not in checkpoint:
+        raise CheckpointError(f"{path}: no {key!r} entry, but this variant has {key}; keys: {sorted(checkpoint)}")
+    load_strict(module, checkpoint[key], what=key, source=path)
+
+
+def load_text_adapter(model: AdaptedCLIP, path: Path, adapters_only: bool = False) -> dict:
+    """Load a text checkpoint (ours or the public code's) strictly; returns the checkpoint dict.
+    `adapters_only`: load just the adapters (a base model's, for fair comparison)."""
+    checkpoint = _load_entry(
         model.text_adapter,
         path,
         "text_adapter",
@@ -93,11 +121,13 @@ def load_text_adapter(model: AdaptedCLIP, path: Path) -> dict:
         "the text adapter",
         lambda state: _explain_text(model, state),
     )
+    _load_cross(model.text_cross_attn, checkpoint, "text_cross_attn", path, adapters_only)
+    return checkpoint
 
 
-def load_image_adapter(model: AdaptedCLIP, path: Path) -> dict:
-    """Load an image_adapter[_N].pth (ours or the public code's) strictly; returns the checkpoint dict."""
-    return _load_entry(
+def load_image_adapter(model: AdaptedCLIP, path: Path, adapters_only: bool = False) -> dict:
+    """Load an image checkpoint (ours or the public code's) strictly; returns the checkpoint dict."""
+    checkpoint = _load_entry(
         model.image_adapter,
         path,
         "image_adapter",
@@ -105,22 +135,30 @@ def load_image_adapter(model: AdaptedCLIP, path: Path) -> dict:
         "the image adapter",
         lambda state: _explain_image(model, state),
     )
+    _load_cross(model.image_cross_attn, checkpoint, "image_cross_attn", path, adapters_only)
+    return checkpoint
 
 
 def save_text_adapter(model: AdaptedCLIP, optimizer, epoch: int, save_path: Path) -> Path:
-    return save_atomic(
-        {"epoch": epoch, "text_adapter": model.text_adapter.state_dict(), "text_optimizer": optimizer.state_dict()},
-        Path(save_path) / TEXT_FILE,
-    )
+    checkpoint = {
+        "epoch": epoch,
+        "text_adapter": model.text_adapter.state_dict(),
+        "text_optimizer": optimizer.state_dict(),
+    }
+    if model.text_cross_attn is not None:
+        checkpoint["text_cross_attn"] = model.text_cross_attn.state_dict()
+    return save_atomic(checkpoint, Path(save_path) / text_file(model.cross.variant))
 
 
 def save_image_adapter(model: AdaptedCLIP, optimizer, scheduler, epoch: int, save_path: Path) -> Path:
-    """Write image_adapter.pth (the latest) and image_adapter_{epoch}.pth."""
+    """Write the latest image checkpoint and the one of this epoch."""
     checkpoint = {
         "epoch": epoch,
         "image_adapter": model.image_adapter.state_dict(),
         "image_optimizer": optimizer.state_dict(),
         "image_scheduler": scheduler.state_dict(),
     }
-    save_atomic(checkpoint, Path(save_path) / image_epoch_file(epoch))
-    return save_atomic(checkpoint, Path(save_path) / IMAGE_FILE)
+    if model.image_cross_attn is not None:
+        checkpoint["image_cross_attn"] = model.image_cross_attn.state_dict()
+    save_atomic(checkpoint, Path(save_path) / image_file(model.cross.variant, epoch))
+    return save_atomic(checkpoint, Path(save_path) / image_file(model.cross.variant))

@@ -6,12 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from crossgraft.anomaly.data import AnomalyDataset, EvalTransform, get_spec, group_by_class, load_samples
-from crossgraft.anomaly.infer import anomaly_maps, clip_anchors, fuse_image_scores, load_trained
+from crossgraft.anomaly.infer import anomaly_maps, batch_text, fuse_image_scores, load_trained
 from crossgraft.anomaly.metrics import AnomalyMetrics, ClassMetricsAccumulator
 from crossgraft.anomaly.model import AdaptedCLIP
 from crossgraft.anomaly.prompts import class_text, load_class_descriptions
@@ -76,11 +75,9 @@ def evaluate_model(
     transform = EvalTransform(model.backbone.image_size)
     results: dict[str, AnomalyMetrics] = {}
     for class_name, class_samples in group_by_class(samples).items():
-        texts = [class_text(class_name, descriptions)]
-        with torch.no_grad():
-            anchors = (model.class_anchors(texts) if has_text else clip_anchors(model, texts))[0]  # (E, 2)
+        text = class_text(class_name, descriptions)
         results[class_name] = evaluate_class(
-            model, class_samples, anchors, spec.domain, transform, config, out / "visualize" / class_name
+            model, has_text, class_samples, text, spec.domain, transform, config, out / "visualize" / class_name
         )
     logger.info("\n%s", format_table(results, title=f"{spec.name} test split, {label} (%)"))
     extra = {"dataset": spec.name, "model": label, "epoch": config.epoch}
@@ -92,7 +89,9 @@ def evaluate_model(
     return results
 
 
-def evaluate_class(model, samples, anchors, domain, transform, config: EvalConfig, visual_dir: Path) -> AnomalyMetrics:
+def evaluate_class(
+    model, has_text: bool, samples, text: str, domain, transform, config: EvalConfig, visual_dir: Path
+) -> AnomalyMetrics:
     """Maps batch by batch into the metric accumulator; image scores fused with the class-wide normalisation."""
     size = model.backbone.image_size
     pixels = ClassMetricsAccumulator(pro_compat=config.pro_compat, expected_pixels=len(samples) * size * size)
@@ -103,7 +102,7 @@ def evaluate_class(model, samples, anchors, domain, transform, config: EvalConfi
     )
     for batch in tqdm(loader, desc=samples[0].class_name, leave=False):
         images = batch["image"].to(config.device)
-        output = anomaly_maps(model, images, anchors.expand(len(images), -1, -1), domain)
+        output = anomaly_maps(model, images, batch_text(model, has_text, text, images), domain)
         maps = output.maps.float().cpu().numpy()
         if has_masks:
             pixels.add_pixels(maps, batch["mask"].numpy() > 0)

@@ -10,16 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from crossgraft.anomaly.backbone import load_clip
-from crossgraft.anomaly.checkpoints import (
-    IMAGE_FILE,
-    TEXT_FILE,
-    image_epoch_file,
-    load_image_adapter,
-    load_text_adapter,
-)
+from crossgraft.anomaly.checkpoints import image_file, load_image_adapter, load_text_adapter, text_file
 from crossgraft.anomaly.data.datasets import MEDICAL
 from crossgraft.anomaly.losses import LOGIT_SCALE
-from crossgraft.anomaly.model import AdaptedCLIP, AdapterConfig
+from crossgraft.anomaly.model import AdaptedCLIP, AdapterConfig, CrossAttentionConfig, TextSide
 from crossgraft.anomaly.prompts import class_sentences
 from crossgraft.anomaly.train import read_run_config
 from crossgraft.graft import CheckpointError
@@ -56,10 +50,12 @@ def level_logit_gap(seg_tokens: torch.Tensor, anchors: torch.Tensor) -> torch.Te
 
 
 @torch.no_grad()
-def anomaly_maps(model: AdaptedCLIP, images: torch.Tensor, anchors: torch.Tensor, domain: str) -> MapOutput:
-    """Reference test-time maps: per level gap → blur at grid resolution → bilinear upsample → sum."""
+def anomaly_maps(model: AdaptedCLIP, images: torch.Tensor, text: TextSide, domain: str) -> MapOutput:
+    """Reference test-time maps: per level gap → blur at grid resolution → bilinear upsample → sum.
+    `text` holds each image's anchors (B, E, 2) and sentence embeddings (B, S, E)."""
     kernel_size, sigma = BLUR[domain]
-    output = model(images)
+    anchors = text.anchors
+    output = model(images, text_context=text.sentences if model.image_cross_attn is not None else None)
     size = images.shape[-1]
     maps = 0
     for seg_tokens in output.seg_tokens:
@@ -80,17 +76,25 @@ def fuse_image_scores(map_max, det_scores, map_min_all, map_max_all, domain: str
     return 0.5 * map_part + 0.5 * (det_scores - det_scores.min()) / det_span
 
 
-def clip_anchors(model: AdaptedCLIP, class_texts: list[str]) -> torch.Tensor:
-    """Anchors from CLIP's own text encoder (a run without a text adapter, as the public code does)."""
-    backbone = model.backbone
-    anchors = []
-    for text in class_texts:
-        states = []
-        for sentences in class_sentences(text):
-            embeddings = F.normalize(backbone.encode_text(sentences), dim=-1)
-            states.append(F.normalize(embeddings.mean(0), dim=-1))
+def clip_text_side(model: AdaptedCLIP, texts: list[str]) -> TextSide:
+    """Text side from CLIP's own text encoder (a run without a text adapter, as the public code does)."""
+    anchors, sentences = [], []
+    for text in texts:
+        normal, abnormal = class_sentences(text)
+        embeddings = F.normalize(model.backbone.encode_text(normal + abnormal), dim=-1)  # (S, E)
+        states = [F.normalize(part.mean(0), dim=-1) for part in (embeddings[: len(normal)], embeddings[len(normal) :])]
         anchors.append(torch.stack(states, dim=-1))
-    return torch.stack(anchors)
+        sentences.append(embeddings)
+    return TextSide(anchors=torch.stack(anchors), sentences=torch.stack(sentences))
+
+
+@torch.no_grad()
+def batch_text(model: AdaptedCLIP, has_text: bool, text: str, images: torch.Tensor) -> TextSide:
+    """The text side for a batch of images of one class, as the trained variant uses it."""
+    if not has_text:
+        side = clip_text_side(model, [text])
+        return TextSide(side.anchors.expand(len(images), -1, -1), side.sentences.expand(len(images), -1, -1))
+    return model.image_text([text] * len(images), images)
 
 
 def load_trained(save_path: Path, epoch: int | None = None, device: str = "cpu") -> tuple[AdaptedCLIP, dict, bool]:
@@ -107,14 +111,19 @@ def load_trained(save_path: Path, epoch: int | None = None, device: str = "cpu")
         tokenizer=run.get("tokenizer"),
         device=device,
     )
-    model = AdaptedCLIP(backbone, AdapterConfig(**run["adapter"])).to(device)
-    image_file = save_path / (image_epoch_file(epoch) if epoch is not None else IMAGE_FILE)
-    if not image_file.exists():
+    cross = CrossAttentionConfig(**run.get("cross", {}))
+    model = AdaptedCLIP(backbone, AdapterConfig(**run["adapter"]), cross).to(device)
+    model.surgery_from, model.vv_mode = run["surgery_from"], run["quirks"]["vv_mode"]
+    image_path = save_path / image_file(cross.variant, epoch)
+    if not image_path.exists():
         available = sorted(p.name for p in save_path.glob("image_adapter*.pth"))
-        raise CheckpointError(f"{image_file} not found; image checkpoints in {save_path}: {available or 'none'}")
-    load_image_adapter(model, image_file)
-    has_text = (save_path / TEXT_FILE).exists()
+        raise CheckpointError(f"{image_path} not found; image checkpoints in {save_path}: {available or 'none'}")
+    load_image_adapter(model, image_path)
+    text_path = save_path / text_file(cross.variant)
+    has_text = text_path.exists()
     if has_text:
-        load_text_adapter(model, save_path / TEXT_FILE)
+        load_text_adapter(model, text_path)
+    elif model.text_cross_attn is not None:
+        raise CheckpointError(f"{text_path} not found: this {cross.variant} run needs its text cross-attention")
     model.eval()
     return model, run, has_text

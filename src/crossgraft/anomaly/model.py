@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from crossgraft.anomaly.backbone import FrozenCLIP, VVMode
-from crossgraft.anomaly.modules import SimpleAdapter, SimpleProj, xavier_init
+from crossgraft.anomaly.modules import CrossAttention, SimpleAdapter, SimpleProj, xavier_init
 from crossgraft.anomaly.prompts import NORMAL_STATES, TEMPLATES, class_sentences
 
 
@@ -33,6 +33,50 @@ class AdapterConfig:
         return asdict(self)
 
 
+VARIANTS = {  # variant -> (text cross-attention, image cross-attention)
+    "base": (False, False),
+    "text_cross_attn": (True, False),
+    "image_cross_attn": (False, True),
+    "cross_attn": (True, True),
+}
+
+
+@dataclass
+class CrossAttentionConfig:
+    """The cross-attention extension (DESIGN §4). `base` is AA-CLIP itself."""
+
+    variant: str = "base"
+    text_weight: float = 0.1  # w_t of x + w_t · out, after text block 1
+    image_weight: float = 0.1  # w_i, after vision block image_adapt_until
+    learnable_weight: bool = False
+    heads: int = 8
+    dropout: float = 0.1
+    image_norm_match: bool = True  # rescale the image cross-attention output to the tokens' norm (seed 001 fix)
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
+
+    @property
+    def text(self) -> bool:
+        return VARIANTS[self.variant][0]
+
+    @property
+    def image(self) -> bool:
+        return VARIANTS[self.variant][1]
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TextSide:
+    """Per-image text: anchors [T_N, T_A] (B, E, 2) and the L2-normalised sentence embeddings (B, S, E)."""
+
+    anchors: torch.Tensor
+    sentences: torch.Tensor
+
+
 @dataclass
 class ImageOutput:
     seg_tokens: list[torch.Tensor]  # per level (B, N, E), L2-normalised
@@ -46,9 +90,12 @@ def mix_adapter(x: torch.Tensor, adapted: torch.Tensor, weight: float) -> torch.
 
 
 class AdaptedCLIP(nn.Module):
-    def __init__(self, backbone: FrozenCLIP, config: AdapterConfig | None = None) -> None:
+    def __init__(
+        self, backbone: FrozenCLIP, config: AdapterConfig | None = None, cross: CrossAttentionConfig | None = None
+    ) -> None:
         super().__init__()
         config = config or AdapterConfig()
+        cross = cross or CrossAttentionConfig()
         if not 0 <= config.text_adapt_until <= backbone.num_text_layers:
             raise ValueError(
                 f"text_adapt_until={config.text_adapt_until} but the text encoder has {backbone.num_text_layers} blocks"
@@ -59,6 +106,7 @@ class AdaptedCLIP(nn.Module):
             )
         self.backbone = backbone
         self.config = config
+        self.cross = cross
         text_width, vision_width, embed = backbone.text_width, backbone.vision_width, backbone.embed_dim
         self.text_adapter = nn.ModuleList(
             [SimpleAdapter(text_width, text_width) for _ in range(config.text_adapt_until)]
@@ -75,34 +123,89 @@ class AdaptedCLIP(nn.Module):
         )
         xavier_init(self.text_adapter)
         xavier_init(self.image_adapter)
+        self.text_cross_attn = (
+            CrossAttention(text_width, embed, cross.heads, cross.dropout, cross.text_weight, cross.learnable_weight)
+            if cross.text
+            else None
+        )
+        self.image_cross_attn = (
+            CrossAttention(vision_width, embed, cross.heads, cross.dropout, cross.image_weight, cross.learnable_weight)
+            if cross.image
+            else None
+        )
+        # image tokens attend to text after this 1-based vision block (its adapter included)
+        self.image_cross_attn_after = max(config.image_adapt_until, 1)
+        # where the text cross-attention's image context comes from (the frozen stage-1 path); runs set these
+        self.surgery_from = backbone.levels[0]
+        self.vv_mode: VVMode = "tokens"
 
     # ------------------------------------------------------------------------------------------ text
     def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Adapted text embedding of token ids (B, T) -> (B, E)."""
-        backbone = self.backbone
-        x = backbone.embed_text(input_ids).to(backbone.dtype)  # (B, T, Wt)
-        for index in range(backbone.num_text_layers):
-            x = backbone.text_block(index, x)
+        """Adapted text embedding of token ids (B, T) -> (B, E), without cross-attention."""
+        x = self.backbone.embed_text(input_ids).to(self.backbone.dtype)  # (B, T, Wt)
+        return self._text_after_block_one(self.backbone.text_block(0, x), input_ids)
+
+    def _text_after_block_one(self, x: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """Adapter 1, text blocks 2.. with their adapters, then the EOT feature's projection: (B, E)."""
+        for index in range(self.backbone.num_text_layers):
+            if index > 0:
+                x = self.backbone.text_block(index, x)
             if index < self.config.text_adapt_until:
                 x = mix_adapter(x, self.text_adapter[index](x), self.config.text_adapt_weight)
-        return self.text_adapter[-1](backbone.eot_features(x, input_ids))
+        return self.text_adapter[-1](self.backbone.eot_features(x, input_ids))
 
-    def class_anchors(self, class_texts: list[str]) -> torch.Tensor:
-        """Text anchors [T_N, T_A] per class: (C, E, 2). All C x 16 sentences go through in one pass."""
+    def text_side(self, texts: list[str], image_context: torch.Tensor | None = None) -> TextSide:
+        """Anchors and sentence embeddings for each entry of `texts` (one class text per image, or per class).
+
+        With text cross-attention every image's 16 sentences attend to that image's context (B, N, E); the
+        frozen block-1 output of each class's sentences is computed once and shared by all its images, and
+        the 16 sentences of an image go through the cross-attention as one query sequence.
+        """
+        backbone = self.backbone
+        unique = sorted(set(texts))
+        index = torch.tensor([unique.index(t) for t in texts], device=backbone.device)
         sentences = []
-        for text in class_texts:
+        for text in unique:
             normal, abnormal = class_sentences(text)
             sentences += normal + abnormal
-        embeddings = F.normalize(self.encode_text(self.backbone.tokenize(sentences)), dim=-1)
-        per_class = embeddings.reshape(len(class_texts), -1, embeddings.shape[-1])  # (C, 16, E)
+        ids = backbone.tokenize(sentences)  # (C*S, T), cut to the longest sentence
+        per_class = len(sentences) // len(unique)
+        if self.text_cross_attn is None:
+            embeddings = self.encode_text(ids).reshape(len(unique), per_class, -1)[index]  # (B, S, E)
+        else:
+            if image_context is None or len(image_context) != len(texts):
+                raise ValueError("text cross-attention needs one image context (B, N, E) per entry of `texts`")
+            x = backbone.text_block(0, backbone.embed_text(ids).to(backbone.dtype))  # frozen, shared
+            length, width = x.shape[1:]
+            queries = x.reshape(len(unique), per_class * length, width)[index]  # (B, S*T, Wt)
+            attended = self.text_cross_attn(queries, image_context.to(queries.dtype))
+            x = (queries + self.text_cross_attn.residual_weight * attended).reshape(-1, length, width)
+            image_ids = ids.reshape(len(unique), per_class, length)[index].reshape(-1, length)
+            embeddings = self._text_after_block_one(x, image_ids).reshape(len(texts), per_class, -1)
+        embeddings = F.normalize(embeddings, dim=-1)
         num_normal = len(NORMAL_STATES) * len(TEMPLATES)
-        normal = F.normalize(per_class[:, :num_normal].mean(1), dim=-1)
-        abnormal = F.normalize(per_class[:, num_normal:].mean(1), dim=-1)
-        return torch.stack([normal, abnormal], dim=-1)
+        normal = F.normalize(embeddings[:, :num_normal].mean(1), dim=-1)
+        abnormal = F.normalize(embeddings[:, num_normal:].mean(1), dim=-1)
+        return TextSide(anchors=torch.stack([normal, abnormal], dim=-1), sentences=embeddings)
+
+    def image_text(self, texts: list[str], images: torch.Tensor) -> TextSide:
+        """The text side of a batch of images (one class text each), as the variant uses it at test time:
+        per-image with text cross-attention (context from the frozen stage-1 path), else per class."""
+        if self.text_cross_attn is None:
+            return self.text_side(texts)
+        context = stage1_context(self.backbone, images, self.surgery_from, self.vv_mode)
+        return self.text_side(texts, context)
+
+    def class_anchors(self, class_texts: list[str]) -> torch.Tensor:
+        """Anchors [T_N, T_A] per class without image context: (C, E, 2)."""
+        return self.text_side(class_texts).anchors
 
     # ----------------------------------------------------------------------------------------- image
-    def forward(self, images: torch.Tensor) -> ImageOutput:
-        """Adapted image pass: per-level segmentation tokens and the detection token."""
+    def forward(self, images: torch.Tensor, text_context: torch.Tensor | None = None) -> ImageOutput:
+        """Adapted image pass: per-level segmentation tokens and the detection token.
+
+        With image cross-attention the tokens attend, after vision block `image_adapt_until`, to their image's
+        L2-normalised sentence embeddings `text_context` (B, S, E)."""
         backbone = self.backbone
         adapters = self.image_adapter["layer_adapters"]
         x = backbone.embed_image(images)  # (B, 1+N, Wv)
@@ -111,6 +214,8 @@ class AdaptedCLIP(nn.Module):
             x = backbone.vision_block(index, x)
             if index < self.config.image_adapt_until:
                 x = mix_adapter(x, adapters[index](x), self.config.image_adapt_weight)
+            if self.image_cross_attn is not None and index + 1 == self.image_cross_attn_after:
+                x = self._attend_to_text(x, text_context)
             if index + 1 in backbone.levels:
                 level_tokens.append(backbone.ln_post(x[:, 1:]))  # (B, N, Wv)
         seg_tokens = [
@@ -119,6 +224,14 @@ class AdaptedCLIP(nn.Module):
         ]
         det_token = F.normalize(self.image_adapter["det_proj"](level_tokens[-1]), dim=-1).mean(1)
         return ImageOutput(seg_tokens=seg_tokens, det_token=det_token)
+
+    def _attend_to_text(self, x: torch.Tensor, text_context: torch.Tensor | None) -> torch.Tensor:
+        if text_context is None or len(text_context) != len(x):
+            raise ValueError("image cross-attention needs the text context (B, S, E) of every image")
+        out = self.image_cross_attn(x, text_context.to(x.dtype))  # (B, 1+N, Wv)
+        if self.cross.image_norm_match:
+            out = out * x.norm(dim=-1, keepdim=True) / (out.norm(dim=-1, keepdim=True) + 1e-6)
+        return x + self.image_cross_attn.residual_weight * out
 
 
 @torch.no_grad()
@@ -134,6 +247,16 @@ def stage1_features(
         for tokens in features.level_tokens
     ]
     return patches, image_feature
+
+
+def stage1_context(backbone: FrozenCLIP, images: torch.Tensor, surgery_from: int, vv_mode: VVMode) -> torch.Tensor:
+    """The text cross-attention's image context: the first level's stage-1 feature (B, N, E), computed on the
+    frozen path (V-V blocks only up to that level). Stage 1 reuses the feature its loss already computed."""
+    first = backbone.levels[0]
+    features = backbone.encode_image_vv(images, surgery_from=surgery_from, vv_mode=vv_mode, levels=[first])
+    image_feature = F.normalize(features.image_embed, dim=-1)
+    tokens = features.level_tokens[0]
+    return F.normalize(backbone.visual_projection(backbone.ln_post(tokens[:, 1:])), dim=-1) + image_feature[:, None]
 
 
 def surgery_start(num_layers: int, surgery_until_layer: int | None, levels: list[int]) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 LEAKY_SLOPE = 0.01
@@ -35,3 +36,61 @@ def xavier_init(module: nn.Module) -> None:
     for parameter in module.parameters():
         if parameter.dim() > 1:
             nn.init.xavier_uniform_(parameter)
+
+
+class CrossAttention(nn.Module):
+    """Multi-head cross-attention (seed 003 §3.2): queries from one modality, keys/values from the other.
+
+    q/k/v/out are Linear with bias (Xavier weights, zero biases); softmax(QKᵀ/√d_head)V with dropout on the
+    attention weights. The inner width is the context width, so kdim/vdim may differ from the query width.
+    """
+
+    def __init__(
+        self,
+        query_dim: int,
+        context_dim: int,
+        heads: int = 8,
+        dropout: float = 0.1,
+        residual_weight: float = 0.1,
+        learnable_weight: bool = False,
+    ) -> None:
+        super().__init__()
+        if context_dim % heads:
+            raise ValueError(f"cross-attention width {context_dim} is not divisible by {heads} heads")
+        self.heads = heads
+        self.dropout = dropout
+        self.q_proj = nn.Linear(query_dim, context_dim)
+        self.k_proj = nn.Linear(context_dim, context_dim)
+        self.v_proj = nn.Linear(context_dim, context_dim)
+        self.out_proj = nn.Linear(context_dim, query_dim)
+        for linear in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
+            nn.init.xavier_uniform_(linear.weight)
+            nn.init.zeros_(linear.bias)
+        # w of `x + w · out`: a parameter with --learnable_cross_attn_weight, else a fixed (unsaved) buffer
+        weight = torch.tensor(float(residual_weight))
+        if learnable_weight:
+            self.residual_weight = nn.Parameter(weight)
+        else:
+            self.register_buffer("residual_weight", weight, persistent=False)
+
+    def _split(self, x):
+        batch, length, width = x.shape
+        return x.view(batch, length, self.heads, width // self.heads).transpose(1, 2)  # (B, H, L, d)
+
+    def forward(self, queries, context, return_attention: bool = False):
+        """queries (B, Lq, Dq), context (B, Lc, Dc) -> (B, Lq, Dq) [, attention (B, H, Lq, Lc)]."""
+        q, k, v = (
+            self._split(self.q_proj(queries)),
+            self._split(self.k_proj(context)),
+            self._split(self.v_proj(context)),
+        )
+        dropout = self.dropout if self.training else 0.0
+        if return_attention:
+            weights = (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(dim=-1)
+            out = nn.functional.dropout(weights, dropout, self.training) @ v
+        else:
+            weights = None
+            out = nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        batch, heads, length, head_dim = out.shape
+        out = self.out_proj(out.transpose(1, 2).reshape(batch, length, heads * head_dim))
+        return (out, weights) if return_attention else out

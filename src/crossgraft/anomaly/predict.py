@@ -12,13 +12,12 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
 from torch.utils.data import DataLoader
 
 from crossgraft.anomaly.data import AnomalyDataset, EvalTransform
 from crossgraft.anomaly.data.formats import read_folder
 from crossgraft.anomaly.data.records import Sample
-from crossgraft.anomaly.infer import anomaly_maps, clip_anchors, load_trained
+from crossgraft.anomaly.infer import anomaly_maps, batch_text, load_trained
 from crossgraft.anomaly.prompts import class_text, load_class_descriptions
 from crossgraft.anomaly.visualize import save_panel
 from crossgraft.graft import write_text_atomic
@@ -34,12 +33,12 @@ class Prediction:
     heatmap: str
 
 
-def _score(model, anchors, samples: list[Sample], domain: str, batch_size: int, device: str):
+def _score(model, has_text, text, samples: list[Sample], domain: str, batch_size: int, device: str):
     loader = DataLoader(AnomalyDataset(samples, EvalTransform(model.backbone.image_size)), batch_size=batch_size)
     levels = len(model.backbone.levels)
     for batch in loader:
         images = batch["image"].to(device)
-        output = anomaly_maps(model, images, anchors.expand(len(images), -1, -1), domain)
+        output = anomaly_maps(model, images, batch_text(model, has_text, text, images), domain)
         maps = (output.maps / levels).float().cpu()
         for j, index in enumerate(batch["index"].tolist()):
             yield samples[index], maps[j], float(maps[j].max()), float(output.det_scores[j])
@@ -60,19 +59,14 @@ def predict(
 ) -> list[Prediction]:
     model, run, has_text = load_trained(save_path, epoch, device=device)
     descriptions = load_class_descriptions(run.get("class_descriptions"))
-    texts = [class_text(class_name, descriptions)]
-    with torch.no_grad():
-        anchors = (model.class_anchors(texts) if has_text else clip_anchors(model, texts))[0]
+    text = class_text(class_name, descriptions)
     if threshold is None and fit_on is not None:
-        normal_scores = [
-            score
-            for *_, score, _ in _score(model, anchors, read_folder(fit_on, class_name), domain, batch_size, device)
-        ]
-        threshold = max(normal_scores)
+        normal = read_folder(fit_on, class_name)
+        threshold = max(score for *_, score, _ in _score(model, has_text, text, normal, domain, batch_size, device))
     out = Path(out)
     predictions = []
     for sample, score_map, score, det in _score(
-        model, anchors, read_folder(inputs, class_name), domain, batch_size, device
+        model, has_text, text, read_folder(inputs, class_name), domain, batch_size, device
     ):
         heatmap = save_panel(
             sample.image_path,

@@ -1,16 +1,22 @@
-"""AA-CLIP two-stage training (DESIGN §3): stage 1 trains the text adapters against frozen V-V features,
-stage 2 trains the image adapters against the frozen anchors. Checkpoints every epoch in the public format;
-`resume` continues from the last one; Hugging Face Accelerate makes the same loop data-parallel."""
+"""AA-CLIP two-stage training (DESIGN §3) and its cross-attention variants (§4).
+
+Stage 1 trains the text adapters (and the text cross-attention) against frozen V-V features; stage 2 trains
+the image adapters (and the image cross-attention) against frozen anchors. `num_feedback_loops` repeats the
+pair, later rounds taking stage 1's visual features from the adapted image encoder. Base adapters can be
+loaded first for a fair comparison. Checkpoints every epoch in the public format; `resume` continues from
+the last one; Hugging Face Accelerate makes the same loop data-parallel."""
 
 from __future__ import annotations
 
 import json
 import logging
 import math
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from accelerate import Accelerator
 from torch.optim.lr_scheduler import MultiStepLR
 from torch.utils.data import DataLoader
@@ -18,12 +24,12 @@ from tqdm import tqdm
 
 from crossgraft.anomaly.backbone import load_clip
 from crossgraft.anomaly.checkpoints import (
-    IMAGE_FILE,
-    TEXT_FILE,
+    image_file,
     load_image_adapter,
     load_text_adapter,
     save_image_adapter,
     save_text_adapter,
+    text_file,
 )
 from crossgraft.anomaly.data import AnomalyDataset, AugmentConfig, TrainTransform, load_samples, sample_k_shot
 from crossgraft.anomaly.data.records import DataError, write_jsonl
@@ -33,8 +39,16 @@ from crossgraft.anomaly.losses import (
     segmentation_loss,
     similarity_map,
 )
-from crossgraft.anomaly.model import AdaptedCLIP, AdapterConfig, stage1_features, surgery_start
+from crossgraft.anomaly.model import (
+    AdaptedCLIP,
+    AdapterConfig,
+    CrossAttentionConfig,
+    TextSide,
+    stage1_features,
+    surgery_start,
+)
 from crossgraft.anomaly.prompts import class_text, load_class_descriptions
+from crossgraft.graft import mean_abs_weight, write_text_atomic
 from crossgraft.runlog import setup_run_logging
 
 RUN_CONFIG = "run_config.json"
@@ -89,6 +103,14 @@ class TrainConfig:
     device: str = "cpu"
     mixed_precision: str = "no"
     allow_missing_masks: bool = False
+    cross: CrossAttentionConfig = field(default_factory=CrossAttentionConfig)
+    load_base_text_adapter: Path | None = None  # fair comparison (seed 000): start from a trained base model
+    load_base_image_adapter: Path | None = None
+    num_feedback_loops: int = 1
+    eval_each_loop: bool = False
+    eval_dataset: str | None = None  # default: the training dataset's test split
+    eval_data_root: Path | None = None
+    eval_classes: list[str] | None = None
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -156,15 +178,27 @@ class EpochRunner:
         return loader
 
     def run(
-        self, stage, epoch, total, transform, batch_size, loss_fn, optimizer, parameters, last_file, scheduler=None
-    ) -> float:
-        """Train one epoch; returns the mean loss."""
+        self,
+        stage,
+        epoch,
+        total,
+        transform,
+        batch_size,
+        loss_fn,
+        optimizer,
+        parameters,
+        last_file,
+        scheduler=None,
+        groups=None,
+    ) -> tuple[float, dict[str, float]]:
+        """Train one epoch; returns the mean loss and the mean gradient norm of each parameter group."""
         loader = self.loader(transform, batch_size, epoch_seed(self.config.seed, stage, epoch))
         name = "text" if stage == 1 else "image"
         progress = tqdm(
             loader, desc=f"{name} epoch {epoch + 1}/{total}", leave=False, disable=not self.accelerator.is_main_process
         )
         losses = []
+        norms = {name: 0.0 for name in groups or {}}
         for step, batch in enumerate(progress):
             with self.accelerator.autocast():
                 loss = loss_fn(batch)
@@ -172,29 +206,31 @@ class EpochRunner:
             optimizer.zero_grad()
             self.accelerator.backward(loss)
             _all_reduce_grads(self.accelerator, parameters)
+            for name, group in (groups or {}).items():
+                grads = [p.grad.norm() ** 2 for p in group if p.grad is not None]
+                norms[name] += float(torch.stack(grads).sum().sqrt()) if grads else 0.0
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()  # per iteration, as the public code
             losses.append(loss.item())
             progress.set_postfix(loss=f"{loss.item():.4f}")
-        return sum(losses) / max(len(losses), 1)
+        steps = max(len(losses), 1)
+        return sum(losses) / steps, {name: total_norm / steps for name, total_norm in norms.items()}
 
 
 def train(config: TrainConfig) -> AdaptedCLIP:
+    """Train a run: N feedback rounds (1 = plain AA-CLIP order) of stage 1 then stage 2."""
     save_path = Path(config.save_path)
-    accelerator = Accelerator(cpu=config.device == "cpu", mixed_precision=config.mixed_precision)
-    logger = setup_run_logging(save_path, "train.log")
-    main = accelerator.is_main_process
-    if not main:  # one process writes the log and the checkpoints
-        logger.setLevel(logging.WARNING)
-    logger.info("args: %s", json.dumps(config.to_json()))
-    existing = [name for name in (TEXT_FILE, IMAGE_FILE) if (save_path / name).exists()]
+    variant = config.cross.variant
+    existing = [p.name for p in (save_path / text_file(variant), save_path / image_file(variant)) if p.exists()]
     if existing and not config.resume:
         raise TrainingError(
             f"{save_path} already holds {', '.join(existing)}; pass --resume to continue that run, or choose "
             "another --save_path (nothing was overwritten)"
         )
-
+    accelerator = Accelerator(cpu=config.device == "cpu", mixed_precision=config.mixed_precision)
+    main = accelerator.is_main_process
+    device = accelerator.device
     samples = load_samples(
         config.dataset,
         config.data_root,
@@ -205,50 +241,125 @@ def train(config: TrainConfig) -> AdaptedCLIP:
     )
     if config.shot:
         samples = sample_k_shot(samples, config.shot, config.seed)
-    if main:
-        write_jsonl(samples, save_path / TRAIN_SAMPLES, root=config.data_root)
     descriptions = load_class_descriptions(config.class_descriptions)
     class_names = sorted({s.class_name for s in samples})
-    logger.info("training on %d images of %d classes (%s)", len(samples), len(class_names), ", ".join(class_names))
-
-    device = accelerator.device
     backbone = load_clip(
         config.clip, image_size=config.img_size, gelu=config.quirks.gelu, tokenizer=config.tokenizer, device=device
     )
     torch.manual_seed(config.seed)  # adapter init: a resumed run re-creates the same untrained adapters
-    model = AdaptedCLIP(backbone, config.adapter).to(device)
-    surgery_from = surgery_start(backbone.num_vision_layers, config.surgery_until_layer, backbone.levels)
-    if main:
-        run_config = config.to_json() | {"img_size": backbone.image_size, "surgery_from": surgery_from}
-        (save_path / "run_config.json").write_text(json.dumps(run_config, indent=2))
+    model = AdaptedCLIP(backbone, config.adapter, config.cross).to(device)
+    model.surgery_from = surgery_start(backbone.num_vision_layers, config.surgery_until_layer, backbone.levels)
+    model.vv_mode = config.quirks.vv_mode
+    # base checkpoints are checked before anything is written
+    base_text = (
+        load_text_adapter(model, config.load_base_text_adapter, adapters_only=True)
+        if (config.load_base_text_adapter)
+        else None
+    )
+    base_image = (
+        load_image_adapter(model, config.load_base_image_adapter, adapters_only=True)
+        if (config.load_base_image_adapter)
+        else None
+    )
 
-    text_optimizer = torch.optim.Adam(model.text_adapter.parameters(), lr=config.text_lr, betas=BETAS)
-    image_optimizer = torch.optim.Adam(model.image_adapter.parameters(), lr=config.image_lr, betas=BETAS)
+    logger = setup_run_logging(save_path, "train.log" if variant == "base" else "train_cross_attention.log")
+    if not main:  # one process writes the log and the checkpoints
+        logger.setLevel(logging.WARNING)
+    logger.info("args: %s", json.dumps(config.to_json()))
+    logger.info("training on %d images of %d classes (%s)", len(samples), len(class_names), ", ".join(class_names))
+    run_config = config.to_json() | {"img_size": backbone.image_size, "surgery_from": model.surgery_from}
+    if main:
+        write_jsonl(samples, save_path / TRAIN_SAMPLES, root=config.data_root)
+        write_text_atomic(save_path / RUN_CONFIG, json.dumps(run_config, indent=2))
+    if base_text is not None:
+        banner(
+            logger,
+            "LOADING PRE-TRAINED BASE TEXT ADAPTER",
+            loaded_lines(model.text_adapter, "text", config.load_base_text_adapter),
+        )
+
+    texts = {name: class_text(name, descriptions) for name in class_names}
+    epochs = EpochRunner(accelerator, samples, config, save_path)
+    rounds = config.num_feedback_loops
+    for round_index in range(1, rounds + 1):
+        round_dir = save_path if rounds == 1 else save_path / f"loop_{round_index}"
+        if main and rounds > 1:
+            write_text_atomic(round_dir / RUN_CONFIG, json.dumps(run_config | {"loop": round_index}, indent=2))
+        if rounds > 1:
+            logger.info("=" * 70 + "\nFEEDBACK LOOP %d/%d\n" + "=" * 70, round_index, rounds)
+        train_round(
+            model,
+            config,
+            epochs,
+            texts,
+            class_names,
+            round_index,
+            round_dir,
+            logger,
+            accelerator,
+            loaded={"text_adapter": base_text is not None, "image_adapter": base_image is not None},
+        )
+        if config.eval_each_loop and main:
+            evaluate_round(model, config, descriptions, round_dir, round_index, logger)
+    if rounds > 1 and main:  # the run folder's own files are the last round's, so test/predict find them
+        for path in (save_path / f"loop_{rounds}").glob("*.pth"):
+            shutil.copy2(path, save_path / path.name)
+    logger.info("done: checkpoints in %s", save_path)
+    return model
+
+
+def train_round(model, config, epochs, texts, class_names, round_index, round_dir, logger, accelerator, loaded):
+    """Stage 1 then stage 2 of one round, resuming from `round_dir`'s checkpoints with --resume."""
+    variant, device, main = config.cross.variant, accelerator.device, accelerator.is_main_process
+    text_params = [
+        *model.text_adapter.parameters(),
+        *(model.text_cross_attn.parameters() if model.text_cross_attn else []),
+    ]
+    image_params = [
+        *model.image_adapter.parameters(),
+        *(model.image_cross_attn.parameters() if model.image_cross_attn else []),
+    ]
+    text_optimizer = torch.optim.Adam(text_params, lr=config.text_lr, betas=BETAS)
+    image_optimizer = torch.optim.Adam(image_params, lr=config.image_lr, betas=BETAS)
     image_scheduler = MultiStepLR(image_optimizer, milestones=list(config.milestones), gamma=config.gamma)
     text_start = image_start = 0
-    if config.resume and (save_path / TEXT_FILE).exists():
-        checkpoint = load_text_adapter(model, save_path / TEXT_FILE)
+    if config.resume and (round_dir / text_file(variant)).exists():
+        checkpoint = load_text_adapter(model, round_dir / text_file(variant))
         text_optimizer.load_state_dict(checkpoint["text_optimizer"])
         text_start = int(checkpoint["epoch"])
         logger.info("resuming: text adapter at epoch %d of %d", text_start, config.text_epoch)
-    if config.resume and (save_path / IMAGE_FILE).exists():
-        checkpoint = load_image_adapter(model, save_path / IMAGE_FILE)
+    if config.resume and (round_dir / image_file(variant)).exists():
+        checkpoint = load_image_adapter(model, round_dir / image_file(variant))
         image_optimizer.load_state_dict(checkpoint["image_optimizer"])
         if "image_scheduler" in checkpoint:
             image_scheduler.load_state_dict(checkpoint["image_scheduler"])
         image_start = int(checkpoint["epoch"])
         logger.info("resuming: image adapter at epoch %d of %d", image_start, config.image_epoch)
 
-    texts = {name: class_text(name, descriptions) for name in class_names}
-    epochs = EpochRunner(accelerator, samples, config, save_path)
-    stage1_transform = TrainTransform(backbone.image_size, AugmentConfig(color_jitter=False))
+    if variant != "base":
+        summary(logger, model, stage=1, round_index=round_index, loaded=loaded)
+        banner(logger, "STAGE 1: TEXT ADAPTER TRAINING WITH CROSS-ATTENTION", [])
+    stage1_transform = TrainTransform(model.backbone.image_size, AugmentConfig(color_jitter=False))
+    text_groups = {"text_adapter": list(model.text_adapter.parameters())}
+    if model.text_cross_attn is not None:
+        text_groups["text_cross_attn"] = list(model.text_cross_attn.parameters())
     for epoch in range(text_start, config.text_epoch):
 
         def text_loss(batch):
             images, masks, labels = (batch[k].to(device) for k in ("image", "mask", "label"))
-            return stage1_loss(model, images, masks, labels, batch["class_name"], texts, surgery_from, config)
+            return stage1_loss(
+                model,
+                images,
+                masks,
+                labels,
+                batch["class_name"],
+                texts,
+                model.surgery_from,
+                config,
+                adapted_features=round_index > 1,
+            )
 
-        loss = epochs.run(
+        loss, norms = epochs.run(
             1,
             epoch,
             config.text_epoch,
@@ -256,25 +367,45 @@ def train(config: TrainConfig) -> AdaptedCLIP:
             config.text_batch_size,
             text_loss,
             text_optimizer,
-            list(model.text_adapter.parameters()),
-            TEXT_FILE,
+            text_params,
+            text_file(variant),
+            groups=text_groups,
         )
-        logger.info("training text epoch %d: loss: %.6f", epoch, loss)
+        logger.info("training text epoch %d: loss: %.6f | average grad norm: %s", epoch, loss, format_norms(norms))
         if main:
-            save_text_adapter(model, text_optimizer, epoch + 1, save_path)
+            save_text_adapter(model, text_optimizer, epoch + 1, round_dir)
 
     model.eval()
     with torch.no_grad():
-        anchors = dict(zip(class_names, model.class_anchors([texts[n] for n in class_names])))  # each (E, 2)
-    stage2_transform = TrainTransform(backbone.image_size, AugmentConfig(color_jitter=True))
+        class_text_sides = model.text_side([texts[n] for n in class_names]) if model.text_cross_attn is None else None
+    if base_image_banner := (variant != "base" and round_index == 1 and loaded["image_adapter"]):
+        banner(
+            logger,
+            "LOADING PRE-TRAINED BASE IMAGE ADAPTER",
+            loaded_lines(model.image_adapter, "image", config.load_base_image_adapter),
+        )
+    if variant != "base" and not loaded["image_adapter"] and round_index == 1 and not base_image_banner:
+        logger.info("[NOTE] Training image_adapter from scratch (random initialization)")
+    if variant != "base":
+        summary(logger, model, stage=2, round_index=round_index, loaded=loaded, trained_text=config.text_epoch > 0)
+        banner(logger, "STAGE 2: IMAGE ADAPTER TRAINING WITH CROSS-ATTENTION", [])
+    stage2_transform = TrainTransform(model.backbone.image_size, AugmentConfig(color_jitter=True))
+    image_groups = {"image_adapter": list(model.image_adapter.parameters())}
+    if model.image_cross_attn is not None:
+        image_groups["image_cross_attn"] = list(model.image_cross_attn.parameters())
     for epoch in range(image_start, config.image_epoch):
 
         def image_stage_loss(batch):
             images, masks, labels = (batch[k].to(device) for k in ("image", "mask", "label"))
-            batch_anchors = torch.stack([anchors[name] for name in batch["class_name"]])  # (B, E, 2)
-            return stage2_loss(model, images, masks, labels, batch_anchors)
+            with torch.no_grad():
+                if class_text_sides is None:  # per image: the text attends to each image's frozen context
+                    text = model.image_text([texts[name] for name in batch["class_name"]], images)
+                else:
+                    rows = [class_names.index(name) for name in batch["class_name"]]
+                    text = TextSide(class_text_sides.anchors[rows], class_text_sides.sentences[rows])
+            return stage2_loss(model, images, masks, labels, text)
 
-        loss = epochs.run(
+        loss, norms = epochs.run(
             2,
             epoch,
             config.image_epoch,
@@ -282,23 +413,119 @@ def train(config: TrainConfig) -> AdaptedCLIP:
             config.image_batch_size,
             image_stage_loss,
             image_optimizer,
-            list(model.image_adapter.parameters()),
-            IMAGE_FILE,
+            image_params,
+            image_file(variant),
             scheduler=image_scheduler,
+            groups=image_groups,
         )
-        logger.info("training image epoch %d: loss: %.6f", epoch, loss)
+        logger.info("training image epoch %d: loss: %.6f | average grad norm: %s", epoch, loss, format_norms(norms))
         if main:
-            save_image_adapter(model, image_optimizer, image_scheduler, epoch + 1, save_path)
-    logger.info("done: checkpoints in %s", save_path)
-    return model
+            save_image_adapter(model, image_optimizer, image_scheduler, epoch + 1, round_dir)
 
 
-def stage1_loss(model, images, masks, labels, batch_classes, texts, surgery_from, config: TrainConfig):
-    """Segmentation loss of the anchors against frozen V-V features, plus the orthogonality term."""
+def evaluate_round(model, config: TrainConfig, descriptions, round_dir: Path, round_index: int, logger) -> None:
+    from crossgraft.anomaly.evaluate import EvalConfig, evaluate_model
+    from crossgraft.anomaly.metrics import mean_metrics
+
+    eval_config = EvalConfig(
+        dataset=config.eval_dataset or config.dataset,
+        data_root=config.eval_data_root or config.data_root,
+        classes=config.eval_classes,
+        save_path=round_dir,
+        out=round_dir / "eval",
+        device=str(model.backbone.device),
+    )
+    results = evaluate_model(model, True, eval_config, descriptions, label=f"loop {round_index}")
+    logger.info("loop %d metrics (mean over classes): %s", round_index, json.dumps(mean_metrics(results).as_dict()))
+
+
+# ------------------------------------------------------------------------------------ seed 000's printout
+RULE = "=" * 70
+MAGNITUDE_WARNING = 0.05
+
+
+def banner(logger, title: str, lines: list[str]) -> None:
+    logger.info("\n".join([RULE, title, RULE, *lines]))
+
+
+def loaded_lines(module, name: str, path) -> list[str]:
+    magnitude = mean_abs_weight(module)
+    lines = [
+        f"  Path: {path}",
+        f"  ✓ Base {name} adapter loaded successfully!",
+        f"  Mean weight magnitude: {magnitude:.6f} (should be > 0.1 if trained)",
+    ]
+    if magnitude < MAGNITUDE_WARNING:
+        lines.append(
+            f"  [WARNING] mean weight magnitude {magnitude:.6f} < {MAGNITUDE_WARNING}: the checkpoint looks "
+            "untrained; check the path"
+        )
+    return lines
+
+
+def summary(logger, model, stage: int, round_index: int, loaded: dict, trained_text: bool = True) -> None:
+    """The WEIGHT INITIALIZATION SUMMARY: mean |w| of each trainable module and where it comes from."""
+    rows = []
+    if stage == 1:
+        states = {
+            "text_adapter": "pre-trained" if loaded["text_adapter"] else "random init",
+            "text_cross_attn": "random init - NEW",
+            "image_adapter": "pre-trained" if loaded["image_adapter"] else "random init",
+            "image_cross_attn": "random init - NEW",
+        }
+    else:
+        states = {
+            "text_adapter": "updated from Stage 1"
+            if trained_text
+            else ("pre-trained" if loaded["text_adapter"] else "random init"),
+            "text_cross_attn": "trained in Stage 1",
+            "image_adapter": "pre-trained" if loaded["image_adapter"] else "random init",
+            "image_cross_attn": "random init - NEW",
+        }
+    if round_index > 1:
+        states = {name: f"from loop {round_index - 1}" for name in states}
+    for name, state in states.items():
+        module = getattr(model, name)
+        if module is not None:
+            rows.append(f"  {name + ':':<20}{mean_abs_weight(module):.6f} ({state})")
+    banner(logger, "WEIGHT INITIALIZATION SUMMARY", [*rows, RULE])
+
+
+def format_norms(norms: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value:.4f}" for name, value in norms.items())
+
+
+def stage1_loss(
+    model,
+    images,
+    masks,
+    labels,
+    batch_classes,
+    texts,
+    surgery_from,
+    config: TrainConfig,
+    adapted_features: bool = False,
+):
+    """Segmentation loss of the anchors against the visual features, plus the orthogonality term.
+
+    Round 1 (and base AA-CLIP): frozen V-V features; their first level is the text cross-attention's context.
+    Later feedback rounds: the visual features come from the adapted image encoder (no gradient); the
+    context stays the frozen one, as at test time.
+    """
     patch_features, image_feature = stage1_features(model.backbone, images, surgery_from, config.quirks.vv_mode)
-    unique = sorted(set(batch_classes))
-    class_anchors = model.class_anchors([texts[name] for name in unique])  # (C, E, 2)
-    anchors = class_anchors[[unique.index(name) for name in batch_classes]]  # (B, E, 2)
+    context = patch_features[0]
+    if model.text_cross_attn is not None:
+        text = model.text_side([texts[name] for name in batch_classes], context)
+    else:
+        unique = sorted(set(batch_classes))
+        side = model.text_side([texts[name] for name in unique])
+        rows = [unique.index(name) for name in batch_classes]
+        text = TextSide(side.anchors[rows], side.sentences[rows])
+    anchors = text.anchors  # (B, E, 2)
+    if adapted_features:
+        with torch.no_grad():
+            output = model(images, text_context=text.sentences.detach() if model.image_cross_attn else None)
+        patch_features, image_feature = output.seg_tokens, F.normalize(output.det_token, dim=-1)
     image_size = images.shape[-1]
     if config.quirks.stage1_last_level_only:  # the public loop overwrites the loss: only the last level counts
         loss = segmentation_loss(similarity_map(patch_features[-1], anchors, image_size), masks)
@@ -309,12 +536,12 @@ def stage1_loss(model, images, masks, labels, batch_classes, texts, surgery_from
     return loss + config.text_norm_weight * orthogonality_loss(anchors)
 
 
-def stage2_loss(model, images, masks, labels, anchors):
+def stage2_loss(model, images, masks, labels, text: TextSide):
     """CE of the detection token against the anchors plus the segmentation loss of every level."""
-    output = model(images)
-    loss = image_loss(output.det_token, anchors, labels)
+    output = model(images, text_context=text.sentences if model.image_cross_attn is not None else None)
+    loss = image_loss(output.det_token, text.anchors, labels)
     for seg_tokens in output.seg_tokens:
-        loss = loss + segmentation_loss(similarity_map(seg_tokens, anchors, images.shape[-1]), masks)
+        loss = loss + segmentation_loss(similarity_map(seg_tokens, text.anchors, images.shape[-1]), masks)
     return loss
 
 

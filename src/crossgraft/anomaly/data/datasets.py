@@ -76,6 +76,30 @@ DATASETS = {
 }
 
 
+# where the public AA-CLIP code expects each dataset (its dataset/constants.py), relative to the working folder
+PUBLIC_DATA_ROOTS = {
+    "MVTec": "data/mvtec_ad",
+    "VisA": "data/VisA_20220922",
+    "BTAD": "data/BTech_Dataset_transformed",
+    "MPDD": "data/MPDD",
+    "Brain": "data/MedAD/Brain_AD",
+    "Liver": "data/MedAD/Liver_AD",
+    "Retina": "data/MedAD/Retina_RESC_AD",
+    "Colon_clinicDB": "data/Colon/CVC-ClinicDB",
+    "Colon_colonDB": "data/Colon/CVC-ColonDB",
+    "Colon_cvc300": "data/Colon/CVC-300",
+    "Colon_Kvasir": "data/Colon/Kvasir",
+}
+
+
+def default_data_root(dataset: str) -> Path:
+    """The public code's location of a dataset, for command lines that give no --data_root."""
+    spec = get_spec(dataset)
+    if spec.name not in PUBLIC_DATA_ROOTS:
+        raise DataError(f"--data_root is required for dataset {spec.name}")
+    return Path(PUBLIC_DATA_ROOTS[spec.name])
+
+
 def get_spec(name: str) -> DatasetSpec:
     """Look a dataset up by name, ignoring case."""
     by_lower = {key.lower(): spec for key, spec in DATASETS.items()}
