@@ -104,19 +104,16 @@ def run_demo(
         "trained, held-out classes (zero-shot)": evaluate(eval_config(heldout_classes, "heldout", True)),
         "trained, training classes": evaluate(eval_config(train_classes, "train_domain", True)),
     }
-    demo_log = setup_run_logging(out, "demo.log", name="crossgraft.demo")
-    demo_log.info("\nmean over classes (%%):  %-40s %8s %8s %8s", "", "P-AUROC", "I-AUROC", "AUPRO")
+    logger.info("\nmean over classes (%%):  %-40s %8s %8s %8s", "", "P-AUROC", "I-AUROC", "AUPRO")
     for name, per_class in results.items():
         mean = mean_metrics(per_class)
-        demo_log.info(
-            "  %-60s %8.1f %8.1f %8.1f", name, 100 * mean.pixel_auroc, 100 * mean.image_auroc, 100 * mean.aupro
-        )
-    demo_log.info(
+        logger.info("  %-60s %8.1f %8.1f %8.1f", name, 100 * mean.pixel_auroc, 100 * mean.image_auroc, 100 * mean.aupro)
+    logger.info(
         "heat maps (image | ground truth | heat map | overlay): %s, %s",
         out / "heldout" / "visualize",
         out / "train_domain" / "visualize",
     )
-    demo_log.info("checkpoints: %s; logs: %s, %s", run_dir, run_dir / "train.log", out / "demo.log")
+    logger.info("checkpoints: %s; logs: %s, %s", run_dir, run_dir / "train.log", out / "demo.log")
     return results
 
 

@@ -56,7 +56,7 @@ def evaluate_model(
     """Evaluate a model in memory (a loaded run, or an untrained baseline) on the config's dataset."""
     spec = get_spec(config.dataset)
     out = default_out(config)
-    logger = setup_run_logging(out, "test.log")
+    logger = setup_run_logging(out, "test.log", name="crossgraft.test")
     samples = load_samples(
         spec.name,
         config.data_root,

@@ -262,7 +262,9 @@ def train(config: TrainConfig) -> AdaptedCLIP:
         else None
     )
 
-    logger = setup_run_logging(save_path, "train.log" if variant == "base" else "train_cross_attention.log")
+    logger = setup_run_logging(
+        save_path, "train.log" if variant == "base" else "train_cross_attention.log", name="crossgraft.train"
+    )
     if not main:  # one process writes the log and the checkpoints
         logger.setLevel(logging.WARNING)
     logger.info("args: %s", json.dumps(config.to_json()))
