@@ -375,3 +375,37 @@ def json_read(path):
     from crossgraft.anomaly.report import read_json
 
     return read_json(path)
+
+
+def test_grad_flow_and_attention_map_commands(synthetic_root, tmp_path, capsys):
+    common = ["--dataset", "synthetic", "--data_root", str(synthetic_root), "--device", "cpu"]
+    assert main(["anomaly", "grad-flow", *common, "--clip", "tiny"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("Ratio:") == 2 and "not norm-matched" in printed
+    run = tmp_path / "run"
+    train(quick(synthetic_root, run, cross=CrossAttentionConfig(variant="cross_attn")))
+    capsys.readouterr()
+    images = synthetic_root / "dots" / "test" / "spot"
+    assert (
+        main(
+            [
+                "anomaly",
+                "attention-maps",
+                str(images),
+                "--save_path",
+                str(run),
+                "--class_name",
+                "dots",
+                "--words",
+                "damaged",
+                "defect",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    assert "attention maps" in capsys.readouterr().out
+    assert sorted(p.name for p in (run / "attention_maps").glob("*.png"))[:2] == ["000_damaged.png", "000_defect.png"]
+    assert main(["anomaly", "grad-flow", *common, "--save_path", str(run)]) == 0
+    assert "With cross-attention:" in capsys.readouterr().out

@@ -97,12 +97,13 @@ def evaluate_class(
     pixels = ClassMetricsAccumulator(pro_compat=config.pro_compat, expected_pixels=len(samples) * size * size)
     has_masks = all(s.mask_path is not None for s in samples if s.label == 1)
     map_max, map_min, det_scores, labels, kept = [], [], [], [], []
+    text_cache: dict = {}
     loader = DataLoader(
         AnomalyDataset(samples, transform), batch_size=config.batch_size, num_workers=config.num_workers
     )
     for batch in tqdm(loader, desc=samples[0].class_name, leave=False):
         images = batch["image"].to(config.device)
-        output = anomaly_maps(model, images, batch_text(model, has_text, text, images), domain)
+        output = anomaly_maps(model, images, batch_text(model, has_text, text, images, text_cache), domain)
         maps = output.maps.float().cpu().numpy()
         if has_masks:
             pixels.add_pixels(maps, batch["mask"].numpy() > 0)

@@ -89,12 +89,20 @@ def clip_text_side(model: AdaptedCLIP, texts: list[str]) -> TextSide:
 
 
 @torch.no_grad()
-def batch_text(model: AdaptedCLIP, has_text: bool, text: str, images: torch.Tensor) -> TextSide:
-    """The text side for a batch of images of one class, as the trained variant uses it."""
-    if not has_text:
-        side = clip_text_side(model, [text])
-        return TextSide(side.anchors.expand(len(images), -1, -1), side.sentences.expand(len(images), -1, -1))
-    return model.image_text([text] * len(images), images)
+def batch_text(
+    model: AdaptedCLIP, has_text: bool, text: str, images: torch.Tensor, cache: dict | None = None
+) -> TextSide:
+    """The text side for a batch of images of one class, as the trained variant uses it. Unless the text
+    attends to the image, it is the same for every image: computed once per class text (kept in `cache`)."""
+    per_image = has_text and model.text_cross_attn is not None
+    if per_image:
+        return model.image_text([text] * len(images), images)
+    side = cache.get(text) if cache is not None else None
+    if side is None:
+        side = model.text_side([text]) if has_text else clip_text_side(model, [text])
+        if cache is not None:
+            cache[text] = side
+    return TextSide(side.anchors.expand(len(images), -1, -1), side.sentences.expand(len(images), -1, -1))
 
 
 def load_trained(save_path: Path, epoch: int | None = None, device: str = "cpu") -> tuple[AdaptedCLIP, dict, bool]:

@@ -36,9 +36,10 @@ class Prediction:
 def _score(model, has_text, text, samples: list[Sample], domain: str, batch_size: int, device: str):
     loader = DataLoader(AnomalyDataset(samples, EvalTransform(model.backbone.image_size)), batch_size=batch_size)
     levels = len(model.backbone.levels)
+    text_cache: dict = {}
     for batch in loader:
         images = batch["image"].to(device)
-        output = anomaly_maps(model, images, batch_text(model, has_text, text, images), domain)
+        output = anomaly_maps(model, images, batch_text(model, has_text, text, images, text_cache), domain)
         maps = (output.maps / levels).float().cpu()
         for j, index in enumerate(batch["index"].tolist()):
             yield samples[index], maps[j], float(maps[j].max()), float(output.det_scores[j])

@@ -222,7 +222,12 @@ def train(config: TrainConfig) -> AdaptedCLIP:
     """Train a run: N feedback rounds (1 = plain AA-CLIP order) of stage 1 then stage 2."""
     save_path = Path(config.save_path)
     variant = config.cross.variant
-    existing = [p.name for p in (save_path / text_file(variant), save_path / image_file(variant)) if p.exists()]
+    existing = [
+        str(p.relative_to(save_path))
+        for folder in (save_path, *sorted(save_path.glob("loop_*")))
+        for p in (folder / text_file(variant), folder / image_file(variant))
+        if p.exists()
+    ]
     if existing and not config.resume:
         raise TrainingError(
             f"{save_path} already holds {', '.join(existing)}; pass --resume to continue that run, or choose "
