@@ -318,14 +318,9 @@ def train(config: TrainConfig) -> AdaptedCLIP:
 def train_round(model, config, epochs, texts, class_names, round_index, round_dir, logger, accelerator, loaded):
     """Stage 1 then stage 2 of one round, resuming from `round_dir`'s checkpoints with --resume."""
     variant, device, main = config.cross.variant, accelerator.device, accelerator.is_main_process
-    text_params = [
-        *model.text_adapter.parameters(),
-        *(model.text_cross_attn.parameters() if model.text_cross_attn else []),
-    ]
-    image_params = [
-        *model.image_adapter.parameters(),
-        *(model.image_cross_attn.parameters() if model.image_cross_attn else []),
-    ]
+    text_groups, image_groups = trainable_groups(model, "text"), trainable_groups(model, "image")
+    text_params = [p for group in text_groups.values() for p in group]
+    image_params = [p for group in image_groups.values() for p in group]
     text_optimizer = torch.optim.Adam(text_params, lr=config.text_lr, betas=BETAS)
     image_optimizer = torch.optim.Adam(image_params, lr=config.image_lr, betas=BETAS)
     image_scheduler = MultiStepLR(image_optimizer, milestones=list(config.milestones), gamma=config.gamma)
@@ -347,9 +342,6 @@ def train_round(model, config, epochs, texts, class_names, round_index, round_di
         summary(logger, model, stage=1, round_index=round_index, loaded=loaded)
         banner(logger, "STAGE 1: TEXT ADAPTER TRAINING WITH CROSS-ATTENTION", [])
     stage1_transform = TrainTransform(model.backbone.image_size, AugmentConfig(color_jitter=False))
-    text_groups = {"text_adapter": list(model.text_adapter.parameters())}
-    if model.text_cross_attn is not None:
-        text_groups["text_cross_attn"] = list(model.text_cross_attn.parameters())
     for epoch in range(text_start, config.text_epoch):
 
         def text_loss(batch):
@@ -385,21 +377,16 @@ def train_round(model, config, epochs, texts, class_names, round_index, round_di
     model.eval()
     with torch.no_grad():
         class_text_sides = model.text_side([texts[n] for n in class_names]) if model.text_cross_attn is None else None
-    if base_image_banner := (variant != "base" and round_index == 1 and loaded["image_adapter"]):
-        banner(
-            logger,
-            "LOADING PRE-TRAINED BASE IMAGE ADAPTER",
-            loaded_lines(model.image_adapter, "image", config.load_base_image_adapter),
-        )
-    if variant != "base" and not loaded["image_adapter"] and round_index == 1 and not base_image_banner:
-        logger.info("[NOTE] Training image_adapter from scratch (random initialization)")
+    if variant != "base" and round_index == 1:
+        if loaded["image_adapter"]:
+            lines = loaded_lines(model.image_adapter, "image", config.load_base_image_adapter)
+            banner(logger, "LOADING PRE-TRAINED BASE IMAGE ADAPTER", lines)
+        else:
+            logger.info("[NOTE] Training image_adapter from scratch (random initialization)")
     if variant != "base":
         summary(logger, model, stage=2, round_index=round_index, loaded=loaded, trained_text=config.text_epoch > 0)
         banner(logger, "STAGE 2: IMAGE ADAPTER TRAINING WITH CROSS-ATTENTION", [])
     stage2_transform = TrainTransform(model.backbone.image_size, AugmentConfig(color_jitter=True))
-    image_groups = {"image_adapter": list(model.image_adapter.parameters())}
-    if model.image_cross_attn is not None:
-        image_groups["image_cross_attn"] = list(model.image_cross_attn.parameters())
     for epoch in range(image_start, config.image_epoch):
 
         def image_stage_loss(batch):
@@ -428,6 +415,16 @@ def train_round(model, config, epochs, texts, class_names, round_index, round_di
         logger.info("training image epoch %d: loss: %.6f | average grad norm: %s", epoch, loss, format_norms(norms))
         if main:
             save_image_adapter(model, image_optimizer, image_scheduler, epoch + 1, round_dir)
+
+
+def trainable_groups(model: AdaptedCLIP, side: str) -> dict[str, list[torch.nn.Parameter]]:
+    """The parameters one stage trains, by module: `text` (stage 1) or `image` (stage 2)."""
+    groups = {}
+    for name in (f"{side}_adapter", f"{side}_cross_attn"):
+        module = getattr(model, name)
+        if module is not None:
+            groups[name] = list(module.parameters())
+    return groups
 
 
 def evaluate_round(model, config: TrainConfig, descriptions, round_dir: Path, round_index: int, logger) -> None:
@@ -520,14 +517,8 @@ def stage1_loss(
     context stays the frozen one, as at test time.
     """
     patch_features, image_feature = stage1_features(model.backbone, images, surgery_from, config.quirks.vv_mode)
-    context = patch_features[0]
-    if model.text_cross_attn is not None:
-        text = model.text_side([texts[name] for name in batch_classes], context)
-    else:
-        unique = sorted(set(batch_classes))
-        side = model.text_side([texts[name] for name in unique])
-        rows = [unique.index(name) for name in batch_classes]
-        text = TextSide(side.anchors[rows], side.sentences[rows])
+    context = patch_features[0] if model.text_cross_attn is not None else None
+    text = model.text_side([texts[name] for name in batch_classes], context)  # one pass per class without context
     anchors = text.anchors  # (B, E, 2)
     if adapted_features:
         with torch.no_grad():
