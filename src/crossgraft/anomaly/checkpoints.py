@@ -17,7 +17,6 @@ from crossgraft.anomaly.model import AdaptedCLIP
 from crossgraft.graft import CheckpointError, load_strict, read_checkpoint, save_atomic
 
 TEXT_FILE = "text_adapter.pth"
-IMAGE_FILE = "image_adapter.pth"
 CROSS_SUFFIX = "_cross_attn"
 
 
@@ -28,10 +27,6 @@ def text_file(variant: str = "base") -> str:
 def image_file(variant: str = "base", epoch: int | None = None) -> str:
     stem = "image_adapter" if variant == "base" else f"image_adapter{CROSS_SUFFIX}"
     return f"{stem}.pth" if epoch is None else f"{stem}_{epoch}.pth"
-
-
-def image_epoch_file(epoch: int, variant: str = "base") -> str:
-    return image_file(variant, epoch)
 
 
 def _count(keys: list[str], pattern: str) -> int:

@@ -20,7 +20,7 @@ from crossgraft.anomaly.data.synthetic import SyntheticConfig, class_names, make
 from crossgraft.anomaly.evaluate import EvalConfig, evaluate, evaluate_model
 from crossgraft.anomaly.metrics import AnomalyMetrics, mean_metrics
 from crossgraft.anomaly.model import AdaptedCLIP, AdapterConfig, CrossAttentionConfig
-from crossgraft.anomaly.train import PRESETS, TrainConfig, train
+from crossgraft.anomaly.train import TrainConfig, train
 from crossgraft.runlog import setup_run_logging
 
 DEMO_SYNTHETIC = SyntheticConfig(classes=8, train_per_class=2, test_per_class=16, size=128, seed=0)
@@ -41,6 +41,24 @@ def split_classes(count: int) -> tuple[list[str], list[str]]:
     return names[0::2], names[1::2]
 
 
+def demo_training(data_root, train_classes, synthetic, clip, text_epoch, image_epoch, seed, device) -> dict:
+    """The TrainConfig fields both demos share: the train-domain classes, every image, the short schedule
+    (the reference preset is TrainConfig's default), resumable so a second run only re-evaluates."""
+    return dict(
+        dataset="synthetic",
+        data_root=data_root,
+        classes=train_classes,
+        shot=None,
+        clip=clip,
+        img_size=synthetic.size,
+        text_epoch=text_epoch,
+        image_epoch=image_epoch,
+        seed=seed,
+        resume=True,
+        device=device,
+    )
+
+
 def run_demo(
     out: Path,
     synthetic: SyntheticConfig = DEMO_SYNTHETIC,
@@ -59,20 +77,8 @@ def run_demo(
     logger.info("train domain: %s | held out: %s", ", ".join(train_classes), ", ".join(heldout_classes))
 
     config = TrainConfig(
-        dataset="synthetic",
-        data_root=data_root,
         save_path=run_dir,
-        classes=train_classes,
-        shot=None,
-        clip=clip,
-        img_size=synthetic.size,
-        text_epoch=text_epoch,
-        image_epoch=image_epoch,
-        seed=seed,
-        quirks=PRESETS["reference"],
-        preset="reference",
-        resume=True,
-        device=device,
+        **demo_training(data_root, train_classes, synthetic, clip, text_epoch, image_epoch, seed, device),
     )
     train(config)
 
@@ -135,19 +141,7 @@ def run_ablation_demo(
     runs: dict[str, list[str]] = {"base": [], "cross_attn": []}
     for seed in seeds:
         base_dir, cross_dir = out / f"base_seed{seed}", out / f"cross_attn_seed{seed}"
-        common = dict(
-            dataset="synthetic",
-            data_root=data_root,
-            classes=train_classes,
-            shot=None,
-            clip=clip,
-            img_size=synthetic.size,
-            text_epoch=text_epoch,
-            image_epoch=image_epoch,
-            seed=seed,
-            resume=True,
-            device=device,
-        )
+        common = demo_training(data_root, train_classes, synthetic, clip, text_epoch, image_epoch, seed, device)
         train(TrainConfig(save_path=base_dir, **common))
         train(
             TrainConfig(

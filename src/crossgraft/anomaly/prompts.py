@@ -8,7 +8,6 @@ from pathlib import Path
 NORMAL_STATES = ("{}", "a {}", "the {}")
 ABNORMAL_STATES = ("a damaged {}", "a broken {}", "a {} with flaw", "a {} with defect", "a {} with damage")
 TEMPLATES = ("{}.", "a photo of {}.")
-GENERIC_CLASS = "object"
 
 
 def class_sentences(class_text: str) -> tuple[list[str], list[str]]:
@@ -18,10 +17,6 @@ def class_sentences(class_text: str) -> tuple[list[str], list[str]]:
         return [template.format(state.format(class_text)) for state in states for template in TEMPLATES]
 
     return expand(NORMAL_STATES), expand(ABNORMAL_STATES)
-
-
-def sentences_per_class() -> int:
-    return len(TEMPLATES) * (len(NORMAL_STATES) + len(ABNORMAL_STATES))
 
 
 def load_class_descriptions(path: Path | None) -> dict[str, str]:
