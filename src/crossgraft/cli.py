@@ -472,6 +472,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Zero-/few-shot anomaly detection and segmentation with adapted CLIP.",
         formatter_class=HelpFormatter,
     )
+    families.add_parser(
+        "llava",
+        help="LLaVA-OneVision with alternating attention (train, make-sample, make-tiny); "
+        "`crossgraft llava --help` lists its commands",
+        add_help=False,
+    )
     commands = anomaly.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     demo = commands.add_parser(
@@ -786,6 +792,11 @@ def main(argv: list[str] | None = None) -> int:
     from crossgraft.anomaly.train import TrainingError
     from crossgraft.graft import CheckpointError
 
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "llava":
+        from crossgraft.llava.cli import main as llava_main
+
+        return llava_main(list(argv[1:]))
     args = build_parser().parse_args(argv)
     try:
         if getattr(args, "dataset", None) is not None and hasattr(args, "data_root") and args.data_root is None:

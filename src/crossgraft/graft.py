@@ -1,10 +1,11 @@
-"""Moving weights between models safely (both families): strict loads that explain a mismatch, atomic
-checkpoint writes, and weight-magnitude summaries."""
+"""Moving weights between models safely (both families): strict loads that explain a mismatch, selective
+copies that report every key, atomic checkpoint writes, and weight-magnitude summaries."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -86,3 +87,74 @@ def mean_abs_weight(module: nn.Module) -> float:
     """Mean |w| over every weight matrix of a module (biases and norms left out): a quick 'was it trained' look."""
     values = [p.detach().abs().mean().item() for name, p in module.named_parameters() if p.dim() > 1]
     return float(sum(values) / len(values)) if values else 0.0
+
+
+# ------------------------------------------------------------------------------------- selective copy
+@dataclass
+class CopyReport:
+    """What a selective copy did, key by key."""
+
+    copied: list[str] = field(default_factory=list)
+    mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # key, source shape, target shape
+    skipped: list[str] = field(default_factory=list)  # in the source, left out on purpose (skip prefixes)
+    unexpected: list[str] = field(default_factory=list)  # in the source, not in the target
+    missing: list[str] = field(default_factory=list)  # in the target, not filled: created from config
+    tied: list[str] = field(default_factory=list)  # in the target, filled by weight tying
+
+    def format(self, samples: int = 5) -> str:
+        """Counts and a few sample keys of each kind, as --inspect_weights prints them."""
+        lines = []
+        kinds = [
+            ("copied", self.copied),
+            ("shape-mismatched", [f"{k}: source {tuple(a)} vs target {tuple(b)}" for k, a, b in self.mismatched]),
+            ("skipped", self.skipped),
+            ("unexpected", self.unexpected),
+            ("missing", self.missing),
+            ("tied", self.tied),
+        ]
+        for label, keys in kinds:
+            lines.append(f"{label:>17}: {len(keys)}")
+            lines.extend(f"{'':>19}{key}" for key in keys[:samples])
+            if len(keys) > samples:
+                lines.append(f"{'':>19}… and {len(keys) - samples} more")
+        return "\n".join(lines)
+
+
+def _has_prefix(key: str, prefixes: Sequence[str]) -> bool:
+    # The component name may follow a wrapper prefix ('model.mm_projector.0.weight' for 'mm_projector').
+    parts = key.split(".")
+    return any(".".join(parts[i:]).startswith(prefix) for prefix in prefixes for i in range(min(2, len(parts))))
+
+
+def selective_copy(
+    source: dict[str, torch.Tensor],
+    target_shapes: dict[str, torch.Size | tuple],
+    skip_prefixes: Sequence[str] = (),
+    tied: dict[str, str] | None = None,
+) -> tuple[dict[str, torch.Tensor], CopyReport]:
+    """The source tensors whose key exists in the target with an equal shape, minus the skipped prefixes.
+
+    `tied` maps target keys filled by weight tying to their source key ({'lm_head.weight':
+    'model.embed_tokens.weight'}); they count as tied, not missing, when their source key is copied.
+    """
+    tied = tied or {}
+    report = CopyReport()
+    matched: dict[str, torch.Tensor] = {}
+    for key, tensor in source.items():
+        if _has_prefix(key, skip_prefixes):
+            report.skipped.append(key)
+        elif key not in target_shapes:
+            report.unexpected.append(key)
+        elif tuple(tensor.shape) != tuple(target_shapes[key]):
+            report.mismatched.append((key, tuple(tensor.shape), tuple(target_shapes[key])))
+        else:
+            matched[key] = tensor
+            report.copied.append(key)
+    for key in target_shapes:
+        if key in matched:
+            continue
+        if key in tied and tied[key] in matched:
+            report.tied.append(key)
+        else:
+            report.missing.append(key)
+    return matched, report

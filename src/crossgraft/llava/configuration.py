@@ -1,0 +1,168 @@
+"""Configs of the LLaVA-OneVision family (Qwen2 language model + SigLIP tower), one per variant.
+
+Field names follow LLaVA-NeXT's `config.json` (`mm_vision_tower`, `mm_projector_type`, `mm_hidden_size`,
+`mm_vision_select_layer`, `mm_patch_merge_type`, `image_aspect_ratio`, …) so published lmms-lab configs load
+as they are. What LLaVA-NeXT keeps outside the config — the SigLIP tower's sizes and its image statistics —
+is stored here too (`vision_config`, `image_mean`, `image_std`), so a model is fully described by its
+config.json and builds offline.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from huggingface_hub.dataclasses import strict
+from transformers import Qwen2Config, SiglipVisionConfig
+
+IMAGE_TOKEN_INDEX = -200  # LLaVA's placeholder id for `<image>` in input_ids; never a real token
+IGNORE_INDEX = -100  # label of every position that is not learned
+
+BASE_MODEL_TYPE = "llava_qwen"
+ALTERNATING_MODEL_TYPE = "llava_qwen_with_alternating_attn"
+ALTERNATING_CROSS_MODEL_TYPE = "llava_qwen_with_alternating_cross_attn"
+
+XATTN_MODES = ("gated", "mask")
+# The towers LLaVA-OneVision ships with; their sizes are public, so a config that names one needs no download.
+KNOWN_VISION_TOWERS: dict[str, dict[str, Any]] = {
+    "google/siglip-so400m-patch14-384": {
+        "hidden_size": 1152,
+        "intermediate_size": 4304,
+        "num_hidden_layers": 27,
+        "num_attention_heads": 16,
+        "image_size": 384,
+        "patch_size": 14,
+        "hidden_act": "gelu_pytorch_tanh",
+        "layer_norm_eps": 1e-6,
+    },
+}
+SUPPORTED_ASPECT_RATIOS = ("pad", "square")
+
+
+class LlavaConfigError(ValueError):
+    """A LLaVA config that contradicts itself or that this package cannot build. The message says why."""
+
+
+@strict
+class LlavaQwenConfig(Qwen2Config):
+    """Base LLaVA-OneVision config: every Qwen2 field plus the multimodal ones."""
+
+    model_type = BASE_MODEL_TYPE
+
+    mm_vision_tower: str = "google/siglip-so400m-patch14-384"
+    vision_config: dict | None = None  # SiglipVisionConfig fields of the full tower; None: looked up by name
+    mm_hidden_size: int | None = None  # the tower's width; must agree with vision_config
+    mm_projector_type: str = "mlp2x_gelu"
+    mm_vision_select_layer: int = -2  # LLaVA-NeXT drops SigLIP's last layer and uses the one before
+    mm_vision_select_feature: str = "patch"
+    mm_patch_merge_type: str = "spatial_unpad"  # "unpad" in the name: one image_newline after each image
+    image_aspect_ratio: str = "pad"
+    image_token_index: int = IMAGE_TOKEN_INDEX
+    image_mean: list | tuple = (0.5, 0.5, 0.5)  # SigLIP's preprocessing statistics
+    image_std: list | tuple = (0.5, 0.5, 0.5)
+    tokenizer_model_max_length: int | None = None  # spliced sequences are cut to this length
+    tokenizer_padding_side: str = "right"
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.vision_config is None and self.mm_vision_tower in KNOWN_VISION_TOWERS:
+            self.vision_config = dict(KNOWN_VISION_TOWERS[self.mm_vision_tower])
+        if self.vision_config is not None:
+            width = int(self.vision_config["hidden_size"])
+            if self.mm_hidden_size is None:
+                self.mm_hidden_size = width
+            elif self.mm_hidden_size != width:
+                raise LlavaConfigError(
+                    f"config contradicts itself: mm_hidden_size is {self.mm_hidden_size} but the vision tower "
+                    f"({self.mm_vision_tower}) is {width} wide"
+                )
+        if self.mm_projector_type != "mlp2x_gelu":
+            raise LlavaConfigError(
+                f"mm_projector_type {self.mm_projector_type!r} is not supported; this package builds 'mlp2x_gelu' "
+                "(the projector of every LLaVA-OneVision checkpoint)"
+            )
+        if self.mm_vision_select_feature not in ("patch", "cls_patch"):
+            raise LlavaConfigError(
+                f"mm_vision_select_feature must be 'patch' or 'cls_patch', not {self.mm_vision_select_feature!r}"
+            )
+        if self.tokenizer_padding_side not in ("left", "right"):
+            raise LlavaConfigError(
+                f"tokenizer_padding_side must be 'left' or 'right', not {self.tokenizer_padding_side!r}"
+            )
+
+    def vision_tower_config(self) -> SiglipVisionConfig:
+        """The SigLIP config of the full tower (before LLaVA-NeXT drops its last layers)."""
+        if self.vision_config is not None:
+            fields = {k: v for k, v in self.vision_config.items() if k not in ("model_type", "transformers_version")}
+            return SiglipVisionConfig(**fields)
+        # A tower this package does not know by name: read its config (a local folder or a Hub id).
+        return SiglipVisionConfig.from_pretrained(self.mm_vision_tower)
+
+    @property
+    def attention_pattern(self) -> str:
+        """The attention rule of the alternating layers: 'causal' (none), 'within_modality' or 'cross_modality'."""
+        return "causal"
+
+    @property
+    def alternating_layers(self) -> list[int]:
+        """Decoder layers that use the modality rule: odd layers (0-based), never the last one."""
+        if self.attention_pattern == "causal":
+            return []
+        return [i for i in range(self.num_hidden_layers) if i % 2 == 1 and i != self.num_hidden_layers - 1]
+
+
+@strict
+class LlavaQwenAlternatingConfig(LlavaQwenConfig):
+    """`alternating`: odd layers attend within their own modality (text↔text, image↔image). No new weights."""
+
+    model_type = ALTERNATING_MODEL_TYPE
+
+    @property
+    def attention_pattern(self) -> str:
+        return "within_modality"
+
+
+@strict
+class LlavaQwenAlternatingCrossConfig(LlavaQwenConfig):
+    """`alternating_cross`: cross-modal layers, in one of two modes stored as `xattn_mode`.
+
+    `gated` (default for new models): gated cross-attention blocks from the text tokens to the projected image
+    features in `model.xattn.{i}`, before every `xattn_every_n_layers`-th decoder layer, tanh gates at 0.
+    `mask`: no new weights; odd layers attend to the other modality plus themselves only. A config.json
+    without the field (as the published checkpoints are) means `mask`.
+    """
+
+    model_type = ALTERNATING_CROSS_MODEL_TYPE
+    xattn_mode: str = "gated"
+    xattn_every_n_layers: int = 4
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs):
+        config_dict = dict(config_dict)
+        config_dict.setdefault("xattn_mode", "mask")
+        return super().from_dict(config_dict, **kwargs)
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.xattn_mode not in XATTN_MODES:
+            raise LlavaConfigError(f"xattn_mode must be one of {', '.join(XATTN_MODES)}, not {self.xattn_mode!r}")
+        if self.xattn_every_n_layers < 1:
+            raise LlavaConfigError(f"xattn_every_n_layers must be at least 1, not {self.xattn_every_n_layers}")
+
+    @property
+    def attention_pattern(self) -> str:
+        return "cross_modality" if self.xattn_mode == "mask" else "causal"
+
+    @property
+    def xattn_layers(self) -> list[int]:
+        """Decoder layers preceded by a gated cross-attention block (open_flamingo's every-n convention)."""
+        if self.xattn_mode != "gated":
+            return []
+        every = self.xattn_every_n_layers
+        return [i for i in range(self.num_hidden_layers) if (i + 1) % every == 0]
+
+
+CONFIG_CLASSES: dict[str, type[LlavaQwenConfig]] = {
+    BASE_MODEL_TYPE: LlavaQwenConfig,
+    ALTERNATING_MODEL_TYPE: LlavaQwenAlternatingConfig,
+    ALTERNATING_CROSS_MODEL_TYPE: LlavaQwenAlternatingCrossConfig,
+}

@@ -1,0 +1,338 @@
+"""LLaVA conversation data: reading (json, jsonl, `{a,b}.json`, yaml `datasets:` lists with seeded sampling),
+validation with messages that name the file and record, the Qwen chat template with assistant-only labels,
+and a collator that leaves `<image>` placeholders for the model to splice."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+
+from crossgraft.llava.configuration import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+
+IMAGE_PLACEHOLDER = "<image>"
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."  # LLaVA-NeXT's qwen_1_5 template
+ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+
+
+class LlavaDataError(ValueError):
+    """Data that cannot be used as given. The message names the file and the record."""
+
+
+@dataclass
+class DataArguments:
+    data_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "LLaVA-format records: a .json list, a .jsonl file, several files as "
+            "'dir/{a,b}.json', or a .yaml file with a 'datasets:' list of {json_path, sampling_strategy} "
+            "(first:N, end:N, random:N, with N a count or a percentage such as 10%)."
+        },
+    )
+    image_folder: str | None = field(
+        default=None,
+        metadata={"help": "folder the records' relative 'image' paths start from (default: the data file's folder)"},
+    )
+    image_aspect_ratio: str | None = field(
+        default=None,
+        metadata={
+            "help": "'pad' (paste onto a square of the mean colour, LLaVA's expand2square) or 'square' "
+            "(resize). Default: the model config's value when it is one of these, else pad. anyres tiling "
+            "is not implemented yet."
+        },
+    )
+    system_prompt: str = field(
+        default=DEFAULT_SYSTEM_PROMPT, metadata={"help": "system turn of the Qwen chat template"}
+    )
+    data_sampling_seed: int = field(default=0, metadata={"help": "seed of 'random:N' sampling in yaml lists"})
+
+
+@dataclass
+class Record:
+    """One conversation and where it came from (for error messages)."""
+
+    data: dict[str, Any]
+    source: str
+    index: int
+
+    @property
+    def where(self) -> str:
+        record_id = self.data.get("id") if isinstance(self.data, dict) else None
+        return f"{self.source}, record {self.index}" + (f" (id {record_id})" if record_id is not None else "")
+
+    @property
+    def image_paths(self) -> list[str]:
+        image = self.data.get("image")
+        if image is None:
+            return []
+        return [image] if isinstance(image, str) else list(image)
+
+
+# ---------------------------------------------------------------------------------------------- reading
+def expand_braces(path: str) -> list[str]:
+    """'data/{a,b}.json' → ['data/a.json', 'data/b.json'] (one brace group, as LLaVA-NeXT accepts)."""
+    match = re.search(r"\{([^{}]*)\}", path)
+    if not match:
+        return [path]
+    return [path[: match.start()] + part.strip() + path[match.end() :] for part in match.group(1).split(",")]
+
+
+def _read_file(path: Path) -> list[Record]:
+    if not path.is_file():
+        raise LlavaDataError(f"data file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        records = []
+        for line_number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(Record(json.loads(line), str(path), line_number - 1))
+            except json.JSONDecodeError as error:
+                raise LlavaDataError(f"{path}, line {line_number}: not valid JSON ({error.msg})") from error
+        return records
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise LlavaDataError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from error
+    if not isinstance(data, list):
+        raise LlavaDataError(f"{path}: expected a JSON list of records, found {type(data).__name__}")
+    return [Record(item, str(path), index) for index, item in enumerate(data)]
+
+
+def _sample(records: list[Record], strategy: str, rng: random.Random, where: str) -> list[Record]:
+    """'all', 'first:N', 'end:N', 'random:N'; N a count or 'P%'."""
+    if strategy in ("all", "", None):
+        return records
+    kind, _, amount = str(strategy).partition(":")
+    try:
+        if amount.endswith("%"):
+            count = math.ceil(len(records) * float(amount[:-1]) / 100)
+        else:
+            count = int(amount)
+    except ValueError:
+        count = -1
+    if kind not in ("first", "end", "random") or count < 0:
+        raise LlavaDataError(
+            f"{where}: sampling_strategy {strategy!r} is not one of all, first:N, end:N, random:N (N a count or P%)"
+        )
+    count = min(count, len(records))
+    if kind == "first":
+        return records[:count]
+    if kind == "end":
+        return records[len(records) - count :]
+    return rng.sample(records, count)
+
+
+def _read_yaml(path: Path, seed: int) -> list[Record]:
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise LlavaDataError(f"{path}: not valid YAML ({error})") from error
+    if not isinstance(spec, dict) or not isinstance(spec.get("datasets"), list):
+        raise LlavaDataError(f"{path}: expected a 'datasets:' list of {{json_path, sampling_strategy}} entries")
+    rng = random.Random(seed)
+    records = []
+    for number, entry in enumerate(spec["datasets"]):
+        where = f"{path}, datasets[{number}]"
+        if not isinstance(entry, dict) or "json_path" not in entry:
+            raise LlavaDataError(f"{where}: each entry needs a 'json_path'")
+        json_path = Path(entry["json_path"])
+        if not json_path.is_absolute() and not json_path.exists():
+            json_path = path.parent / json_path
+        records.extend(_sample(read_records(str(json_path), seed), entry.get("sampling_strategy", "all"), rng, where))
+    return records
+
+
+def read_records(data_path: str, seed: int = 0) -> list[Record]:
+    """Every record of `data_path` (see DataArguments.data_path), not yet validated."""
+    records: list[Record] = []
+    for name in expand_braces(str(data_path)):
+        path = Path(name)
+        if path.suffix in (".yaml", ".yml"):
+            records.extend(_read_yaml(path, seed))
+        elif path.suffix in (".json", ".jsonl"):
+            records.extend(_read_file(path))
+        else:
+            raise LlavaDataError(f"{path}: unknown data file type; use .json, .jsonl or .yaml")
+    return records
+
+
+# ------------------------------------------------------------------------------------------- validation
+def validate_record(record: Record) -> None:
+    """First turn from the human (after an optional system turn), turns alternate, every answer is non-empty,
+    and the number of `<image>` placeholders equals the number of images."""
+    data = record.data
+    if not isinstance(data, dict):
+        raise LlavaDataError(f"{record.where}: expected an object, found {type(data).__name__}")
+    turns = data.get("conversations")
+    if not isinstance(turns, list) or not turns:
+        raise LlavaDataError(f"{record.where}: 'conversations' must be a non-empty list")
+    for number, turn in enumerate(turns):
+        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str) or turn.get("from") not in ROLES:
+            raise LlavaDataError(
+                f'{record.where}: turn {number} must be {{"from": human|gpt, "value": text}}, found {turn!r:.80}'
+            )
+    roles = [ROLES[turn["from"]] for turn in turns]
+    if roles[0] == "system":
+        roles, turns = roles[1:], turns[1:]
+    if not roles or roles[0] != "user":
+        raise LlavaDataError(f"{record.where}: the first turn must be from the human")
+    for number, (role, expected) in enumerate(zip(roles, ["user", "assistant"] * len(roles))):
+        if role != expected:
+            raise LlavaDataError(f"{record.where}: turns must alternate human/gpt; turn {number} is from {role}")
+    if "assistant" not in roles:
+        raise LlavaDataError(f"{record.where}: there is no gpt turn to learn from")
+    for turn, role in zip(turns, roles):
+        if role == "assistant" and not turn["value"].strip():
+            raise LlavaDataError(f"{record.where}: a gpt turn (caption) is empty")
+        if role == "assistant" and IMAGE_PLACEHOLDER in turn["value"]:
+            raise LlavaDataError(f"{record.where}: a gpt turn contains {IMAGE_PLACEHOLDER}")
+    image = data.get("image")
+    if image is not None and not (
+        (isinstance(image, str) and image) or (isinstance(image, list) and all(isinstance(i, str) and i for i in image))
+    ):
+        raise LlavaDataError(f"{record.where}: 'image' must be a path or a list of paths")
+    placeholders = sum(turn["value"].count(IMAGE_PLACEHOLDER) for turn in turns)
+    if placeholders != len(record.image_paths):
+        raise LlavaDataError(
+            f"{record.where}: {placeholders} {IMAGE_PLACEHOLDER} placeholder(s) but {len(record.image_paths)} image(s)"
+        )
+
+
+def load_records(data_path: str, seed: int = 0) -> list[Record]:
+    """Read and validate every record; the first bad one stops with a message naming it."""
+    records = read_records(data_path, seed)
+    if not records:
+        raise LlavaDataError(f"{data_path}: no records")
+    for record in records:
+        validate_record(record)
+    return records
+
+
+# -------------------------------------------------------------------------------------------- tokenising
+def tokenize_conversation(
+    turns: list[dict[str, str]], tokenizer, system_prompt: str = DEFAULT_SYSTEM_PROMPT
+) -> tuple[list[int], list[int]]:
+    """Qwen chat template; `<image>` becomes IMAGE_TOKEN_INDEX. Labels learn each assistant answer and its
+    `<|im_end|>`; the system and user turns, the role headers and the newlines are IGNORE_INDEX.
+
+        <|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n{question}<|im_end|>\\n
+        <|im_start|>assistant\\n{answer}<|im_end|>\\n
+    """
+
+    def encode(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False).input_ids if text else []
+
+    if ROLES[turns[0]["from"]] == "system":
+        system_prompt, turns = turns[0]["value"], turns[1:]
+    input_ids: list[int] = []
+    labels: list[int] = []
+
+    def add(ids: list[int], learn: bool) -> None:
+        input_ids.extend(ids)
+        labels.extend(ids if learn else [IGNORE_INDEX] * len(ids))
+
+    add(encode(f"<|im_start|>system\n{system_prompt}<|im_end|>\n"), learn=False)
+    for turn in turns:
+        role = ROLES[turn["from"]]
+        add(encode(f"<|im_start|>{role}\n"), learn=False)
+        if role == "user":
+            parts = turn["value"].split(IMAGE_PLACEHOLDER)
+            for number, part in enumerate(parts):
+                if number:
+                    add([IMAGE_TOKEN_INDEX], learn=False)
+                add(encode(part), learn=False)
+            add(encode("<|im_end|>"), learn=False)
+        else:
+            add(encode(turn["value"]) + encode("<|im_end|>"), learn=True)
+        add(encode("\n"), learn=False)
+    return input_ids, labels
+
+
+# --------------------------------------------------------------------------------------- dataset, collator
+class LazySupervisedDataset(Dataset):
+    """Records are validated up front; tokenising and image loading happen per item."""
+
+    def __init__(
+        self,
+        records: list[Record],
+        tokenizer,
+        image_processor,
+        image_folder: str | None,
+        system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+    ):
+        self.records = records
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.image_folder = image_folder
+        self.system_prompt = system_prompt
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _image_path(self, record: Record, name: str) -> Path:
+        base = Path(self.image_folder) if self.image_folder else Path(record.source).parent
+        return Path(name) if Path(name).is_absolute() else base / name
+
+    def load_image(self, record: Record, name: str) -> torch.Tensor:
+        path = self._image_path(record, name)
+        if not path.is_file():
+            raise LlavaDataError(f"{record.where}: image not found: {path}")
+        try:
+            with Image.open(path) as image:
+                image.load()
+                return self.image_processor(image)  # (3, S, S)
+        except (UnidentifiedImageError, OSError) as error:
+            raise LlavaDataError(f"{record.where}: cannot read image {path} ({error})") from error
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        record = self.records[index]
+        input_ids, labels = tokenize_conversation(record.data["conversations"], self.tokenizer, self.system_prompt)
+        item = {"input_ids": torch.tensor(input_ids), "labels": torch.tensor(labels)}
+        if record.image_paths:
+            item["images"] = torch.stack([self.load_image(record, name) for name in record.image_paths])
+        return item
+
+
+@dataclass
+class DataCollatorForSupervisedDataset:
+    """Right-pads input_ids (pad token) and labels (IGNORE_INDEX); stacks all images of the batch in order."""
+
+    pad_token_id: int
+
+    def __call__(self, instances: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        length = max(len(item["input_ids"]) for item in instances)
+        input_ids = torch.full((len(instances), length), self.pad_token_id, dtype=torch.long)  # (B, S)
+        labels = torch.full((len(instances), length), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros(len(instances), length, dtype=torch.long)
+        for row, item in enumerate(instances):
+            n = len(item["input_ids"])
+            input_ids[row, :n], labels[row, :n], attention_mask[row, :n] = item["input_ids"], item["labels"], 1
+        batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+        images = [item["images"] for item in instances if "images" in item]
+        if images:
+            batch["images"] = torch.cat(images)  # (N, 3, S, S)
+        return batch
+
+
+def make_supervised_data_module(tokenizer, data_args: DataArguments) -> dict[str, Any]:
+    """LLaVA-NeXT's entry point: {'train_dataset', 'eval_dataset', 'data_collator'} for the Trainer.
+    `data_args.image_processor` must be set (the model's SquareImageProcessor)."""
+    if not data_args.data_path:
+        raise LlavaDataError("--data_path is required")
+    records = load_records(data_args.data_path, data_args.data_sampling_seed)
+    dataset = LazySupervisedDataset(
+        records, tokenizer, data_args.image_processor, data_args.image_folder, data_args.system_prompt
+    )
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return {"train_dataset": dataset, "eval_dataset": None, "data_collator": DataCollatorForSupervisedDataset(pad)}
