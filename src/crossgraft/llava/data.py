@@ -35,7 +35,7 @@ class DataArguments:
         metadata={
             "help": "LLaVA-format records: a .json list, a .jsonl file, several files as "
             "'dir/{a,b}.json', or a .yaml file with a 'datasets:' list of {json_path, sampling_strategy} "
-            "(first:N, end:N, random:N, with N a count or a percentage such as 10%)."
+            "(first:N, end:N, random:N, with N a count or a percentage such as 10%%)."
         },
     )
     image_folder: str | None = field(

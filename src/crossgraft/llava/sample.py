@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer
+from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer, SiglipVisionConfig, SiglipVisionModel
 
 from crossgraft.anomaly.tiny_tokenizer import _byte_symbols
 from crossgraft.llava.configuration import (
@@ -21,7 +21,7 @@ from crossgraft.llava.configuration import (
 )
 
 IM_START, IM_END, END_OF_TEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
-TINY_TYPES = ("qwen2", BASE_MODEL_TYPE, ALTERNATING_MODEL_TYPE, ALTERNATING_CROSS_MODEL_TYPE)
+TINY_TYPES = ("qwen2", "siglip", BASE_MODEL_TYPE, ALTERNATING_MODEL_TYPE, ALTERNATING_CROSS_MODEL_TYPE)
 
 TINY_QWEN2 = dict(
     hidden_size=64,
@@ -75,7 +75,8 @@ def tiny_llava_config(model_type: str, tokenizer: Qwen2Tokenizer, **overrides):
 
 
 def make_tiny_model(out: Path, model_type: str = BASE_MODEL_TYPE, seed: int = 0, **overrides) -> Path:
-    """Save a tiny random model of `model_type` (or a bare Qwen2 LM for 'qwen2') plus its tokenizer to `out`."""
+    """Save a tiny random model of `model_type` plus its tokenizer to `out`: a LLaVA variant, a bare Qwen2 LM
+    ('qwen2', a backbone for --init_from_backbone) or a SigLIP tower ('siglip', for --vision_tower)."""
     from crossgraft.llava import MODEL_CLASSES
 
     if model_type not in TINY_TYPES:
@@ -83,6 +84,9 @@ def make_tiny_model(out: Path, model_type: str = BASE_MODEL_TYPE, seed: int = 0,
     out = Path(out)
     tokenizer = build_tiny_tokenizer()
     torch.manual_seed(seed)
+    if model_type == "siglip":
+        SiglipVisionModel(SiglipVisionConfig(**{**TINY_SIGLIP, **overrides})).save_pretrained(out)
+        return out
     if model_type == "qwen2":
         model = Qwen2ForCausalLM(tiny_qwen2_config(tokenizer, **overrides))
     else:

@@ -1,0 +1,170 @@
+"""Record formats, validation messages, the Qwen template's labels, images and the collator."""
+
+import json
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from crossgraft.llava.configuration import IGNORE_INDEX, IMAGE_TOKEN_INDEX, LlavaConfigError
+from crossgraft.llava.data import (
+    DataArguments,
+    LlavaDataError,
+    load_records,
+    make_supervised_data_module,
+    read_records,
+    tokenize_conversation,
+)
+from crossgraft.llava.vision import SquareImageProcessor
+
+
+def record(index, caption="a caption", image=None):
+    value = ("<image>\n" if image else "") + "Describe."
+    data = {"id": f"r{index}", "conversations": [{"from": "human", "value": value}, {"from": "gpt", "value": caption}]}
+    if image:
+        data["image"] = image
+    return data
+
+
+def write_json(path, records):
+    path.write_text(json.dumps(records))
+    return path
+
+
+def test_json_jsonl_and_brace_lists(tmp_path):
+    write_json(tmp_path / "a.json", [record(i) for i in range(3)])
+    (tmp_path / "b.jsonl").write_text("\n".join(json.dumps(record(i)) for i in range(3, 5)) + "\n\n")
+    write_json(tmp_path / "c.json", [record(9)])
+    assert [r.data["id"] for r in read_records(str(tmp_path / "b.jsonl"))] == ["r3", "r4"]
+    records = read_records(str(tmp_path / "{a,c}.json"))
+    assert [r.data["id"] for r in records] == ["r0", "r1", "r2", "r9"]
+    assert records[3].source.endswith("c.json") and records[3].index == 0
+
+
+def test_yaml_sampling_strategies_are_seeded(tmp_path):
+    write_json(tmp_path / "many.json", [record(i) for i in range(20)])
+    spec = {
+        "datasets": [
+            {"json_path": "many.json", "sampling_strategy": "first:3"},
+            {"json_path": "many.json", "sampling_strategy": "end:10%"},
+            {"json_path": str(tmp_path / "many.json"), "sampling_strategy": "random:25%"},
+            {"json_path": "many.json", "sampling_strategy": "random:4"},
+        ]
+    }
+    (tmp_path / "mix.yaml").write_text(yaml.safe_dump(spec))
+    ids = [r.data["id"] for r in read_records(str(tmp_path / "mix.yaml"), seed=3)]
+    assert ids[:3] == ["r0", "r1", "r2"] and ids[3:5] == ["r18", "r19"]
+    assert len(ids) == 3 + 2 + 5 + 4
+    assert ids == [r.data["id"] for r in read_records(str(tmp_path / "mix.yaml"), seed=3)]
+    other = [r.data["id"] for r in read_records(str(tmp_path / "mix.yaml"), seed=4)]
+    assert other[:5] == ids[:5] and other[5:] != ids[5:]
+
+    (tmp_path / "bad.yaml").write_text(
+        yaml.safe_dump({"datasets": [{"json_path": "many.json", "sampling_strategy": "some:3"}]})
+    )
+    with pytest.raises(LlavaDataError, match=r"bad.yaml, datasets\[0\]: sampling_strategy 'some:3'"):
+        read_records(str(tmp_path / "bad.yaml"))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda r: r["conversations"].reverse(), "the first turn must be from the human"),
+        (lambda r: r["conversations"].append({"from": "gpt", "value": "again"}), "turns must alternate"),
+        (lambda r: r["conversations"][1].update(value="  "), "a gpt turn \\(caption\\) is empty"),
+        (lambda r: r.update(image="x.png"), "0 <image> placeholder\\(s\\) but 1 image"),
+        (lambda r: r["conversations"][1].update(value="<image> hi"), "a gpt turn contains <image>"),
+        (lambda r: r["conversations"][0].update(speaker="human"), None),
+        (lambda r: r["conversations"][0].pop("from"), "turn 0 must be"),
+        (lambda r: r.pop("conversations"), "'conversations' must be a non-empty list"),
+    ],
+)
+def test_bad_records_name_file_and_record(tmp_path, change, message):
+    records = [record(0), record(1)]
+    change(records[1])
+    path = write_json(tmp_path / "data.json", records)
+    if message is None:
+        assert len(load_records(str(path))) == 2  # extra keys are fine
+        return
+    with pytest.raises(LlavaDataError, match=rf"data.json, record 1 \(id r1\): {message}"):
+        load_records(str(path))
+
+
+def test_unreadable_files_are_named(tmp_path):
+    (tmp_path / "broken.jsonl").write_text(json.dumps(record(0)) + "\n{not json\n")
+    with pytest.raises(LlavaDataError, match="broken.jsonl, line 2: not valid JSON"):
+        read_records(str(tmp_path / "broken.jsonl"))
+    with pytest.raises(LlavaDataError, match="data file not found"):
+        read_records(str(tmp_path / "absent.json"))
+    with pytest.raises(LlavaDataError, match="unknown data file type"):
+        read_records(str(tmp_path / "data.csv"))
+    write_json(tmp_path / "object.json", {"a": 1})
+    with pytest.raises(LlavaDataError, match="expected a JSON list"):
+        read_records(str(tmp_path / "object.json"))
+
+
+def test_qwen_template_learns_only_the_answers(tiny_tokenizer):
+    turns = [
+        {"from": "human", "value": "<image>\nWhat is it?"},
+        {"from": "gpt", "value": "A red circle."},
+        {"from": "human", "value": "And the background?"},
+        {"from": "gpt", "value": "White."},
+    ]
+    input_ids, labels = tokenize_conversation(turns, tiny_tokenizer)
+    assert len(input_ids) == len(labels)
+    assert input_ids.count(IMAGE_TOKEN_INDEX) == 1
+    assert labels[input_ids.index(IMAGE_TOKEN_INDEX)] == IGNORE_INDEX
+    text = tiny_tokenizer.decode([i if i != IMAGE_TOKEN_INDEX else tiny_tokenizer.pad_token_id for i in input_ids])
+    assert text.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n")
+    assert "<|im_start|>assistant\nA red circle.<|im_end|>\n<|im_start|>user\nAnd the background?" in text
+    # Learned spans, in order: each answer and its <|im_end|>, nothing else.
+    spans, current = [], []
+    for token, label in zip(input_ids, labels):
+        if label == IGNORE_INDEX:
+            if current:
+                spans.append(tiny_tokenizer.decode(current))
+                current = []
+        else:
+            assert label == token
+            current.append(token)
+    assert spans == ["A red circle.<|im_end|>", "White.<|im_end|>"]
+
+
+def test_dataset_items_images_and_collator(llava_sample, tiny_tokenizer):
+    processor = SquareImageProcessor(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "pad")
+    data_args = DataArguments(data_path=str(llava_sample))
+    data_args.image_processor = processor
+    module = make_supervised_data_module(tiny_tokenizer, data_args)
+    dataset, collator = module["train_dataset"], module["data_collator"]
+    assert len(dataset) == 8
+    batch = collator([dataset[0], dataset[1], dataset[2]])
+    assert batch["images"].shape == (3, 3, 32, 32)
+    assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
+    assert (batch["input_ids"] == IMAGE_TOKEN_INDEX).sum() == 3
+    lengths = batch["attention_mask"].sum(1)
+    assert (batch["labels"][0, lengths[0] :] == IGNORE_INDEX).all()
+
+
+def test_missing_and_corrupt_images_are_named(tmp_path, tiny_tokenizer):
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    path = write_json(tmp_path / "data.json", [record(0, image="absent.png"), record(1, image="bad.png")])
+    data_args = DataArguments(data_path=str(path))
+    data_args.image_processor = SquareImageProcessor(32, (0.5,) * 3, (0.5,) * 3)
+    dataset = make_supervised_data_module(tiny_tokenizer, data_args)["train_dataset"]
+    with pytest.raises(LlavaDataError, match=r"record 0 \(id r0\): image not found: .*absent.png"):
+        dataset[0]
+    with pytest.raises(LlavaDataError, match=r"record 1 \(id r1\): cannot read image .*bad.png"):
+        dataset[1]
+
+
+def test_square_preprocessing_pads_with_the_mean_colour():
+    image = Image.new("RGB", (40, 20), (255, 0, 0))
+    padded = SquareImageProcessor(20, (0.5,) * 3, (0.5,) * 3, "pad")(image)
+    squashed = SquareImageProcessor(20, (0.5,) * 3, (0.5,) * 3, "square")(image)
+    assert padded.shape == squashed.shape == (3, 20, 20)
+    assert torch.allclose(padded[:, 0, 10], torch.tensor([-0.0039, -0.0039, -0.0039]), atol=1e-3)  # grey band
+    assert torch.allclose(padded[:, 10, 10], torch.tensor([1.0, -1.0, -1.0]), atol=1e-3)  # the image
+    assert torch.allclose(squashed[:, 0, 10], torch.tensor([1.0, -1.0, -1.0]), atol=1e-3)  # no band
+    with pytest.raises(LlavaConfigError, match="anyres tiling is not implemented"):
+        SquareImageProcessor(20, (0.5,) * 3, (0.5,) * 3, "anyres_max_9")

@@ -1,0 +1,52 @@
+"""The attention rules, checked by hand on a 6-token example."""
+
+import torch
+
+from crossgraft.llava.masks import additive, allowed_keys
+
+# 6 positions: text, image, image, text, text, pad (right padding) and the same content left-padded.
+RIGHT_REAL = torch.tensor([[1, 1, 1, 1, 1, 0]])
+RIGHT_IMAGE = torch.tensor([[0, 1, 1, 0, 0, 0]]).bool()
+LEFT_REAL = torch.tensor([[0, 1, 1, 1, 1, 1]])
+LEFT_IMAGE = torch.tensor([[0, 0, 1, 1, 0, 0]]).bool()
+
+
+def as_matrix(rows: str) -> torch.Tensor:
+    return torch.tensor([[c == "1" for c in row] for row in rows.split()])
+
+
+def test_right_padding_rules_by_hand():
+    causal = as_matrix("100000 110000 111000 111100 111110 111110")
+    within = as_matrix("100000 010000 011000 100100 100110 100110")
+    cross = as_matrix("100000 110000 101000 011100 011010 011000")
+    for rule, expected in (("causal", causal), ("within_modality", within), ("cross_modality", cross)):
+        got = allowed_keys(RIGHT_REAL, RIGHT_IMAGE, 6, rule)[0, 0]
+        assert torch.equal(got, expected), rule
+
+
+def test_left_padding_rules_by_hand():
+    causal = as_matrix("000000 010000 011000 011100 011110 011111")
+    within = as_matrix("000000 010000 001000 001100 010010 010011")
+    cross = as_matrix("000000 010000 011000 010100 001110 001101")
+    for rule, expected in (("causal", causal), ("within_modality", within), ("cross_modality", cross)):
+        got = allowed_keys(LEFT_REAL, LEFT_IMAGE, 6, rule)[0, 0]
+        assert torch.equal(got, expected), rule
+
+
+def test_queries_after_a_cache_see_the_cached_keys():
+    # The last 2 of 6 positions are new queries.
+    got = allowed_keys(RIGHT_REAL[:, :5], RIGHT_IMAGE[:, :5], 2, "within_modality")[0, 0]
+    assert torch.equal(got, as_matrix("10010 10011"))
+
+
+def test_additive_masks_never_make_nan_even_for_fully_masked_rows():
+    allowed = allowed_keys(LEFT_REAL, LEFT_IMAGE, 6, "within_modality")
+    mask = additive(allowed, torch.float32)
+    assert mask[0, 0, 0].eq(torch.finfo(torch.float32).min).all()  # the pad row may attend to nothing
+    scores = torch.randn(1, 1, 6, 6) + mask
+    weights = scores.softmax(-1)
+    assert torch.isfinite(weights).all()
+    sdpa = torch.nn.functional.scaled_dot_product_attention(
+        torch.randn(1, 1, 6, 4), torch.randn(1, 1, 6, 4), torch.randn(1, 1, 6, 4), attn_mask=mask
+    )
+    assert torch.isfinite(sdpa).all()

@@ -1,0 +1,168 @@
+"""The three variants on tiny random models: exact equalities the design promises, and where they differ."""
+
+import pytest
+import torch
+from transformers import Qwen2ForCausalLM
+
+from crossgraft.llava import MODEL_CLASSES
+from crossgraft.llava.configuration import IMAGE_TOKEN_INDEX, LlavaConfigError
+from crossgraft.llava.sample import tiny_llava_config
+
+BASE, ALT, CROSS = "llava_qwen", "llava_qwen_with_alternating_attn", "llava_qwen_with_alternating_cross_attn"
+
+
+def build(kind, tokenizer, attn="sdpa", seed=0, **overrides):
+    torch.manual_seed(seed)
+    config = tiny_llava_config(kind, tokenizer, **overrides)
+    config._attn_implementation = attn
+    return MODEL_CLASSES[kind](config).eval()
+
+
+def text_batch():
+    generator = torch.Generator().manual_seed(1)
+    input_ids = torch.randint(0, 250, (2, 9), generator=generator)
+    attention_mask = torch.tensor([[1] * 9, [1] * 6 + [0] * 3])
+    return input_ids, attention_mask
+
+
+def image_batch():
+    generator = torch.Generator().manual_seed(2)
+    input_ids = torch.randint(0, 250, (2, 8), generator=generator)
+    input_ids[0, 2] = IMAGE_TOKEN_INDEX
+    input_ids[1, 1] = IMAGE_TOKEN_INDEX
+    attention_mask = torch.tensor([[1] * 8, [1] * 5 + [0] * 3])
+    images = torch.randn(2, 3, 32, 32, generator=generator)
+    return input_ids, attention_mask, images
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_alternating_equals_base_exactly_on_text_only_input(tiny_tokenizer, attn):
+    base, alternating = build(BASE, tiny_tokenizer, attn), build(ALT, tiny_tokenizer, attn)
+    alternating.load_state_dict(base.state_dict())
+    input_ids, attention_mask = text_batch()
+    with torch.no_grad():
+        expected = base(input_ids=input_ids, attention_mask=attention_mask).logits
+        got = alternating(input_ids=input_ids, attention_mask=attention_mask).logits
+    assert alternating.config.alternating_layers == [1]
+    assert torch.equal(got, expected)
+
+
+def test_alternating_differs_from_base_once_images_are_in(tiny_tokenizer):
+    base, alternating = build(BASE, tiny_tokenizer), build(ALT, tiny_tokenizer)
+    alternating.load_state_dict(base.state_dict())
+    input_ids, attention_mask, images = image_batch()
+    with torch.no_grad():
+        expected = base(input_ids=input_ids, attention_mask=attention_mask, images=images).logits
+        got = alternating(input_ids=input_ids, attention_mask=attention_mask, images=images).logits
+    # Before the first image token the sequences are identical; after it, layer 1 hides the image from text.
+    assert torch.equal(got[0, :2], expected[0, :2])
+    assert not torch.allclose(got[0, -1], expected[0, -1])
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+def test_gated_cross_equals_base_exactly_at_init_on_multimodal_input(tiny_tokenizer, attn):
+    base = build(BASE, tiny_tokenizer, attn)
+    cross = build(CROSS, tiny_tokenizer, attn, xattn_every_n_layers=2)
+    assert cross.config.xattn_mode == "gated" and cross.config.xattn_layers == [1, 3]
+    missing, unexpected = cross.load_state_dict(base.state_dict(), strict=False)
+    assert not unexpected and all(".xattn." in key for key in missing)
+    assert all(p.item() == 0.0 for n, p in cross.named_parameters() if n.endswith("_gate"))
+    input_ids, attention_mask, images = image_batch()
+    with torch.no_grad():
+        expected = base(input_ids=input_ids, attention_mask=attention_mask, images=images).logits
+        got = cross(input_ids=input_ids, attention_mask=attention_mask, images=images).logits
+    assert torch.equal(got, expected)
+
+    with torch.no_grad():
+        for name, parameter in cross.named_parameters():
+            if name.endswith("attn_gate"):
+                parameter.fill_(0.5)
+        opened = cross(input_ids=input_ids, attention_mask=attention_mask, images=images).logits
+    assert not torch.allclose(opened, expected)  # the blocks are live once a gate opens
+
+
+def test_gate_gradients_flow_at_zero(tiny_tokenizer):
+    cross = build(CROSS, tiny_tokenizer, xattn_every_n_layers=2).train()
+    input_ids, attention_mask, images = image_batch()
+    labels = input_ids.clamp(min=0)
+    cross(input_ids=input_ids, attention_mask=attention_mask, labels=labels, images=images).loss.backward()
+    gates = {n: p.grad for n, p in cross.named_parameters() if n.endswith("attn_gate")}
+    assert gates and all(g is not None and g.abs().item() > 0 for g in gates.values())
+
+
+def test_mask_mode_attends_across_modalities_and_differs_from_base(tiny_tokenizer):
+    base = build(BASE, tiny_tokenizer)
+    masked = build(CROSS, tiny_tokenizer, xattn_mode="mask")
+    assert masked.config.attention_pattern == "cross_modality"
+    assert not hasattr(masked.model, "xattn")  # mask mode adds no weights
+    assert masked.load_state_dict(base.state_dict(), strict=True)
+    input_ids, attention_mask = text_batch()
+    with torch.no_grad():
+        expected = base(input_ids=input_ids, attention_mask=attention_mask).logits
+        got = masked(input_ids=input_ids, attention_mask=attention_mask).logits
+    # On text only, layer 1 lets each token see itself alone, so the model differs from base after position 0.
+    assert torch.equal(got[:, 0], expected[:, 0])
+    assert not torch.allclose(got[:, 1:], expected[:, 1:])
+
+
+def test_base_on_text_matches_plain_qwen2(tiny_tokenizer):
+    base = build(BASE, tiny_tokenizer)
+    qwen = Qwen2ForCausalLM(base.config).eval()
+    qwen.load_state_dict(base.state_dict(), strict=False)
+    input_ids, attention_mask = text_batch()
+    with torch.no_grad():
+        expected = qwen(input_ids=input_ids, attention_mask=attention_mask).logits
+        got = base(input_ids=input_ids, attention_mask=attention_mask).logits
+    real = attention_mask.bool()
+    torch.testing.assert_close(got[real], expected[real], atol=1e-5, rtol=1e-5)
+
+
+def test_left_and_right_padding_give_the_same_logits(tiny_tokenizer):
+    right = build(ALT, tiny_tokenizer)
+    left = build(ALT, tiny_tokenizer, tokenizer_padding_side="left")
+    input_ids, attention_mask, images = image_batch()
+    with torch.no_grad():
+        a = right(input_ids=input_ids, attention_mask=attention_mask, images=images).logits
+        b = left(input_ids=input_ids, attention_mask=attention_mask, images=images).logits
+    assert torch.isfinite(b).all()
+    # Row 1 is shorter: right padding puts its tokens first, left padding last.
+    n = attention_mask[1].sum().item() - 1 + 17  # one placeholder became 16 patches + 1 newline
+    torch.testing.assert_close(a[1, :n], b[1, -n:], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a[0], b[0])
+
+
+def test_splicing_shapes_labels_and_errors(tiny_tokenizer):
+    model = build(BASE, tiny_tokenizer)
+    input_ids, attention_mask, images = image_batch()
+    labels = input_ids.clamp(min=0)
+    spliced = model.model.prepare_multimodal_inputs(input_ids, attention_mask, labels, images)
+    assert spliced.inputs_embeds.shape == (2, 8 - 1 + 17, 64)
+    assert spliced.image_token_mask.sum(dim=1).tolist() == [17, 17]
+    assert (spliced.labels[spliced.image_token_mask] == -100).all()
+    assert spliced.image_context.shape == (2, 17, 64)
+    with pytest.raises(ValueError, match="2 <image> placeholders but 1 images"):
+        model(input_ids=input_ids, attention_mask=attention_mask, images=images[:1])
+
+
+def test_flash_attention_is_rejected_with_a_reason(tiny_tokenizer):
+    model = build(BASE, tiny_tokenizer)
+    model.config._attn_implementation = "flash_attention_2"
+    input_ids, attention_mask = text_batch()
+    with pytest.raises(LlavaConfigError, match="flash_attention_2' is not supported.*sdpa"):
+        model(input_ids=input_ids, attention_mask=attention_mask)
+
+
+def test_parameter_names_follow_llava_next(tiny_tokenizer):
+    keys = set(build(CROSS, tiny_tokenizer, xattn_every_n_layers=2).state_dict())
+    for key in (
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.vision_tower.vision_tower.vision_model.encoder.layers.0.self_attn.q_proj.weight",
+        "model.mm_projector.0.weight",
+        "model.mm_projector.2.weight",
+        "model.image_newline",
+        "model.xattn.1.attn_gate",
+        "lm_head.weight",
+    ):
+        assert key in keys, key
+    # LLaVA-NeXT drops SigLIP's last layer (mm_vision_select_layer -2): 3 configured, 2 built.
+    assert not any("encoder.layers.2." in key for key in keys)

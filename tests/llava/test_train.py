@@ -1,0 +1,191 @@
+"""train_alternating end to end on CPU: the inspection modes, one step per variant with throughput in the loss
+record, the gates' optimizer group, learning, resuming and building from a backbone."""
+
+import json
+
+import pytest
+
+from crossgraft.cli import main as crossgraft_main
+from crossgraft.llava.train import LOG_FILE, AlternatingTrainer, AlternatingTrainingArguments
+from crossgraft.llava.train import main as train_main
+
+BASE, ALT, CROSS = "llava_qwen", "llava_qwen_with_alternating_attn", "llava_qwen_with_alternating_cross_attn"
+QUIET = ["--report_to", "none", "--dataloader_pin_memory", "false", "--disable_tqdm", "true"]
+
+
+def log_history(output_dir):
+    return json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+
+
+def test_dry_run_prints_the_raw_model_type_and_checks_the_variant(tiny_models, capsys):
+    assert train_main(["--model_name_or_path", str(tiny_models[ALT]), "--dry_run"]) == 0
+    out = capsys.readouterr().out
+    assert "config.json model_type: llava_qwen_with_alternating_attn" in out
+    assert "variant: alternating (class LlavaQwenWithAlternatingAttnForCausalLM" in out
+    assert train_main(["--model_name_or_path", str(tiny_models[ALT]), "--dry_run", "--variant", "base"]) == 2
+    assert "--variant base was asked for" in capsys.readouterr().out
+    args = ["--model_name_or_path", str(tiny_models[ALT]), "--dry_run", "--variant", "base", "--force"]
+    assert train_main(args) == 0
+    assert crossgraft_main(["llava", "train", "--model_name_or_path", str(tiny_models["qwen2"]), "--dry_run"]) == 0
+    assert "bare Qwen2 language model" in capsys.readouterr().out
+
+
+def test_inspect_data_previews_without_images(llava_sample, tmp_path, capsys):
+    assert train_main(["--data_path", str(llava_sample), "--inspect_data"]) == 0
+    out = capsys.readouterr().out
+    assert "records: 8" in out and '"from": "human"' in out and "all 8 records are valid" in out
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"id": "x", "conversations": [{"from": "gpt", "value": "hi"}]}]))
+    assert train_main(["--data_path", str(bad), "--inspect_data"]) == 2
+    assert "first turn must be from the human" in capsys.readouterr().out
+
+
+def test_inspect_weights_reports_the_copy(tiny_models, llava_sample, capsys):
+    args = [
+        "--backbone_model",
+        str(tiny_models["qwen2"]),
+        "--data_path",
+        str(llava_sample),
+        "--variant",
+        "alternating",
+        "--init_from_backbone",
+        "--inspect_weights",
+        "--vision_tower",
+        str(tiny_models["siglip"]),
+    ]
+    assert train_main(args) == 0
+    out = capsys.readouterr().out
+    assert "into llava_qwen_with_alternating_attn" in out
+    assert "copied: 50" in out and "skipped: 0" in out and "missing: 42" in out  # newline, 37 tower, 4 projector
+    assert train_main(["--model_name_or_path", str(tiny_models[BASE]), "--inspect_weights"]) == 2
+    assert "add --init_from_backbone" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", [BASE, ALT, CROSS])
+def test_one_step_per_variant_with_throughput_in_the_loss_record(kind, tiny_models, llava_sample, tmp_path):
+    output_dir = tmp_path / kind
+    args = [
+        "--model_name_or_path",
+        str(tiny_models[kind]),
+        "--data_path",
+        str(llava_sample),
+        "--output_dir",
+        str(output_dir),
+        "--per_device_train_batch_size",
+        "2",
+        "--max_steps",
+        "1",
+        "--logging_steps",
+        "1000",
+        "--throughput_log_steps",
+        "1",
+        "--save_strategy",
+        "no",
+        *QUIET,
+    ]
+    assert train_main(args) == 0
+    records = [r for r in log_history(output_dir) if "loss" in r]
+    assert len(records) == 1  # logged only because the throughput callback asked for it
+    assert records[0]["samples_per_second"] > 0 and records[0]["step_time_s"] > 0
+    log_text = (output_dir / LOG_FILE).read_text()
+    assert '"samples_per_second"' in log_text and '"loss"' in log_text
+    assert json.loads((output_dir / "config.json").read_text())["model_type"] == kind
+
+
+def test_gates_get_their_own_optimizer_group(tiny_models, llava_sample, tmp_path):
+    from crossgraft.llava.loading import load_model
+
+    model = load_model(str(tiny_models[CROSS]))
+    args = AlternatingTrainingArguments(
+        output_dir=str(tmp_path), learning_rate=1e-5, weight_decay=0.1, xattn_gate_lr=3e-3, report_to="none"
+    )
+    optimizer = AlternatingTrainer(model=model, args=args).create_optimizer()
+    gate_ids = {id(p) for n, p in model.named_parameters() if n.endswith("_gate")}
+    gate_groups = [g for g in optimizer.param_groups if {id(p) for p in g["params"]} == gate_ids]
+    assert len(gate_ids) == 2 and len(gate_groups) == 1
+    assert gate_groups[0]["lr"] == 3e-3 and gate_groups[0]["weight_decay"] == 0.0
+    others = [g for g in optimizer.param_groups if g is not gate_groups[0]]
+    assert {g["lr"] for g in others} == {1e-5} and {g["weight_decay"] for g in others} == {0.1, 0.0}
+
+
+def test_training_learns_the_captions_and_resumes(tiny_models, llava_sample, tmp_path):
+    output_dir = tmp_path / "learn"
+    common = [
+        "--model_name_or_path",
+        str(tiny_models[ALT]),
+        "--data_path",
+        str(llava_sample),
+        "--output_dir",
+        str(output_dir),
+        "--per_device_train_batch_size",
+        "4",
+        "--learning_rate",
+        "3e-3",
+        "--logging_steps",
+        "2",
+        "--save_steps",
+        "30",
+        "--lr_scheduler_type",
+        "constant",
+        "--seed",
+        "0",
+        *QUIET,
+    ]
+    assert train_main([*common, "--max_steps", "30"]) == 0
+    losses = [r["loss"] for r in log_history(output_dir) if "loss" in r]
+    assert losses[-1] < 0.5 * losses[0], losses  # the captions are learned, not just run
+    assert (output_dir / "checkpoint-30").is_dir()
+
+    assert train_main([*common, "--max_steps", "32"]) == 0  # the same folder again: resumes at step 30
+    assert "resuming from" in (output_dir / LOG_FILE).read_text()
+    steps = [r["step"] for r in log_history(output_dir) if "loss" in r]
+    assert steps[-1] == 32 and steps.count(30) == 1
+
+
+def test_train_from_a_bare_qwen2_backbone(tiny_models, llava_sample, tmp_path):
+    output_dir = tmp_path / "from_qwen2"
+    args = [
+        "--backbone_model",
+        str(tiny_models["qwen2"]),
+        "--init_from_backbone",
+        "--variant",
+        "alternating_cross",
+        "--vision_tower",
+        str(tiny_models["siglip"]),
+        "--xattn_every_n_layers",
+        "2",
+        "--data_path",
+        str(llava_sample),
+        "--output_dir",
+        str(output_dir),
+        "--max_steps",
+        "1",
+        "--save_strategy",
+        "no",
+        *QUIET,
+    ]
+    assert train_main(args) == 0
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["model_type"] == CROSS and config["xattn_mode"] == "gated" and config["xattn_every_n_layers"] == 2
+    assert "init from backbone" in (output_dir / LOG_FILE).read_text()
+
+
+def test_help_lists_the_seed_flags(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for flag in (
+        "--variant",
+        "--dry_run",
+        "--force",
+        "--inspect_data",
+        "--inspect_weights",
+        "--init_from_backbone",
+        "--backbone_model",
+        "--throughput_log_steps",
+        "--deepspeed",
+        "--gradient_checkpointing",
+        "anyres",
+    ):
+        assert flag in out, flag
