@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.crossgraft-installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: venv demo ablation-demo test lint bench-metrics bench-train clean
+.PHONY: venv demo ablation-demo llava-demo test lint bench-metrics bench-train bench-llava clean
 
 venv: $(STAMP)
 
@@ -25,6 +25,9 @@ demo: venv
 ablation-demo: venv
 	$(PY) -m crossgraft anomaly ablation-demo --out runs/ablation
 
+llava-demo: venv
+	$(PY) -m crossgraft llava demo --out runs/llava-demo
+
 test: venv
 	$(PY) -m pytest
 
@@ -36,6 +39,9 @@ bench-metrics: venv
 
 bench-train: venv
 	$(PY) benchmarks/train_bench.py
+
+bench-llava: venv
+	$(PY) benchmarks/llava_bench.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

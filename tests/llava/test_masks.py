@@ -2,7 +2,7 @@
 
 import torch
 
-from crossgraft.llava.masks import additive, allowed_keys
+from crossgraft.llava.masks import additive, allowed_keys, layer_masks
 
 # 6 positions: text, image, image, text, text, pad (right padding) and the same content left-padded.
 RIGHT_REAL = torch.tensor([[1, 1, 1, 1, 1, 0]])
@@ -50,3 +50,15 @@ def test_additive_masks_never_make_nan_even_for_fully_masked_rows():
         torch.randn(1, 1, 6, 4), torch.randn(1, 1, 6, 4), torch.randn(1, 1, 6, 4), attn_mask=mask
     )
     assert torch.isfinite(sdpa).all()
+
+
+def test_unpadded_causal_sdpa_layers_need_no_mask():
+    real = torch.ones(2, 5, dtype=torch.long)
+    image = torch.zeros(2, 5, dtype=torch.bool)
+    masks = layer_masks(real, image, 5, {"causal", "within_modality"}, torch.float32, "sdpa")
+    assert masks["causal"] is None and masks["within_modality"] is None  # text only: within is causal
+    image[0, 1:3] = True
+    masks = layer_masks(real, image, 5, {"causal", "within_modality", "cross_modality"}, torch.float32, "sdpa")
+    assert masks["causal"] is None and masks["within_modality"] is not None and masks["cross_modality"] is not None
+    assert layer_masks(real, image, 5, {"causal"}, torch.float32, "eager")["causal"] is not None
+    assert layer_masks(RIGHT_REAL, RIGHT_IMAGE, 6, {"causal"}, torch.float32, "sdpa")["causal"] is not None

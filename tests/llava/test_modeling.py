@@ -36,10 +36,13 @@ def image_batch():
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
-def test_alternating_equals_base_exactly_on_text_only_input(tiny_tokenizer, attn):
+@pytest.mark.parametrize("padded", [True, False])
+def test_alternating_equals_base_exactly_on_text_only_input(tiny_tokenizer, attn, padded):
     base, alternating = build(BASE, tiny_tokenizer, attn), build(ALT, tiny_tokenizer, attn)
     alternating.load_state_dict(base.state_dict())
     input_ids, attention_mask = text_batch()
+    if not padded:
+        attention_mask = torch.ones_like(attention_mask)
     with torch.no_grad():
         expected = base(input_ids=input_ids, attention_mask=attention_mask).logits
         got = alternating(input_ids=input_ids, attention_mask=attention_mask).logits
@@ -105,11 +108,15 @@ def test_mask_mode_attends_across_modalities_and_differs_from_base(tiny_tokenize
     assert not torch.allclose(got[:, 1:], expected[:, 1:])
 
 
-def test_base_on_text_matches_plain_qwen2(tiny_tokenizer):
-    base = build(BASE, tiny_tokenizer)
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("padded", [True, False])
+def test_base_on_text_matches_plain_qwen2(tiny_tokenizer, attn, padded):
+    base = build(BASE, tiny_tokenizer, attn)
     qwen = Qwen2ForCausalLM(base.config).eval()
     qwen.load_state_dict(base.state_dict(), strict=False)
     input_ids, attention_mask = text_batch()
+    if not padded:
+        attention_mask = torch.ones_like(attention_mask)
     with torch.no_grad():
         expected = qwen(input_ids=input_ids, attention_mask=attention_mask).logits
         got = base(input_ids=input_ids, attention_mask=attention_mask).logits

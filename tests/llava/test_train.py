@@ -189,3 +189,50 @@ def test_help_lists_the_seed_flags(capsys):
         "anyres",
     ):
         assert flag in out, flag
+
+
+def test_demo_trains_all_four_variants_from_one_backbone(tmp_path, capsys):
+    assert crossgraft_main(["llava", "demo", "--out", str(tmp_path), "--steps", "24", "--count", "16"]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [r["variant"] for r in results] == [
+        "base",
+        "alternating",
+        "alternating_cross (gated)",
+        "alternating_cross (mask)",
+    ]
+    starts = [r["eval_loss_before"] for r in results]
+    # gated blocks start closed and the projector is kept: base, alternating (text-only prefix aside) and gated
+    # start from the same model; every variant learns the held-out captions' template.
+    assert abs(starts[0] - starts[2]) < 1e-6
+    assert all(r["eval_loss_after"] < 0.7 * r["eval_loss_before"] for r in results), results
+    assert "| alternating_cross (mask) |" in capsys.readouterr().out
+
+
+def test_deepspeed_is_only_imported_when_asked_for(tiny_models, llava_sample, tmp_path, capsys):
+    import importlib.util
+    import sys
+
+    assert "deepspeed" not in sys.modules  # nothing so far (several Trainer runs in this session) needed it
+    if importlib.util.find_spec("deepspeed") is None:
+        args = [
+            "--model_name_or_path",
+            str(tiny_models[BASE]),
+            "--data_path",
+            str(llava_sample),
+            "--output_dir",
+            str(tmp_path),
+            "--deepspeed",
+            "configs/deepspeed/zero2.json",
+        ]
+        assert train_main(args) == 2
+        assert "pip install deepspeed" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, stage", [("zero2.json", 2), ("zero3.json", 3)])
+def test_shipped_deepspeed_configs(name, stage):
+    from pathlib import Path
+
+    config = json.loads((Path(__file__).parents[2] / "configs" / "deepspeed" / name).read_text())
+    assert config["zero_optimization"]["stage"] == stage
+    assert "optimizer" not in config and "scheduler" not in config  # the Trainer's optimizer keeps the gate group
+    assert config["train_micro_batch_size_per_gpu"] == "auto" and config["gradient_accumulation_steps"] == "auto"

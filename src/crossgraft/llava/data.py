@@ -38,6 +38,10 @@ class DataArguments:
             "(first:N, end:N, random:N, with N a count or a percentage such as 10%%)."
         },
     )
+    eval_data_path: str | None = field(
+        default=None,
+        metadata={"help": "held-out records in any --data_path format, for --eval_strategy (eval_loss in the logs)"},
+    )
     image_folder: str | None = field(
         default=None,
         metadata={"help": "folder the records' relative 'image' paths start from (default: the data file's folder)"},
@@ -330,9 +334,16 @@ def make_supervised_data_module(tokenizer, data_args: DataArguments) -> dict[str
     `data_args.image_processor` must be set (the model's SquareImageProcessor)."""
     if not data_args.data_path:
         raise LlavaDataError("--data_path is required")
-    records = load_records(data_args.data_path, data_args.data_sampling_seed)
-    dataset = LazySupervisedDataset(
-        records, tokenizer, data_args.image_processor, data_args.image_folder, data_args.system_prompt
-    )
+
+    def dataset(path: str) -> LazySupervisedDataset:
+        records = load_records(path, data_args.data_sampling_seed)
+        return LazySupervisedDataset(
+            records, tokenizer, data_args.image_processor, data_args.image_folder, data_args.system_prompt
+        )
+
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return {"train_dataset": dataset, "eval_dataset": None, "data_collator": DataCollatorForSupervisedDataset(pad)}
+    return {
+        "train_dataset": dataset(data_args.data_path),
+        "eval_dataset": dataset(data_args.eval_data_path) if data_args.eval_data_path else None,
+        "data_collator": DataCollatorForSupervisedDataset(pad),
+    }

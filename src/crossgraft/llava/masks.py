@@ -47,7 +47,27 @@ def additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def layer_masks(
-    key_is_real: torch.Tensor, key_is_image: torch.Tensor, query_length: int, rules: set[str], dtype: torch.dtype
-) -> dict[str, torch.Tensor]:
-    """One additive mask per rule the model's layers use."""
-    return {rule: additive(allowed_keys(key_is_real, key_is_image, query_length, rule), dtype) for rule in rules}
+    key_is_real: torch.Tensor,
+    key_is_image: torch.Tensor,
+    query_length: int,
+    rules: set[str],
+    dtype: torch.dtype,
+    attn_implementation: str | None = "sdpa",
+) -> dict[str, torch.Tensor | None]:
+    """One additive mask per rule the model's layers use.
+
+    With sdpa, an unpadded, uncached causal layer gets None instead: sdpa then runs with is_causal=True and may
+    use its flash kernel, so base layers cost what they cost in plain Qwen2.
+    """
+    text_only = not bool(key_is_image.any())
+    masks: dict[str, torch.Tensor | None] = {}
+    for rule in rules:
+        # Within one modality, text-only input is plain causal attention: the same mask object, so the same
+        # kernel, which makes `alternating` equal to base bit for bit on text.
+        effective = "causal" if rule == "within_modality" and text_only else rule
+        plain_causal = effective == "causal" and query_length == key_is_real.shape[1] and bool(key_is_real.all())
+        if plain_causal and attn_implementation == "sdpa":
+            masks[rule] = None
+        else:
+            masks[rule] = additive(allowed_keys(key_is_real, key_is_image, query_length, effective), dtype)
+    return masks

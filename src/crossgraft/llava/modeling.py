@@ -290,7 +290,9 @@ class LlavaQwenModel(LlavaQwenPreTrainedModel):
         query_is_text = ~key_is_image[:, -query_length:]  # (B, Q)
 
         rules = {self.layer_rule(i) for i in range(len(self.layers))}
-        masks = layer_masks(attention_mask, key_is_image, query_length, rules, inputs_embeds.dtype)  # (B,1,Q,K) each
+        masks = layer_masks(  # (B, 1, Q, K) each, or None for a plain causal sdpa layer
+            attention_mask, key_is_image, query_length, rules, inputs_embeds.dtype, self.config._attn_implementation
+        )
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids)
         for i, decoder_layer in enumerate(self.layers):

@@ -360,7 +360,15 @@ def prepare_model(model_args: ModelArguments, logger: logging.Logger | None) -> 
 
 
 def run(argv: list[str] | None = None, prog: str = "train_alternating") -> int:
-    model_args, data_args, training_args = parse_args(argv, prog)
+    try:
+        model_args, data_args, training_args = parse_args(argv, prog)
+    except ImportError as error:  # e.g. --deepspeed without the deepspeed package
+        raise LlavaConfigError(
+            f"a requested option needs a package that is not installed ({error}); "
+            "for --deepspeed: pip install deepspeed"
+        ) from error
+    except ValueError as error:  # TrainingArguments' own consistency checks
+        raise LlavaConfigError(f"invalid training arguments: {error}") from error
     if model_args.dry_run:
         return dry_run(model_args)
     if model_args.inspect_data:
