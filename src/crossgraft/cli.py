@@ -474,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     families.add_parser(
         "llava",
-        help="LLaVA-OneVision with alternating attention (train, make-sample, make-tiny); "
+        help="LLaVA-OneVision with alternating attention (train, demo, make-sample, make-tiny); "
         "`crossgraft llava --help` lists its commands",
         add_help=False,
     )

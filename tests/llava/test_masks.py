@@ -25,9 +25,10 @@ def test_right_padding_rules_by_hand():
 
 
 def test_left_padding_rules_by_hand():
-    causal = as_matrix("000000 010000 011000 011100 011110 011111")
-    within = as_matrix("000000 010000 001000 001100 010010 010011")
-    cross = as_matrix("000000 010000 011000 010100 001110 001101")
+    # The pad at position 0 may attend to nothing, so it attends to itself (no empty softmax row).
+    causal = as_matrix("100000 010000 011000 011100 011110 011111")
+    within = as_matrix("100000 010000 001000 001100 010010 010011")
+    cross = as_matrix("100000 010000 011000 010100 001110 001101")
     for rule, expected in (("causal", causal), ("within_modality", within), ("cross_modality", cross)):
         got = allowed_keys(LEFT_REAL, LEFT_IMAGE, 6, rule)[0, 0]
         assert torch.equal(got, expected), rule
@@ -39,17 +40,18 @@ def test_queries_after_a_cache_see_the_cached_keys():
     assert torch.equal(got, as_matrix("10010 10011"))
 
 
-def test_additive_masks_never_make_nan_even_for_fully_masked_rows():
-    allowed = allowed_keys(LEFT_REAL, LEFT_IMAGE, 6, "within_modality")
-    mask = additive(allowed, torch.float32)
-    assert mask[0, 0, 0].eq(torch.finfo(torch.float32).min).all()  # the pad row may attend to nothing
-    scores = torch.randn(1, 1, 6, 6) + mask
-    weights = scores.softmax(-1)
-    assert torch.isfinite(weights).all()
-    sdpa = torch.nn.functional.scaled_dot_product_attention(
-        torch.randn(1, 1, 6, 4), torch.randn(1, 1, 6, 4), torch.randn(1, 1, 6, 4), attn_mask=mask
-    )
-    assert torch.isfinite(sdpa).all()
+def test_masks_never_make_nan_in_eager_sdpa_or_bfloat16():
+    for rule in ("causal", "within_modality", "cross_modality"):
+        allowed = allowed_keys(LEFT_REAL, LEFT_IMAGE, 6, rule)
+        assert allowed.any(dim=-1).all()  # every row attends somewhere
+        q, k, v = torch.randn(3, 1, 2, 6, 4).unbind(0)
+        for dtype in (torch.float32, torch.bfloat16):
+            eager = ((q @ k.transpose(-1, -2)).to(dtype) + additive(allowed, dtype)).float().softmax(-1)
+            assert torch.isfinite(eager).all()
+            sdpa = torch.nn.functional.scaled_dot_product_attention(
+                q.to(dtype), k.to(dtype), v.to(dtype), attn_mask=allowed
+            )
+            assert torch.isfinite(sdpa).all()
 
 
 def test_unpadded_causal_sdpa_layers_need_no_mask():
@@ -61,4 +63,6 @@ def test_unpadded_causal_sdpa_layers_need_no_mask():
     masks = layer_masks(real, image, 5, {"causal", "within_modality", "cross_modality"}, torch.float32, "sdpa")
     assert masks["causal"] is None and masks["within_modality"] is not None and masks["cross_modality"] is not None
     assert layer_masks(real, image, 5, {"causal"}, torch.float32, "eager")["causal"] is not None
-    assert layer_masks(RIGHT_REAL, RIGHT_IMAGE, 6, {"causal"}, torch.float32, "sdpa")["causal"] is not None
+    padded = layer_masks(RIGHT_REAL, RIGHT_IMAGE, 6, {"causal"}, torch.float32, "sdpa")["causal"]
+    assert padded.dtype == torch.bool
+    assert layer_masks(RIGHT_REAL, RIGHT_IMAGE, 6, {"causal"}, torch.float32, "eager")["causal"].dtype == torch.float32

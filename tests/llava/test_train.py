@@ -236,3 +236,10 @@ def test_shipped_deepspeed_configs(name, stage):
     assert config["zero_optimization"]["stage"] == stage
     assert "optimizer" not in config and "scheduler" not in config  # the Trainer's optimizer keeps the gate group
     assert config["train_micro_batch_size_per_gpu"] == "auto" and config["gradient_accumulation_steps"] == "auto"
+
+
+def test_llava_family_help_and_unknown_command(capsys):
+    assert crossgraft_main(["llava", "--help"]) == 0
+    assert "make-sample" in capsys.readouterr().out
+    assert crossgraft_main(["llava", "fly"]) == 2
+    assert "unknown llava command 'fly'" in capsys.readouterr().err

@@ -1,9 +1,9 @@
 """Attention masks of the decoder layers, built once per forward pass and shared by the layers that use them.
 
-A mask is additive (0 where a query may attend to a key, the dtype's minimum where it may not), shape
-(B, 1, Q, K), and works with both eager and sdpa attention. A padded query row that may attend to nothing gets
-a row of minima: softmax then spreads evenly over the keys and stays finite (no NaN), and its output is never
-learned from.
+Masks have shape (B, 1, Q, K). sdpa gets booleans (True = may attend), which keep their meaning under
+autocast; eager gets additive floats (0 or the dtype's minimum). A query that may attend to nothing (a
+padding position at the start of a left-padded row) attends to itself instead, so no softmax row is empty
+and nothing becomes NaN; such positions are never learned from.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ def allowed_keys(key_is_real: torch.Tensor, key_is_image: torch.Tensor, query_le
     query_positions = torch.arange(past_length, key_length, device=device)  # (Q,)
     key_positions = torch.arange(key_length, device=device)  # (K,)
     causal = key_positions[None, :] <= query_positions[:, None]  # (Q, K)
+    is_self = key_positions[None, :] == query_positions[:, None]  # (Q, K)
     allowed = causal[None] & key_is_real.bool()[:, None, :]  # (B, Q, K)
     if rule != "causal":
         query_is_image = key_is_image[:, past_length:, None]  # (B, Q, 1)
@@ -35,13 +36,14 @@ def allowed_keys(key_is_real: torch.Tensor, key_is_image: torch.Tensor, query_le
         if rule == "within_modality":
             allowed = allowed & same_modality
         else:
-            is_self = key_positions[None, :] == query_positions[:, None]  # (Q, K)
             allowed = allowed & (~same_modality | is_self[None])
+    nothing_allowed = ~allowed.any(dim=-1, keepdim=True)  # (B, Q, 1)
+    allowed = allowed | (nothing_allowed & is_self[None])
     return allowed[:, None]  # (B, 1, Q, K)
 
 
 def additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """0 where allowed, the dtype's minimum elsewhere (finite, so fully masked rows cannot make NaN)."""
+    """0 where allowed, the dtype's minimum elsewhere (finite, unlike -inf)."""
     mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
     return mask.masked_fill(~allowed, torch.finfo(dtype).min)
 
@@ -54,20 +56,22 @@ def layer_masks(
     dtype: torch.dtype,
     attn_implementation: str | None = "sdpa",
 ) -> dict[str, torch.Tensor | None]:
-    """One additive mask per rule the model's layers use.
+    """One mask per rule the model's layers use: boolean for sdpa, additive in `dtype` for eager.
 
     With sdpa, an unpadded, uncached causal layer gets None instead: sdpa then runs with is_causal=True and may
     use its flash kernel, so base layers cost what they cost in plain Qwen2.
     """
     text_only = not bool(key_is_image.any())
+    sdpa = attn_implementation in (None, "sdpa")
     masks: dict[str, torch.Tensor | None] = {}
     for rule in rules:
         # Within one modality, text-only input is plain causal attention: the same mask object, so the same
         # kernel, which makes `alternating` equal to base bit for bit on text.
         effective = "causal" if rule == "within_modality" and text_only else rule
         plain_causal = effective == "causal" and query_length == key_is_real.shape[1] and bool(key_is_real.all())
-        if plain_causal and attn_implementation == "sdpa":
+        if plain_causal and sdpa:
             masks[rule] = None
-        else:
-            masks[rule] = additive(allowed_keys(key_is_real, key_is_image, query_length, effective), dtype)
+            continue
+        allowed = allowed_keys(key_is_real, key_is_image, query_length, effective)
+        masks[rule] = allowed if sdpa else additive(allowed, dtype)
     return masks

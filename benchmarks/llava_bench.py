@@ -1,0 +1,122 @@
+"""One training step (forward + backward) of each LLaVA variant against plain Qwen2 on the same tokens.
+
+Language model: Qwen2-0.5B widths (896 wide, 14 heads, 2 KV heads, MLP 4864) with --layers decoder layers
+(24 in the real model; fewer by default so a CPU run takes a minute). Each sample holds one image of 729
+tokens (27 x 27 patches + 1 newline, like SigLIP-so400m/14 at 378 px) between a short question and a caption.
+The tower is a 1-layer, 64-wide SigLIP: its cost is not what this script measures.
+
+Rows: plain Qwen2ForCausalLM on as many text tokens (sdpa, is_causal); llava_qwen
+(our base: splicing + the same decoder); alternating; alternating_cross gated (every 4th layer) and mask.
+Ratios are against the plain Qwen2 step and against our base step, measured in this run.
+
+    python benchmarks/llava_bench.py [--layers 4] [--batch 2] [--vocab_size 151936] [--repeats 3] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from crossgraft.llava import MODEL_CLASSES
+from crossgraft.llava.configuration import IMAGE_TOKEN_INDEX
+
+QWEN2_05B = dict(
+    hidden_size=896,
+    intermediate_size=4864,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    vocab_size=151936,
+    tie_word_embeddings=True,
+    max_position_embeddings=32768,
+)
+TOWER = dict(
+    hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, image_size=378, patch_size=14
+)
+TEXT_BEFORE, TEXT_AFTER = 24, 48  # question tokens before the image, caption tokens after it
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(step, repeats: int, device: str) -> tuple[float, float]:
+    """Median seconds of `step` after one warm-up, and peak CUDA memory in GiB (0 on CPU)."""
+    step()
+    sync(device)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else 0.0
+    return statistics.median(times), peak
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--layers", type=int, default=4, help="decoder layers (Qwen2-0.5B has 24)")
+    parser.add_argument("--batch", type=int, default=2, help="samples per step")
+    parser.add_argument("--vocab_size", type=int, default=151936, help="Qwen2's; a smaller one shortens CPU runs")
+    parser.add_argument("--repeats", type=int, default=3, help="timed steps per row (median reported)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
+    torch.manual_seed(0)
+
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(0, args.vocab_size, (args.batch, TEXT_BEFORE + 1 + TEXT_AFTER), generator=generator)
+    input_ids[:, TEXT_BEFORE] = IMAGE_TOKEN_INDEX
+    labels = input_ids.clamp(min=0)
+    labels[:, : TEXT_BEFORE + 1] = -100
+    images = torch.randn(args.batch, 3, 378, 378, generator=generator)
+    batch = {k: v.to(args.device) for k, v in dict(input_ids=input_ids, labels=labels, images=images).items()}
+
+    language = dict(QWEN2_05B, num_hidden_layers=args.layers, vocab_size=args.vocab_size)
+    rows: dict[str, tuple[float, float]] = {}
+
+    qwen = Qwen2ForCausalLM(Qwen2Config(**language, attn_implementation="sdpa")).to(args.device, dtype)
+    length = TEXT_BEFORE + 729 + TEXT_AFTER
+    plain_ids = torch.randint(0, args.vocab_size, (args.batch, length), generator=generator).to(args.device)
+
+    def plain_step(qwen=qwen):
+        qwen(input_ids=plain_ids, labels=plain_ids).loss.backward()
+
+    rows["plain Qwen2 (same tokens)"] = timed(plain_step, args.repeats, args.device)
+    del qwen
+
+    variants = (
+        ("llava_qwen (base)", "llava_qwen", {}),
+        ("alternating", "llava_qwen_with_alternating_attn", {}),
+        ("alternating_cross gated", "llava_qwen_with_alternating_cross_attn", {"xattn_mode": "gated"}),
+        ("alternating_cross mask", "llava_qwen_with_alternating_cross_attn", {"xattn_mode": "mask"}),
+    )
+    for name, model_type, extra in variants:
+        config_class = MODEL_CLASSES[model_type].config_class
+        config = config_class(**language, **extra, mm_vision_tower="bench-siglip", vision_config=dict(TOWER))
+        config._attn_implementation = "sdpa"
+        model = MODEL_CLASSES[model_type](config).to(args.device, dtype).train()
+
+        def step(model=model):
+            model(**batch).loss.backward()
+
+        rows[name] = timed(step, args.repeats, args.device)
+        del model
+
+    plain, base = rows["plain Qwen2 (same tokens)"][0], rows["llava_qwen (base)"][0]
+    print(f"device {args.device}, {args.dtype}, {args.layers} layers, batch {args.batch}, {length} tokens per sample")
+    print(f"{'row':28} {'step (s)':>9} {'vs plain':>9} {'vs base':>8} {'peak GiB':>9}")
+    for name, (seconds, peak) in rows.items():
+        print(f"{name:28} {seconds:9.3f} {seconds / plain:8.2f}x {seconds / base:7.2f}x {peak:9.2f}")
+
+
+if __name__ == "__main__":
+    main()
