@@ -154,3 +154,58 @@ def test_init_reports_shape_mismatches(tmp_path, tiny_models):
     ]  # ... a forced shape clash is named
     assert report.unexpected == ["lm_head.extra"]
     assert "shape-mismatched: 1" in report.format() and "source (4, 4) vs target (64,)" in report.format()
+
+
+def test_published_onevision_config_builds_the_published_architecture():
+    """lmms-lab/llava-onevision-qwen2-0.5b-ov's config.json (its fields as published) → 893.6M parameters,
+    a 26-layer SigLIP without head (LLaVA-NeXT drops the last layer), 729 patches per image. Built on meta."""
+    raw = {
+        "architectures": ["LlavaQwenForCausalLM"],
+        "model_type": "llava",
+        "hidden_size": 896,
+        "intermediate_size": 4864,
+        "num_attention_heads": 14,
+        "num_hidden_layers": 24,
+        "num_key_value_heads": 2,
+        "vocab_size": 151936,
+        "tie_word_embeddings": True,
+        "rope_theta": 1000000.0,
+        "rope_scaling": None,
+        "max_position_embeddings": 32768,
+        "max_window_layers": 24,
+        "sliding_window": 32768,
+        "use_sliding_window": False,
+        "rms_norm_eps": 1e-06,
+        "bos_token_id": 151643,
+        "eos_token_id": 151645,
+        "torch_dtype": "bfloat16",
+        "image_aspect_ratio": "anyres_max_9",
+        "image_grid_pinpoints": [[384, 384], [384, 768]],
+        "mm_hidden_size": 1152,
+        "mm_newline_position": "grid",
+        "mm_patch_merge_type": "spatial_unpad",
+        "mm_projector_type": "mlp2x_gelu",
+        "mm_resampler_type": None,
+        "mm_spatial_pool_mode": "bilinear",
+        "mm_vision_select_feature": "patch",
+        "mm_vision_select_layer": -2,
+        "mm_vision_tower": "google/siglip-so400m-patch14-384",
+        "mm_tunable_parts": "mm_vision_tower,mm_mlp_adapter,mm_language_model",
+        "mm_use_im_start_end": False,
+        "tokenizer_model_max_length": 32768,
+        "tokenizer_padding_side": "right",
+        "use_mm_proj": True,
+    }
+    from crossgraft.llava.loading import build_config, classify
+
+    assert classify(raw, "lmms").variant == "base"
+    config = build_config(raw, "llava_qwen")
+    assert config.rope_parameters["rope_theta"] == 1000000.0 and config.mm_hidden_size == 1152
+    with torch.device("meta"):
+        model = MODEL_CLASSES["llava_qwen"](config)
+    keys = set(model.state_dict())
+    assert round(sum(p.numel() for p in model.parameters()) / 1e6, 1) == 893.6
+    tower = "model.vision_tower.vision_tower.vision_model."
+    assert f"{tower}encoder.layers.25.mlp.fc2.weight" in keys and f"{tower}encoder.layers.26.mlp.fc2.weight" not in keys
+    assert f"{tower}post_layernorm.weight" in keys and not any(key.startswith(f"{tower}head") for key in keys)
+    assert model.model.vision_tower.num_patches == 729
