@@ -97,7 +97,7 @@ def test_mask_mode_attends_across_modalities_and_differs_from_base(tiny_tokenize
     base = build(BASE, tiny_tokenizer)
     masked = build(CROSS, tiny_tokenizer, xattn_mode="mask")
     assert masked.config.attention_pattern == "cross_modality"
-    assert not hasattr(masked.model, "xattn")  # mask mode adds no weights
+    assert len(masked.model.xattn) == 0  # mask mode adds no weights
     assert masked.load_state_dict(base.state_dict(), strict=True)
     input_ids, attention_mask = text_batch()
     with torch.no_grad():
@@ -146,7 +146,13 @@ def test_splicing_shapes_labels_and_errors(tiny_tokenizer):
     assert spliced.inputs_embeds.shape == (2, 8 - 1 + 17, 64)
     assert spliced.image_token_mask.sum(dim=1).tolist() == [17, 17]
     assert (spliced.labels[spliced.image_token_mask] == -100).all()
-    assert spliced.image_context.shape == (2, 17, 64)
+    assert spliced.image_context is None  # only gated models read it
+    gated = build(CROSS, tiny_tokenizer, xattn_every_n_layers=2)
+    assert gated.model.prepare_multimodal_inputs(input_ids, attention_mask, labels, images).image_context.shape == (
+        2,
+        17,
+        64,
+    )
     with pytest.raises(ValueError, match="2 <image> placeholders but 1 images"):
         model(input_ids=input_ids, attention_mask=attention_mask, images=images[:1])
 

@@ -240,12 +240,15 @@ def plan_init_from_backbone(
     variant: str = "auto",
     skip_prefixes: tuple[str, ...] = DEFAULT_SKIP_PREFIXES,
     vision_tower: str | None = None,
-    config_overrides: dict[str, Any] | None = None,
+    xattn_mode: str = "gated",
+    xattn_every_n_layers: int = 4,
 ) -> BackboneInit:
     """Copy every backbone tensor whose key exists in the target with the same shape (skip prefixes aside).
 
     From a bare Qwen2 LM the vision tower (`vision_tower`, default SigLIP-so400m/14-384), projector and
-    image_newline are created from config and reported missing. A new alternating_cross model is gated.
+    image_newline are created from config and reported missing. An alternating_cross model built from another
+    type is new: it gets `xattn_mode` (gated by default) and `xattn_every_n_layers`; an alternating_cross
+    backbone keeps its own.
     """
     kind = inspect_checkpoint(backbone)
     raw = read_raw_config(backbone)
@@ -253,9 +256,8 @@ def plan_init_from_backbone(
     overrides: dict[str, Any] = {}
     if kind.variant is None or vision_tower:
         overrides.update(vision_tower_fields(vision_tower or "google/siglip-so400m-patch14-384"))
-    if model_type == ALTERNATING_CROSS_MODEL_TYPE and "xattn_mode" not in raw:
-        overrides["xattn_mode"] = "gated"  # a new model: gated is the default
-    overrides.update(config_overrides or {})
+    if model_type == ALTERNATING_CROSS_MODEL_TYPE and kind.variant != "alternating_cross":
+        overrides.update(xattn_mode=xattn_mode, xattn_every_n_layers=xattn_every_n_layers)
     config = build_config(raw, model_type, **overrides)
 
     with torch.device("meta"):

@@ -155,9 +155,10 @@ class LlavaQwenModel(LlavaQwenPreTrainedModel):
         self.vision_tower = SigLipVisionTower(config)
         self.mm_projector = build_projector(config)
         self.image_newline = nn.Parameter(torch.empty(config.hidden_size))
-        xattn_layers = getattr(config, "xattn_layers", [])
-        if xattn_layers:
-            self.xattn = nn.ModuleDict({str(i): GatedCrossAttentionBlock(config) for i in xattn_layers})
+        # Empty (no parameters) unless the config is a gated alternating_cross one.
+        self.xattn = nn.ModuleDict(
+            {str(i): GatedCrossAttentionBlock(config) for i in getattr(config, "xattn_layers", [])}
+        )
         self.gradient_checkpointing = False
         self.post_init()
 
@@ -255,7 +256,7 @@ class LlavaQwenModel(LlavaQwenPreTrainedModel):
 
         image_context = image_context_mask = None
         context_length = max(len(c) for c in contexts)
-        if context_length:
+        if context_length and len(self.xattn):  # only the gated blocks read the image context
             image_context = torch.zeros(batch, context_length, hidden, dtype=dtype, device=device)  # (B, M, D)
             image_context_mask = torch.zeros(batch, context_length, dtype=torch.bool, device=device)  # (B, M)
             for row, context in enumerate(contexts):
@@ -296,7 +297,7 @@ class LlavaQwenModel(LlavaQwenPreTrainedModel):
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids)
         for i, decoder_layer in enumerate(self.layers):
-            if hasattr(self, "xattn") and str(i) in self.xattn and image_context is not None:
+            if str(i) in self.xattn and image_context is not None:
                 hidden_states = self.xattn[str(i)](hidden_states, image_context, image_context_mask, query_is_text)
             hidden_states = decoder_layer(
                 hidden_states,

@@ -327,17 +327,15 @@ def prepare_model(model_args: ModelArguments, logger: logging.Logger | None) -> 
         if not backbone:
             raise LlavaConfigError("--init_from_backbone needs --backbone_model")
         skip = tuple(p.strip() for p in model_args.init_skip_prefixes.split(",") if p.strip())
-        overrides = {"xattn_mode": model_args.xattn_mode, "xattn_every_n_layers": model_args.xattn_every_n_layers}
-        kind = inspect_checkpoint(backbone)
-        target = model_args.variant if model_args.variant != "auto" else kind.variant
         plan = plan_init_from_backbone(
             backbone,
             model_args.variant,
             skip,
             model_args.vision_tower,
-            overrides if target == "alternating_cross" and kind.variant != "alternating_cross" else None,
+            model_args.xattn_mode,
+            model_args.xattn_every_n_layers,
         )
-        header = f"init from backbone {backbone} ({kind.raw_model_type}) into {plan.config.model_type}" + (
+        header = f"init from backbone {backbone} ({plan.source.raw_model_type}) into {plan.config.model_type}" + (
             f", xattn_mode {plan.config.xattn_mode}" if hasattr(plan.config, "xattn_mode") else ""
         )
         if model_args.inspect_weights:
