@@ -243,3 +243,43 @@ def test_llava_family_help_and_unknown_command(capsys):
     assert "make-sample" in capsys.readouterr().out
     assert crossgraft_main(["llava", "fly"]) == 2
     assert "unknown llava command 'fly'" in capsys.readouterr().err
+
+
+def test_gradient_checkpointing_gives_the_same_first_step(tiny_models, llava_sample, tmp_path):
+    first = {}
+    for checkpointing in ("false", "true"):
+        output_dir = tmp_path / checkpointing
+        args = [
+            "--model_name_or_path",
+            str(tiny_models[CROSS]),
+            "--data_path",
+            str(llava_sample),
+            "--output_dir",
+            str(output_dir),
+            "--max_steps",
+            "1",
+            "--logging_steps",
+            "1",
+            "--save_strategy",
+            "no",
+            "--seed",
+            "0",
+            "--gradient_checkpointing",
+            checkpointing,
+            *QUIET,
+        ]
+        assert train_main(args) == 0
+        first[checkpointing] = next(r for r in log_history(output_dir) if "loss" in r)
+    assert first["true"]["loss"] == pytest.approx(first["false"]["loss"], rel=1e-5)
+    assert first["true"]["grad_norm"] == pytest.approx(first["false"]["grad_norm"], rel=1e-4)
+
+
+def test_train_alternating_console_script_is_installed():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(sys.executable).parent / "train_alternating"
+    assert script.is_file()
+    result = subprocess.run([str(script), "--dry_run"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--dry_run needs --model_name_or_path" in result.stderr
