@@ -136,8 +136,12 @@ def test_training_learns_the_captions_and_resumes(tiny_models, llava_sample, tmp
     assert losses[-1] < 0.5 * losses[0], losses  # the captions are learned, not just run
     assert (output_dir / "checkpoint-30").is_dir()
 
+    (output_dir / "checkpoint-31").mkdir()  # a save interrupted halfway: weights begun, no trainer_state.json
+    (output_dir / "checkpoint-31" / "model.safetensors").write_bytes(b"partial")
     assert train_main([*common, "--max_steps", "32"]) == 0  # the same folder again: resumes at step 30
-    assert "resuming from" in (output_dir / LOG_FILE).read_text()
+    log_text = (output_dir / LOG_FILE).read_text()
+    assert "skipping" in log_text and "checkpoint-31" in log_text
+    assert f"resuming from {output_dir / 'checkpoint-30'}" in log_text
     steps = [r["step"] for r in log_history(output_dir) if "loss" in r]
     assert steps[-1] == 32 and steps.count(30) == 1
 

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer, HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer import TRAINER_STATE_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from crossgraft.graft import CheckpointError
 from crossgraft.llava.configuration import SUPPORTED_ASPECT_RATIOS, XATTN_MODES, LlavaConfigError
@@ -272,6 +273,21 @@ def choose_aspect_ratio(data_args: DataArguments, config, logger: logging.Logger
     return "pad"
 
 
+def last_complete_checkpoint(output_dir: Path, logger: logging.Logger) -> str | None:
+    """The newest `checkpoint-N` whose trainer_state.json (the Trainer writes it last) exists. A folder left
+    half-written by an interrupted save is skipped with a warning instead of crashing the resume."""
+    folders = sorted(
+        (p for p in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+        reverse=True,
+    )
+    for folder in folders:
+        if (folder / TRAINER_STATE_NAME).is_file():
+            return str(folder)
+        logger.warning("skipping %s: no %s, so its save was interrupted", folder, TRAINER_STATE_NAME)
+    return None
+
+
 def parse_args(argv: list[str] | None, prog: str):
     parser = HfArgumentParser(
         (ModelArguments, DataArguments, AlternatingTrainingArguments),
@@ -403,8 +419,8 @@ def run(argv: list[str] | None = None, prog: str = "train_alternating") -> int:
         trainer.callback_handler.callbacks.insert(0, ThroughputCallback(training_args.throughput_log_steps))
 
     resume = training_args.resume_from_checkpoint
-    if resume is None and output_dir.is_dir():
-        resume = get_last_checkpoint(str(output_dir))
+    if resume is None:
+        resume = last_complete_checkpoint(output_dir, logger)
         if resume:
             logger.info("resuming from %s", resume)
     result = trainer.train(resume_from_checkpoint=resume)
