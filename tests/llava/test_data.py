@@ -168,3 +168,11 @@ def test_square_preprocessing_pads_with_the_mean_colour():
     assert torch.allclose(squashed[:, 0, 10], torch.tensor([1.0, -1.0, -1.0]), atol=1e-3)  # no band
     with pytest.raises(LlavaConfigError, match="anyres tiling is not implemented"):
         SquareImageProcessor(20, (0.5,) * 3, (0.5,) * 3, "anyres_max_9")
+
+
+def test_sample_caption_attributes():
+    from crossgraft.llava.sample import caption_attributes
+
+    assert caption_attributes("A red circle on a black background.") == ("red", "circle", "black")
+    assert caption_attributes("A red circle on a background") == ("red", "circle", None)
+    assert caption_attributes("") == (None, None, None)

@@ -179,3 +179,31 @@ def test_parameter_names_follow_llava_next(tiny_tokenizer):
         assert key in keys, key
     # LLaVA-NeXT drops SigLIP's last layer (mm_vision_select_layer -2): 3 configured, 2 built.
     assert not any("encoder.layers.2." in key for key in keys)
+
+
+@pytest.mark.parametrize("kind", [BASE, ALT, CROSS])
+def test_greedy_generation_is_batch_invariant_and_matches_forward(tiny_tokenizer, kind):
+    model = build(kind, tiny_tokenizer, xattn_every_n_layers=2) if kind == CROSS else build(kind, tiny_tokenizer)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("_gate"):
+                parameter.fill_(0.5)  # an open gate, so the blocks take part
+    input_ids, attention_mask, images = image_batch()
+    together = model.generate(input_ids, attention_mask, images, max_new_tokens=5, eos_token_id=[], pad_token_id=0)
+    assert together.shape == (2, 5)
+    for row in range(2):
+        real = attention_mask[row].bool()
+        alone = model.generate(input_ids[row : row + 1, real], None, images[row : row + 1], 5, eos_token_id=[])
+        assert torch.equal(alone[0], together[row])
+    with torch.no_grad():
+        logits = model(input_ids=input_ids[:1], images=images[:1]).logits
+    assert together[0, 0].item() == logits[0, -1].argmax().item()
+
+
+def test_generation_stops_at_eos_and_pads(tiny_tokenizer):
+    model = build(BASE, tiny_tokenizer)
+    input_ids, attention_mask = text_batch()
+    first = model.generate(input_ids, attention_mask, max_new_tokens=1, eos_token_id=[])
+    eos = first[0, 0].item()  # row 0's first token is made its end token
+    out = model.generate(input_ids, attention_mask, max_new_tokens=4, eos_token_id=eos, pad_token_id=-1)
+    assert out[0, 0].item() == eos and (out[0, 1:] == -1).all()

@@ -263,6 +263,12 @@ def tokenize_conversation(
     return input_ids, labels
 
 
+def generation_prompt(question: str, tokenizer, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> list[int]:
+    """Token ids of a one-question Qwen-template prompt that ends with the assistant header, for generate()."""
+    input_ids, _ = tokenize_conversation([{"from": "human", "value": question}], tokenizer, system_prompt)
+    return input_ids + tokenizer("<|im_start|>assistant\n", add_special_tokens=False).input_ids
+
+
 # --------------------------------------------------------------------------------------- dataset, collator
 class LazySupervisedDataset(Dataset):
     """Records are validated up front; tokenising and image loading happen per item."""

@@ -366,11 +366,60 @@ class LlavaQwenForCausalLM(LlavaQwenPreTrainedModel):
             loss = self.loss_function(logits=logits, labels=batch.labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
 
-    def generate(self, *args, **kwargs):
-        raise NotImplementedError(
-            "generation is not implemented for the crossgraft LLaVA classes yet (this package trains them); "
-            "evaluate with lmms-eval on the saved checkpoint, or score candidate answers with forward()"
-        )
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        images: torch.Tensor | None = None,
+        max_new_tokens: int = 32,
+        eos_token_id: int | list[int] | None = None,
+        pad_token_id: int | None = None,
+    ) -> torch.LongTensor:
+        """Greedy decoding; returns the new tokens (B, T), pad_token_id after each row's end.
+
+        There is no KV cache: every step re-runs the whole prompt, so each variant's attention rule (and the
+        gated blocks' image context) applies to the new tokens exactly as in training. Meant for evaluating
+        short answers; long generations are slow.
+        """
+        eos = eos_token_id if eos_token_id is not None else self.config.eos_token_id
+        eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
+        pad = pad_token_id if pad_token_id is not None else (self.config.pad_token_id or 0)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        prompts = [row[mask.bool()] for row, mask in zip(input_ids, attention_mask)]
+        answers: list[list[int]] = [[] for _ in prompts]
+        finished = [False] * len(prompts)
+        for _ in range(max_new_tokens):
+            rows = [torch.cat([prompt, prompt.new_tensor(answer)]) for prompt, answer in zip(prompts, answers)]
+            ids, mask = _right_pad(rows, pad)
+            batch = self.model.prepare_multimodal_inputs(ids, mask, None, images)
+            hidden = self.model(
+                inputs_embeds=batch.inputs_embeds,
+                attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids,
+                key_is_image=batch.image_token_mask,
+                image_context=batch.image_context,
+                image_context_mask=batch.image_context_mask,
+            ).last_hidden_state  # (B, L, D)
+            last = batch.attention_mask.shape[1] - 1 - batch.attention_mask.flip(1).argmax(dim=1)  # (B,)
+            next_tokens = self.lm_head(hidden[torch.arange(len(rows)), last]).argmax(dim=-1).tolist()  # (B,)
+            for index, token in enumerate(next_tokens):
+                if not finished[index]:
+                    answers[index].append(token)
+                    finished[index] = token in eos_ids
+            if all(finished):
+                break
+        return _right_pad([input_ids.new_tensor(answer) for answer in answers], pad)[0]
+
+
+def _right_pad(rows: list[torch.Tensor], pad: int) -> tuple[torch.LongTensor, torch.Tensor]:
+    length = max(1, max(len(row) for row in rows))
+    ids = rows[0].new_full((len(rows), length), pad)  # (B, S)
+    mask = torch.zeros_like(ids)
+    for index, row in enumerate(rows):
+        ids[index, : len(row)], mask[index, : len(row)] = row, 1
+    return ids, mask
 
 
 class LlavaQwenWithAlternatingAttnForCausalLM(LlavaQwenForCausalLM):

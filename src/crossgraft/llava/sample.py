@@ -50,7 +50,16 @@ def build_tiny_tokenizer() -> Qwen2Tokenizer:
     vocab = {symbol: index for index, symbol in enumerate(_byte_symbols())}
     for token in (END_OF_TEXT, IM_START, IM_END):
         vocab[token] = len(vocab)
-    return Qwen2Tokenizer(vocab=vocab, merges=[], extra_special_tokens=[IM_START, IM_END], model_max_length=2048)
+    # As Qwen2-Instruct: answers end with <|im_end|> (eos), padding is <|endoftext|>.
+    return Qwen2Tokenizer(
+        vocab=vocab,
+        merges=[],
+        eos_token=IM_END,
+        pad_token=END_OF_TEXT,
+        unk_token=END_OF_TEXT,
+        extra_special_tokens=[IM_START, IM_END],
+        model_max_length=2048,
+    )
 
 
 def tiny_qwen2_config(tokenizer: Qwen2Tokenizer, **overrides) -> Qwen2Config:
@@ -122,6 +131,16 @@ def _draw(shape: str, colour: tuple, background: tuple, size: tuple[int, int], r
         draw.polygon([(cx, cy - radius), (cx - radius, cy + radius), (cx + radius, cy + radius)], fill=colour)
     noise = np.random.default_rng(rng.randint(0, 2**31)).normal(0, 6, (height, width, 3))
     return Image.fromarray(np.clip(np.asarray(image, dtype=np.float32) + noise, 0, 255).astype(np.uint8))
+
+
+def caption_attributes(caption: str) -> tuple[str | None, str | None, str | None]:
+    """(colour, shape, background) named in a sample caption; None where a part is missing."""
+    words = caption.lower().replace(".", " ").split()
+    colour = next((w for w in words if w in COLOURS), None)
+    shape = next((w for w in words if w in SHAPES), None)
+    after_on = words[words.index("on") + 1 :] if "on" in words else []
+    background = next((w for w in after_on if w in BACKGROUNDS), None)
+    return colour, shape, background
 
 
 def make_sample(out: Path, count: int = 12, seed: int = 0) -> Path:
