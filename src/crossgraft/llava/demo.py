@@ -22,6 +22,7 @@ from crossgraft.llava.loading import load_model
 from crossgraft.llava.sample import caption_attributes, make_sample, make_tiny_model
 from crossgraft.llava.train import run
 from crossgraft.llava.vision import SquareImageProcessor
+from crossgraft.llava.visualize import draw_attention_rules
 
 # (name, extra train_alternating flags); every variant starts from the same backbone with its projector kept.
 DEMO_VARIANTS = (
@@ -57,6 +58,7 @@ def run_demo(out: Path, steps: int = 200, count: int = 48, seed: int = 0) -> lis
     out = Path(out)
     train_yaml, eval_yaml = write_splits(out / "data", count, seed)
     backbone = make_tiny_model(out / "backbone", "llava_qwen", seed=seed)
+    draw_first_sequence(backbone, train_yaml, out / "attention_rules.png")
     results = []
     for name, flags in DEMO_VARIANTS:
         output_dir = out / name.replace(" ", "_").replace("(", "").replace(")", "")
@@ -117,6 +119,20 @@ def run_demo(out: Path, steps: int = 200, count: int = 48, seed: int = 0) -> lis
         results.append(DemoResult(name, eval_losses[0], eval_losses[-1], attributes, round(seconds, 1)))
     write_results(out, results)
     return results
+
+
+def draw_first_sequence(model_dir: Path, data_path: Path, path: Path) -> Path:
+    """The attention rules on the first training record, spliced as the model sees it."""
+    model = load_model(str(model_dir)).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    records = load_records(str(data_path))
+    dataset = LazySupervisedDataset(records[:1], tokenizer, SquareImageProcessor.from_config(model.config), None)
+    batch = DataCollatorForSupervisedDataset(tokenizer.pad_token_id)([dataset[0]])
+    with torch.no_grad():
+        spliced = model.model.prepare_multimodal_inputs(
+            batch["input_ids"], batch["attention_mask"], None, batch["images"]
+        )
+    return draw_attention_rules(spliced.attention_mask[0], spliced.image_token_mask[0], path)
 
 
 def caption_held_out(model_dir: Path, eval_path: Path, max_new_tokens: int = 64) -> float:

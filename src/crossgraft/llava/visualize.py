@@ -1,0 +1,46 @@
+"""A picture of the attention rules on one real (spliced) sequence: who may attend to whom in each rule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from crossgraft.llava.masks import RULES, allowed_keys
+
+TEXT_COLOUR, IMAGE_COLOUR, PAD_COLOUR = (70, 110, 200), (230, 140, 40), (40, 40, 40)
+MASKED = (25, 25, 30)
+
+
+def draw_attention_rules(key_is_real: torch.Tensor, key_is_image: torch.Tensor, path: Path, cell: int = 4) -> Path:
+    """One panel per rule (causal, within_modality, cross_modality) for a single sequence of K positions.
+
+    Rows are queries, columns keys. An allowed pair is drawn in its key's modality colour (blue text, orange
+    image), a masked one dark; the strips along the top and left mark each position's modality (grey: padding).
+    """
+    real, image = key_is_real.bool().cpu(), key_is_image.bool().cpu()  # (K,)
+    length = real.numel()
+    key_colour = np.array([PAD_COLOUR if not r else IMAGE_COLOUR if i else TEXT_COLOUR for r, i in zip(real, image)])
+    strip, title, gap = 2 * cell, 14, 10
+    side = length * cell
+    canvas = Image.new("RGB", (len(RULES) * (side + strip + gap) + gap, side + strip + title + gap), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for panel, rule in enumerate(RULES):
+        allowed = allowed_keys(real[None].long(), image[None], length, rule)[0, 0].numpy()  # (K, K)
+        pixels = np.where(allowed[..., None], key_colour[None, :, :], np.array(MASKED)).astype(np.uint8)
+        block = Image.fromarray(pixels).resize((side, side), Image.Resampling.NEAREST)
+        left, top = gap + panel * (side + strip + gap), title
+        strip_pixels = key_colour.astype(np.uint8)[None]  # (1, K, 3)
+        canvas.paste(Image.fromarray(strip_pixels).resize((side, strip), Image.Resampling.NEAREST), (left + strip, top))
+        canvas.paste(
+            Image.fromarray(strip_pixels.transpose(1, 0, 2)).resize((strip, side), Image.Resampling.NEAREST),
+            (left, top + strip),
+        )
+        canvas.paste(block, (left + strip, top + strip))
+        draw.text((left + strip, 1), rule, fill=(0, 0, 0))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path
