@@ -210,6 +210,7 @@ def test_demo_trains_all_four_variants_from_one_backbone(tmp_path, capsys):
     assert abs(starts[0] - starts[2]) < 1e-6
     assert all(r["eval_loss_after"] < 0.7 * r["eval_loss_before"] for r in results), results
     assert all(0.0 <= r["attributes_right"] <= 1.0 for r in results)
+    assert (tmp_path / "attention_rules.png").stat().st_size > 0
     generated = [json.loads(line) for line in (tmp_path / "base" / "captions.jsonl").read_text().splitlines()]
     assert len(generated) == 4 and all(g["generated"] and g["reference"] for g in generated)  # 25% of 16 held out
     assert "| alternating_cross (mask) |" in capsys.readouterr().out
