@@ -7,7 +7,8 @@ The tower is a 1-layer, 64-wide SigLIP: its cost is not what this script measure
 
 Rows: plain Qwen2ForCausalLM on as many text tokens (sdpa, is_causal); llava_qwen
 (our base: splicing + the same decoder); alternating; alternating_cross gated (every 4th layer) and mask.
-Ratios are against the plain Qwen2 step and against our base step, measured in this run.
+Ratios are against the plain Qwen2 step and against our base step, measured in this run; the rows take
+turns in every round, so drift of the machine hits all of them alike.
 
     python benchmarks/llava_bench.py [--layers 4] [--batch 2] [--vocab_size 151936] [--repeats 3] [--device cpu]
 """
@@ -44,20 +45,24 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def timed(step, repeats: int, device: str) -> tuple[float, float]:
-    """Median seconds of `step` after one warm-up, and peak CUDA memory in GiB (0 on CPU)."""
-    step()
-    sync(device)
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def time_round_robin(steps: dict, repeats: int, device: str) -> dict[str, tuple[float, float]]:
+    """Median seconds per row, the rows taking turns in every round so that machine drift hits all of them
+    alike; peak CUDA memory (GiB, 0 on CPU) from one extra step per row."""
+    peaks = {}
+    for name, step in steps.items():  # warm-up, and the memory peak of each row
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
         step()
         sync(device)
-        times.append(time.perf_counter() - start)
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else 0.0
-    return statistics.median(times), peak
+        peaks[name] = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else 0.0
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            sync(device)
+            times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(times[name]), peaks[name]) for name in steps}
 
 
 def main() -> None:
@@ -81,17 +86,11 @@ def main() -> None:
     batch = {k: v.to(args.device) for k, v in dict(input_ids=input_ids, labels=labels, images=images).items()}
 
     language = dict(QWEN2_05B, num_hidden_layers=args.layers, vocab_size=args.vocab_size)
-    rows: dict[str, tuple[float, float]] = {}
-
+    steps = {}
     qwen = Qwen2ForCausalLM(Qwen2Config(**language, attn_implementation="sdpa")).to(args.device, dtype)
     length = TEXT_BEFORE + 729 + TEXT_AFTER
     plain_ids = torch.randint(0, args.vocab_size, (args.batch, length), generator=generator).to(args.device)
-
-    def plain_step(qwen=qwen):
-        qwen(input_ids=plain_ids, labels=plain_ids).loss.backward()
-
-    rows["plain Qwen2 (same tokens)"] = timed(plain_step, args.repeats, args.device)
-    del qwen
+    steps["plain Qwen2 (same tokens)"] = lambda: qwen(input_ids=plain_ids, labels=plain_ids).loss.backward()
 
     variants = (
         ("llava_qwen (base)", "llava_qwen", {}),
@@ -104,12 +103,8 @@ def main() -> None:
         config = config_class(**language, **extra, mm_vision_tower="bench-siglip", vision_config=dict(TOWER))
         config._attn_implementation = "sdpa"
         model = MODEL_CLASSES[model_type](config).to(args.device, dtype).train()
-
-        def step(model=model):
-            model(**batch).loss.backward()
-
-        rows[name] = timed(step, args.repeats, args.device)
-        del model
+        steps[name] = lambda model=model: model(**batch).loss.backward()
+    rows = time_round_robin(steps, args.repeats, args.device)
 
     plain, base = rows["plain Qwen2 (same tokens)"][0], rows["llava_qwen (base)"][0]
     print(f"device {args.device}, {args.dtype}, {args.layers} layers, batch {args.batch}, {length} tokens per sample")

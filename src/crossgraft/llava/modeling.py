@@ -24,7 +24,6 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
-from transformers.cache_utils import Cache, DynamicCache
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer, Qwen2MLP, Qwen2RMSNorm, Qwen2RotaryEmbedding
 
@@ -122,7 +121,6 @@ class LlavaQwenPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     supports_gradient_checkpointing = True
     _no_split_modules = ["Qwen2DecoderLayer", "SiglipEncoderLayer", "GatedCrossAttentionBlock"]
-    _skip_keys_device_placement = ["past_key_values"]
     _supports_sdpa = True
     _supports_flash_attn = False
     _supports_flex_attn = False
@@ -275,18 +273,10 @@ class LlavaQwenModel(LlavaQwenPreTrainedModel):
         key_is_image: torch.Tensor,
         image_context: torch.Tensor | None = None,
         image_context_mask: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
-        use_cache: bool = False,
-        **kwargs,
     ) -> BaseModelOutputWithPast:
-        """Run the decoder on already spliced embeddings.
-
-        inputs_embeds (B, Q, D) are the new positions; attention_mask and key_is_image (B, K) cover every key,
-        the cached ones first (K = cached + Q).
-        """
+        """Run the decoder on already spliced embeddings: inputs_embeds (B, L, D); attention_mask,
+        position_ids and key_is_image (B, L). There is no KV cache (see `generate`)."""
         check_attention_implementation(self.config._attn_implementation)
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
         query_length = inputs_embeds.shape[1]
         query_is_text = ~key_is_image[:, -query_length:]  # (B, Q)
 
@@ -304,14 +294,9 @@ class LlavaQwenModel(LlavaQwenPreTrainedModel):
                 attention_mask=masks[self.layer_rule(i)],
                 position_embeddings=position_embeddings,
                 position_ids=position_ids,
-                past_key_values=past_key_values,
-                use_cache=use_cache,
-                **kwargs,
             )
         hidden_states = self.norm(hidden_states)
-        return BaseModelOutputWithPast(
-            last_hidden_state=hidden_states, past_key_values=past_key_values if use_cache else None
-        )
+        return BaseModelOutputWithPast(last_hidden_state=hidden_states)
 
 
 class LlavaQwenForCausalLM(LlavaQwenPreTrainedModel):
@@ -338,14 +323,14 @@ class LlavaQwenForCausalLM(LlavaQwenPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         images: torch.Tensor | None = None,
-        past_key_values: Cache | None = None,
-        use_cache: bool | None = None,
         logits_to_keep: int = 0,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        """input_ids (B, S) with `<image>` placeholders (-200), images (N, 3, H, W) in placeholder order."""
-        if past_key_values is not None and past_key_values.get_seq_length() > 0:
-            raise NotImplementedError("incremental decoding with a filled KV cache is not implemented yet")
+        """input_ids (B, S) with `<image>` placeholders (-200), images (N, 3, H, W) in placeholder order.
+        Other keyword arguments (num_items_in_batch from the Trainer) go to the loss. There is no KV cache."""
+        if kwargs.pop("past_key_values", None) is not None:
+            raise NotImplementedError("a KV cache is not supported; generate() re-runs the prompt at every step")
+        kwargs.pop("use_cache", None)
         batch = self.model.prepare_multimodal_inputs(input_ids, attention_mask, labels, images)
         outputs = self.model(
             inputs_embeds=batch.inputs_embeds,
@@ -354,8 +339,6 @@ class LlavaQwenForCausalLM(LlavaQwenPreTrainedModel):
             key_is_image=batch.image_token_mask,
             image_context=batch.image_context,
             image_context_mask=batch.image_context_mask,
-            past_key_values=past_key_values,
-            use_cache=bool(use_cache),
         )
         hidden_states = outputs.last_hidden_state
         if logits_to_keep:
@@ -364,7 +347,7 @@ class LlavaQwenForCausalLM(LlavaQwenPreTrainedModel):
         loss = None
         if batch.labels is not None:
             loss = self.loss_function(logits=logits, labels=batch.labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=outputs.past_key_values)
+        return CausalLMOutputWithPast(loss=loss, logits=logits)
 
     @torch.no_grad()
     def generate(
