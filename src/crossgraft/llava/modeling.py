@@ -331,16 +331,7 @@ class LlavaQwenForCausalLM(LlavaQwenPreTrainedModel):
         if kwargs.pop("past_key_values", None) is not None:
             raise NotImplementedError("a KV cache is not supported; generate() re-runs the prompt at every step")
         kwargs.pop("use_cache", None)
-        batch = self.model.prepare_multimodal_inputs(input_ids, attention_mask, labels, images)
-        outputs = self.model(
-            inputs_embeds=batch.inputs_embeds,
-            attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids,
-            key_is_image=batch.image_token_mask,
-            image_context=batch.image_context,
-            image_context_mask=batch.image_context_mask,
-        )
-        hidden_states = outputs.last_hidden_state
+        batch, hidden_states = self._splice_and_decode(input_ids, attention_mask, labels, images)
         if logits_to_keep:
             hidden_states = hidden_states[:, -logits_to_keep:]
         logits = self.lm_head(hidden_states)  # (B, L, vocab)
@@ -348,6 +339,19 @@ class LlavaQwenForCausalLM(LlavaQwenPreTrainedModel):
         if batch.labels is not None:
             loss = self.loss_function(logits=logits, labels=batch.labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(loss=loss, logits=logits)
+
+    def _splice_and_decode(self, input_ids, attention_mask, labels, images) -> tuple[MultimodalInputs, torch.Tensor]:
+        """The spliced batch and the decoder's last hidden states (B, L, D)."""
+        batch = self.model.prepare_multimodal_inputs(input_ids, attention_mask, labels, images)
+        hidden_states = self.model(
+            inputs_embeds=batch.inputs_embeds,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            key_is_image=batch.image_token_mask,
+            image_context=batch.image_context,
+            image_context_mask=batch.image_context_mask,
+        ).last_hidden_state
+        return batch, hidden_states
 
     @torch.no_grad()
     def generate(
@@ -376,15 +380,7 @@ class LlavaQwenForCausalLM(LlavaQwenPreTrainedModel):
         for _ in range(max_new_tokens):
             rows = [torch.cat([prompt, prompt.new_tensor(answer)]) for prompt, answer in zip(prompts, answers)]
             ids, mask = _right_pad(rows, pad)
-            batch = self.model.prepare_multimodal_inputs(ids, mask, None, images)
-            hidden = self.model(
-                inputs_embeds=batch.inputs_embeds,
-                attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids,
-                key_is_image=batch.image_token_mask,
-                image_context=batch.image_context,
-                image_context_mask=batch.image_context_mask,
-            ).last_hidden_state  # (B, L, D)
+            batch, hidden = self._splice_and_decode(ids, mask, None, images)  # hidden: (B, L, D)
             last = batch.attention_mask.shape[1] - 1 - batch.attention_mask.flip(1).argmax(dim=1)  # (B,)
             next_tokens = self.lm_head(hidden[torch.arange(len(rows)), last]).argmax(dim=-1).tolist()  # (B,)
             for index, token in enumerate(next_tokens):
