@@ -172,7 +172,8 @@ def load_model(
     """Load a LLaVA checkpoint as its own variant; with `force`, into the class of `variant` instead (new
     weights of that class, e.g. gated blocks, are created from config)."""
     check_attention_implementation(attn_implementation)
-    kind = inspect_checkpoint(name_or_path)
+    raw = read_raw_config(name_or_path)
+    kind = classify(raw, name_or_path)
     problem = variant_mismatch(kind, variant)
     if problem and not force:
         raise LlavaConfigError(problem)
@@ -182,7 +183,7 @@ def load_model(
             "--init_from_backbone --backbone_model " + name_or_path
         )
     model_type = target_model_type(kind, variant)
-    config = build_config(read_raw_config(name_or_path), model_type)
+    config = build_config(raw, model_type)
     model_class = MODEL_CLASSES[model_type]
     return model_class.from_pretrained(
         name_or_path, config=config, attn_implementation=attn_implementation, dtype=dtype
@@ -250,8 +251,8 @@ def plan_init_from_backbone(
     type is new: it gets `xattn_mode` (gated by default) and `xattn_every_n_layers`; an alternating_cross
     backbone keeps its own.
     """
-    kind = inspect_checkpoint(backbone)
     raw = read_raw_config(backbone)
+    kind = classify(raw, backbone)
     model_type = target_model_type(kind, variant)
     overrides: dict[str, Any] = {}
     if kind.variant is None or vision_tower:
