@@ -2,10 +2,11 @@
 fair-comparison loading, feedback rounds, diagnostics and the comparison table."""
 
 import json
-from dataclasses import replace
+from functools import partial
 
 import pytest
 import torch
+from helpers import quick_train_config
 
 from crossgraft.anomaly.checkpoints import load_image_adapter, load_text_adapter
 from crossgraft.anomaly.compare import compare, compare_runs
@@ -114,21 +115,7 @@ def test_learnable_weight_is_a_parameter_and_saved(tiny_backbone):
     assert "residual_weight" in learnable.image_cross_attn.state_dict()
 
 
-def quick(root, save_path, **changes):
-    config = TrainConfig(
-        dataset="synthetic",
-        data_root=root,
-        save_path=save_path,
-        shot=None,
-        clip="tiny",
-        img_size=64,
-        text_epoch=1,
-        image_epoch=1,
-        text_batch_size=4,
-        image_batch_size=4,
-        seed=3,
-    )
-    return replace(config, **changes)
+quick = partial(quick_train_config, image_epoch=1, seed=3)
 
 
 @pytest.fixture(scope="module")

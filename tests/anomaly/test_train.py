@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from helpers import quick_train_config as quick_config
 
 import crossgraft.anomaly.train as train_module
 from crossgraft.anomaly.backbone import load_clip
@@ -18,23 +19,6 @@ from crossgraft.anomaly.model import AdaptedCLIP, AdapterConfig, stage1_features
 from crossgraft.anomaly.predict import predict
 from crossgraft.anomaly.train import PRESETS, TrainConfig, TrainingError, stage1_loss, train
 from crossgraft.graft import CheckpointError
-
-
-def quick_config(root, save_path, **changes) -> TrainConfig:
-    config = TrainConfig(
-        dataset="synthetic",
-        data_root=root,
-        save_path=save_path,
-        shot=None,
-        clip="tiny",
-        img_size=64,
-        text_epoch=1,
-        image_epoch=2,
-        text_batch_size=4,
-        image_batch_size=4,
-        seed=7,
-    )
-    return replace(config, **changes)
 
 
 @pytest.fixture(scope="module")
