@@ -230,6 +230,15 @@ def test_vv_attention_in_batch_mode_with_one_image_is_projected_v(tiny_backbone)
     assert not torch.allclose(tokens_mode, expected, atol=1e-4)
 
 
+def test_alone_mode_is_batch_mode_with_each_image_on_its_own(tiny_backbone):
+    images = torch.randn(3, 3, 64, 64)
+    alone = tiny_backbone.encode_image_vv(images, surgery_from=2, vv_mode="alone").level_tokens
+    for i in range(3):
+        single = tiny_backbone.encode_image_vv(images[i : i + 1], surgery_from=2, vv_mode="batch").level_tokens
+        for level_alone, level_single in zip(alone, single):
+            torch.testing.assert_close(level_alone[i : i + 1], level_single, atol=1e-5, rtol=1e-5)
+
+
 def test_batch_mode_couples_images_and_tokens_mode_does_not(tiny_backbone):
     images = torch.randn(2, 3, 64, 64)
     other = images.clone()

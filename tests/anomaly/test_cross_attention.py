@@ -396,3 +396,19 @@ def test_grad_flow_and_attention_map_commands(synthetic_root, tmp_path, capsys):
     assert sorted(p.name for p in (run / "attention_maps").glob("*.png"))[:2] == ["000_damaged.png", "000_defect.png"]
     assert main(["anomaly", "grad-flow", *common, "--save_path", str(run)]) == 0
     assert "With cross-attention:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("variant", ["text_cross_attn", "cross_attn"])
+def test_test_time_maps_do_not_depend_on_the_batch_under_the_reference_preset(tiny_backbone, variant):
+    """The batch-axis V-V quirk belongs to stage-1 training: at test time an image's map is the same alone
+    or in any batch."""
+    torch.manual_seed(0)
+    model = AdaptedCLIP(tiny_backbone, cross=CrossAttentionConfig(variant=variant)).eval()
+    model.vv_mode = "batch"  # the reference preset
+    images = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        together = anomaly_maps(model, images, model.image_text(["pill"] * 4, images), "industrial")
+        for i in range(4):
+            alone = anomaly_maps(model, images[i : i + 1], model.image_text(["pill"], images[i : i + 1]), "industrial")
+            torch.testing.assert_close(alone.maps[0], together.maps[i], atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(alone.det_scores[0], together.det_scores[i], atol=1e-6, rtol=1e-6)

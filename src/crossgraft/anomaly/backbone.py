@@ -26,7 +26,7 @@ from transformers.activations import ACT2FN
 from crossgraft.anomaly.tiny_tokenizer import build_tiny_tokenizer
 
 GeluKind = Literal["quick", "exact"]
-VVMode = Literal["tokens", "batch"]
+VVMode = Literal["tokens", "batch", "alone"]
 GELU_ACTIVATIONS = {"quick": "quick_gelu", "exact": "gelu"}
 OPENAI_CHECKPOINT_SUFFIXES = {".pt", ".pth", ".bin"}
 # The tokenizer is the same BPE for every OpenAI CLIP; used when a .pt file comes without --tokenizer.
@@ -321,14 +321,17 @@ class FrozenCLIP(nn.Module):
         """softmax(v vᵀ · d^-½) v over tokens, or, in `batch` mode (the public code's quirk), over the batch axis.
 
         The public code hands a sequence-first (N, B, D) tensor to an attention written for (B, N, D), so each
-        token position attends across the images of the batch; with one image the result is v itself.
+        token position attends across the images of the batch; with one image the result is v itself. `alone`
+        is that quirk with every image on its own, for paths whose result must not depend on the batch.
         """
         if vv_mode == "tokens":
             return F.scaled_dot_product_attention(v, v, v)
         if vv_mode == "batch":
             v_t = v.transpose(0, 2)  # (N, H, B, d): attention runs over B
             return F.scaled_dot_product_attention(v_t, v_t, v_t).transpose(0, 2)
-        raise BackboneError(f"vv_mode must be 'tokens' or 'batch', got {vv_mode!r}")
+        if vv_mode == "alone":  # batch mode with every image in a batch of its own: softmax over one is 1
+            return v
+        raise BackboneError(f"vv_mode must be 'tokens', 'batch' or 'alone', got {vv_mode!r}")
 
     def _check_levels(self, levels: list[int] | None) -> list[int]:
         levels = sorted(set(levels)) if levels else self.levels

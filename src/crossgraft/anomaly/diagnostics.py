@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from crossgraft.anomaly.model import AdaptedCLIP, stage1_context
+from crossgraft.anomaly.model import AdaptedCLIP
 from crossgraft.anomaly.prompts import class_sentences
 from crossgraft.anomaly.train import stage2_loss
 from crossgraft.anomaly.visualize import save_panel
@@ -92,7 +92,7 @@ def text_to_patch_attention(model: AdaptedCLIP, image: torch.Tensor, class_text:
     normal, abnormal = class_sentences(class_text)
     ids = backbone.tokenize(normal + abnormal)  # (S, T)
     x = backbone.text_block(0, backbone.embed_text(ids).to(backbone.dtype))  # (S, T, Wt)
-    context = stage1_context(backbone, image, model.surgery_from, model.vv_mode)  # (1, N, E)
+    context = model.image_context(image)  # (1, N, E)
     model.text_cross_attn.eval()
     _, weights = model.text_cross_attn(x.reshape(1, -1, x.shape[-1]), context, return_attention=True)
     weights = weights.mean(1)[0].reshape(ids.shape[0], ids.shape[1], -1)  # (S, T, N)

@@ -193,8 +193,14 @@ class AdaptedCLIP(nn.Module):
         per-image with text cross-attention (context from the frozen stage-1 path), else per class."""
         if self.text_cross_attn is None:
             return self.text_side(texts)
-        context = stage1_context(self.backbone, images, self.surgery_from, self.vv_mode)
-        return self.text_side(texts, context)
+        return self.text_side(texts, self.image_context(images))
+
+    def image_context(self, images: torch.Tensor) -> torch.Tensor:
+        """The text cross-attention's context of each image on its own (B, N, E): the frozen stage-1 path, with
+        the batch-axis V-V quirk (a stage-1 training matter) applied to every image alone, so that an image's
+        result never depends on the other images of its batch."""
+        vv_mode: VVMode = "alone" if self.vv_mode == "batch" else self.vv_mode
+        return stage1_context(self.backbone, images, self.surgery_from, vv_mode)
 
     def class_anchors(self, class_texts: list[str]) -> torch.Tensor:
         """Anchors [T_N, T_A] per class without image context: (C, E, 2)."""
