@@ -345,7 +345,7 @@ def cmd_grad_flow(args: argparse.Namespace) -> int:
 
 def cmd_attention_maps(args: argparse.Namespace) -> int:
     from crossgraft.anomaly.data import AnomalyDataset, EvalTransform
-    from crossgraft.anomaly.data.formats import read_folder
+    from crossgraft.anomaly.data.formats import output_stem, read_folder
     from crossgraft.anomaly.diagnostics import save_attention_maps, text_to_patch_attention
     from crossgraft.anomaly.infer import load_trained
     from crossgraft.anomaly.prompts import class_text, load_class_descriptions
@@ -362,7 +362,8 @@ def cmd_attention_maps(args: argparse.Namespace) -> int:
         missing = [w for w in args.words if w not in maps]
         if missing and index == 0:
             print(f"note: {', '.join(missing)} do not occur as whole tokens in the prompts of {text!r}")
-        written += save_attention_maps(maps, sample.image_path, out, model.backbone.image_size)
+        stem = out / output_stem(sample.image_path, args.inputs)
+        written += save_attention_maps(maps, sample.image_path, stem, model.backbone.image_size)
     print(f"{len(written)} attention maps (image | text->patch attention | overlay) in {out}")
     return 0
 

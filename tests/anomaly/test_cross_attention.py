@@ -394,6 +394,13 @@ def test_grad_flow_and_attention_map_commands(synthetic_root, tmp_path, capsys):
     )
     assert "attention maps" in capsys.readouterr().out
     assert sorted(p.name for p in (run / "attention_maps").glob("*.png"))[:2] == ["000_damaged.png", "000_defect.png"]
+    capsys.readouterr()
+    tree = synthetic_root / "dots" / "test"  # good/000.png and spot/000.png share a stem
+    assert main(["anomaly", "attention-maps", str(tree), "--save_path", str(run), "--class_name", "dots",
+                 "--words", "damaged", "--out", str(tmp_path / "maps"), "--device", "cpu"]) == 0  # fmt: skip
+    written = sorted(p.relative_to(tmp_path / "maps").as_posix() for p in (tmp_path / "maps").rglob("*.png"))
+    assert written == [f"{folder}/{stem}_damaged.png" for folder, stem in (
+        ("good", "000"), ("good", "001"), ("good", "002"), ("missing", "000"), ("scratch", "000"), ("spot", "000"))]
     assert main(["anomaly", "grad-flow", *common, "--save_path", str(run)]) == 0
     assert "With cross-attention:" in capsys.readouterr().out
 

@@ -240,9 +240,21 @@ def test_predict_writes_heat_maps_and_fits_a_threshold_on_normal_images(trained_
     assert threshold == max(p.image_score for p in predictions if "/good/" in p.image)
     assert not any(p.anomalous for p in predictions if "/good/" in p.image)
     for p in predictions:
-        assert (tmp_path / f"{p.image.split('/')[-1][:-4]}.json").exists() or p.heatmap
         assert p.anomalous == (p.image_score > threshold)
-    assert len(list(tmp_path.glob("*_heatmap.png"))) == 3  # the stems repeat across defect folders
+    # good/000.png, scratch/000.png, spot/000.png, missing/000.png share a stem: outputs mirror the input tree
+    heatmaps = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*_heatmap.png"))
+    assert heatmaps == [
+        "good/000_heatmap.png",
+        "good/001_heatmap.png",
+        "good/002_heatmap.png",
+        "missing/000_heatmap.png",
+        "scratch/000_heatmap.png",
+        "spot/000_heatmap.png",
+    ]
+    assert sorted(p["heatmap"] for p in summary["predictions"]) == sorted(str(tmp_path / h) for h in heatmaps)
+    for p in summary["predictions"]:  # each record's json lies beside its own heat map and names its image
+        record = json.loads(open(p["heatmap"].replace("_heatmap.png", ".json")).read())
+        assert record["image"] == p["image"] and record["heatmap"] == p["heatmap"]
 
 
 def test_the_same_command_trains_data_parallel_under_torchrun(synthetic_root, tmp_path):

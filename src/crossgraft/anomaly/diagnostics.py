@@ -108,12 +108,11 @@ def text_to_patch_attention(model: AdaptedCLIP, image: torch.Tensor, class_text:
     return maps
 
 
-def save_attention_maps(maps: dict, image_path: Path, out: Path, size: int) -> list[Path]:
-    """One image | heat map | overlay panel per word, upsampled bilinearly to `size`."""
+def save_attention_maps(maps: dict, image_path: Path, out_stem: Path, size: int) -> list[Path]:
+    """One image | heat map | overlay panel per word, upsampled bilinearly to `size`: OUT_STEM_{word}.png."""
     written = []
     for word, grid in maps.items():
         up = F.interpolate(torch.from_numpy(grid)[None, None], size=(size, size), mode="bilinear", align_corners=True)
-        written.append(
-            save_panel(image_path, up[0, 0].numpy().astype(np.float32), out / f"{image_path.stem}_{word}.png")
-        )
+        path = out_stem.with_name(f"{out_stem.name}_{word}.png")
+        written.append(save_panel(image_path, up[0, 0].numpy().astype(np.float32), path))
     return written

@@ -15,7 +15,7 @@ from pathlib import Path
 from torch.utils.data import DataLoader
 
 from crossgraft.anomaly.data import AnomalyDataset, EvalTransform
-from crossgraft.anomaly.data.formats import read_folder
+from crossgraft.anomaly.data.formats import output_stem, read_folder
 from crossgraft.anomaly.data.records import Sample
 from crossgraft.anomaly.infer import anomaly_maps, batch_text, load_trained
 from crossgraft.anomaly.prompts import class_text, load_class_descriptions
@@ -69,10 +69,11 @@ def predict(
     for sample, score_map, score, det in _score(
         model, has_text, text, read_folder(inputs, class_name), domain, batch_size, device
     ):
+        stem = out / output_stem(sample.image_path, inputs)
         heatmap = save_panel(
             sample.image_path,
             score_map.numpy(),
-            out / f"{sample.image_path.stem}_heatmap.png",
+            stem.with_name(f"{stem.name}_heatmap.png"),
             low=float(score_map.min()),
             high=max(float(score_map.max()), threshold or -1e9),
         )
@@ -84,7 +85,7 @@ def predict(
             None if threshold is None else score > threshold,
             str(heatmap),
         )
-        write_text_atomic(out / f"{sample.image_path.stem}.json", json.dumps(asdict(prediction), indent=2))
+        write_text_atomic(stem.with_name(f"{stem.name}.json"), json.dumps(asdict(prediction), indent=2))
         predictions.append(prediction)
     summary = {
         "threshold": threshold,

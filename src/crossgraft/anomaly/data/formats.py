@@ -217,6 +217,16 @@ def read_folder(path: Path, class_name: str = "object") -> list[Sample]:
     return [Sample(image, None, class_name, defect_type="unknown") for image in images]
 
 
+def output_stem(image: Path, inputs: Path) -> Path:
+    """Where an image's outputs go, relative to an output folder: its path below `inputs` without the suffix
+    (`crack/000` for inputs/crack/000.png), so that equal file names in different subfolders never collide;
+    just the stem when `inputs` is the image itself."""
+    image, inputs = Path(image), Path(inputs)
+    if inputs.is_file() or image == inputs:
+        return Path(image.stem)
+    return image.relative_to(inputs).with_suffix("")
+
+
 def _filter_classes(samples: list[Sample], classes: list[str] | None, where: str) -> list[Sample]:
     if classes is None:
         return samples
