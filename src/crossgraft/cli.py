@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 DEFAULT_IMG_SIZE = 518  # AA-CLIP's run size for ViT-L/14 (37 x 37 patches)
+PAPER_CLIP = "openai/clip-vit-large-patch14-336"
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -59,7 +60,7 @@ def add_clip_args(parser: argparse.ArgumentParser, with_gelu: bool = True) -> No
     group = parser.add_argument_group("backbone")
     group.add_argument(
         "--clip",
-        default="tiny",
+        default=PAPER_CLIP,
         help="CLIP weights: a Hugging Face id or local directory (openai/clip-vit-large-patch14-336 "
         "is the paper's), an OpenAI-format .pt/.pth file (ViT-L-14-336px.pt), or 'tiny' "
         "(random, offline, for tests and demos)",

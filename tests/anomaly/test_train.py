@@ -301,3 +301,13 @@ def test_the_same_command_trains_data_parallel_under_torchrun(synthetic_root, tm
     assert log.count("training image epoch 0") == 1
     checkpoint = torch.load(run / "image_adapter_1.pth", map_location="cpu")
     assert checkpoint["epoch"] == 1 and torch.isfinite(checkpoint["image_adapter"]["det_proj.fc.weight"]).all()
+
+
+def test_the_default_backbone_is_the_papers_and_a_tiny_run_says_so_loudly(trained_run):
+    from crossgraft.cli import build_parser
+
+    args = build_parser().parse_args(["anomaly", "train"])
+    assert args.clip == "openai/clip-vit-large-patch14-336"
+    assert TrainConfig(dataset="VisA", data_root="x", save_path="y").clip == "openai/clip-vit-large-patch14-336"
+    log = (trained_run / "train.log").read_text()
+    assert log.count("WARNING !!! the backbone is the random `tiny` CLIP") == 1

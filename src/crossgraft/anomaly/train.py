@@ -54,6 +54,10 @@ from crossgraft.runlog import setup_run_logging
 RUN_CONFIG = "run_config.json"
 TRAIN_SAMPLES = "train_samples.jsonl"
 BETAS = (0.5, 0.999)
+TINY_WARNING = (
+    "!!! the backbone is the random `tiny` CLIP (for tests and demos): nothing this run learns says anything "
+    "about real data; pass --clip openai/clip-vit-large-patch14-336 for the paper's model !!!"
+)
 
 
 @dataclass
@@ -80,7 +84,7 @@ class TrainConfig:
     meta: Path | None = None
     classes: list[str] | None = None
     shot: int | None = 32  # None: every image (full shot)
-    clip: str = "tiny"
+    clip: str = "openai/clip-vit-large-patch14-336"
     tokenizer: str | None = None
     img_size: int | None = None
     text_epoch: int = 5
@@ -273,6 +277,8 @@ def train(config: TrainConfig) -> AdaptedCLIP:
     if not main:  # one process writes the log and the checkpoints
         logger.setLevel(logging.WARNING)
     logger.info("args: %s", json.dumps(config.to_json()))
+    if config.clip == "tiny":
+        logger.warning(TINY_WARNING)
     logger.info("training on %d images of %d classes (%s)", len(samples), len(class_names), ", ".join(class_names))
     run_config = config.to_json() | {"img_size": backbone.image_size, "surgery_from": model.surgery_from}
     if main:
