@@ -73,7 +73,7 @@ def test_resume_after_an_interrupt_reaches_the_same_weights(synthetic_root, tmp_
 
 def test_an_existing_run_is_never_overwritten_without_resume(trained_run, synthetic_root):
     before = (trained_run / "image_adapter.pth").read_bytes()
-    with pytest.raises(TrainingError, match="already holds text_adapter.pth, image_adapter.pth; pass --resume"):
+    with pytest.raises(TrainingError, match=r"holds a base run \(run_config.json, image_adapter.pth.*pass --resume"):
         train(quick_config(synthetic_root, trained_run))
     assert (trained_run / "image_adapter.pth").read_bytes() == before
 
@@ -311,3 +311,18 @@ def test_the_default_backbone_is_the_papers_and_a_tiny_run_says_so_loudly(traine
     assert TrainConfig(dataset="VisA", data_root="x", save_path="y").clip == "openai/clip-vit-large-patch14-336"
     log = (trained_run / "train.log").read_text()
     assert log.count("WARNING !!! the backbone is the random `tiny` CLIP") == 1
+
+
+def test_a_run_of_another_variant_or_configuration_is_refused_in_a_used_folder(trained_run, synthetic_root):
+    from crossgraft.anomaly.model import CrossAttentionConfig
+
+    before = (trained_run / "run_config.json").read_text()
+    cross = CrossAttentionConfig(variant="cross_attn")
+    with pytest.raises(TrainingError, match=r"holds a base run .*another --save_path"):
+        train(quick_config(synthetic_root, trained_run, cross=cross))
+    with pytest.raises(TrainingError, match=r"cannot resume the base run .*\(variant: base -> cross_attn\)"):
+        train(quick_config(synthetic_root, trained_run, cross=cross, resume=True))
+    with pytest.raises(TrainingError, match=r"seed: 7 -> 8"):
+        train(quick_config(synthetic_root, trained_run, seed=8, resume=True))
+    assert (trained_run / "run_config.json").read_text() == before
+    assert not list(trained_run.glob("*cross_attn*"))

@@ -226,17 +226,7 @@ def train(config: TrainConfig) -> AdaptedCLIP:
     """Train a run: N feedback rounds (1 = plain AA-CLIP order) of stage 1 then stage 2."""
     save_path = Path(config.save_path)
     variant = config.cross.variant
-    existing = [
-        str(p.relative_to(save_path))
-        for folder in (save_path, *sorted(save_path.glob("loop_*")))
-        for p in (folder / text_file(variant), folder / image_file(variant))
-        if p.exists()
-    ]
-    if existing and not config.resume:
-        raise TrainingError(
-            f"{save_path} already holds {', '.join(existing)}; pass --resume to continue that run, or choose "
-            "another --save_path (nothing was overwritten)"
-        )
+    check_run_folder(save_path, config)
     accelerator = Accelerator(cpu=config.device == "cpu", mixed_precision=config.mixed_precision)
     main = accelerator.is_main_process
     device = accelerator.device
@@ -319,6 +309,67 @@ def train(config: TrainConfig) -> AdaptedCLIP:
             shutil.copy2(path, save_path / path.name)
     logger.info("done: checkpoints in %s", save_path)
     return model
+
+
+# settings that may differ when a run is resumed: more epochs extend it; the others do not change what it learns
+RESUMABLE_CHANGES = {
+    "text_epoch",
+    "image_epoch",
+    "resume",
+    "save_path",
+    "data_root",
+    "num_workers",
+    "device",
+    "mixed_precision",
+    "eval_each_loop",
+    "eval_dataset",
+    "eval_data_root",
+    "eval_classes",
+}
+
+
+def _flatten(config: dict) -> dict:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value))
+        else:
+            flat[key] = value
+    return flat
+
+
+def check_run_folder(save_path: Path, config: TrainConfig) -> None:
+    """A folder holds one run: training into a folder that holds another run, or resuming with settings that
+    change what the run learns, is refused before anything is written."""
+    saved_path = save_path / RUN_CONFIG
+    checkpoints = sorted(p.name for p in save_path.glob("*_adapter*.pth")) if save_path.is_dir() else []
+    if not saved_path.is_file():
+        if checkpoints:
+            raise TrainingError(
+                f"{save_path} holds checkpoints ({', '.join(checkpoints)}) but no {RUN_CONFIG}: it is not a "
+                "crossgraft run folder; choose another --save_path (nothing was overwritten)"
+            )
+        return
+    saved = read_run_config(save_path)
+    saved_variant = saved.get("cross", {}).get("variant", "base")
+    if not config.resume:
+        raise TrainingError(
+            f"{save_path} holds a {saved_variant} run ({RUN_CONFIG}"
+            f"{', ' + ', '.join(checkpoints) if checkpoints else ''}); choose another --save_path for a new run, or "
+            "pass --resume to continue that run with the same settings (nothing was overwritten)"
+        )
+    old, new = _flatten(saved), _flatten(json.loads(json.dumps(config.to_json())))  # as saved: lists, not tuples
+    changed = [
+        f"{key}: {old.get(key)} -> {new[key]}"
+        for key in new
+        if key not in RESUMABLE_CHANGES and key in old and old[key] != new[key]
+    ]
+    if changed:
+        raise TrainingError(
+            f"cannot resume the {saved_variant} run in {save_path} with other settings ({'; '.join(changed)}); "
+            f"only {', '.join(sorted(RESUMABLE_CHANGES - {'resume', 'save_path'}))} may change on resume. Use "
+            "another --save_path for a new run (nothing was overwritten)"
+        )
 
 
 def train_round(model, config, epochs, texts, class_names, round_index, round_dir, logger, accelerator, loaded):
