@@ -419,3 +419,38 @@ def test_test_time_maps_do_not_depend_on_the_batch_under_the_reference_preset(ti
             alone = anomaly_maps(model, images[i : i + 1], model.image_text(["pill"], images[i : i + 1]), "industrial")
             torch.testing.assert_close(alone.maps[0], together.maps[i], atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(alone.det_scores[0], together.det_scores[i], atol=1e-6, rtol=1e-6)
+
+
+def test_shape_errors_name_both_shapes_and_the_flag_that_sets_each(tiny_backbone):
+    module = CrossAttention(96, 64, heads=8, name="image_cross_attn")
+    with pytest.raises(ValueError, match=r"image_cross_attn: queries \(2, 65, 64\).* width 96\).*--clip"):
+        module(torch.randn(2, 65, 64), torch.randn(2, 16, 64))
+    with pytest.raises(ValueError, match=r"image_cross_attn: context \(2, 16, 32\).* width 64\).*--clip"):
+        module(torch.randn(2, 65, 96), torch.randn(2, 16, 32))
+    with pytest.raises(ValueError, match=r"queries \(2, 65, 96\) and context \(3, 16, 64\).* one context per image"):
+        module(torch.randn(2, 65, 96), torch.randn(3, 16, 64))
+    with pytest.raises(ValueError, match=r"width 60 is not divisible by 8 heads .*--cross_attn_heads"):
+        CrossAttention(96, 60, heads=8)
+    model = build(tiny_backbone, "text_cross_attn")
+    with pytest.raises(ValueError, match=r"2 texts but image context \(3, 64, 64\)"):
+        model.text_side(["pill", "pill"], torch.randn(3, 64, 64))
+
+
+def test_vanishing_gradients_and_the_summary_labels_are_logged(synthetic_root, tmp_path):
+    run = tmp_path / "zero"
+    # a fixed text cross-attention weight of 0 cuts the module off: its gradient is exactly zero
+    train(quick(synthetic_root, run, cross=CrossAttentionConfig(variant="text_cross_attn", text_weight=0.0)))
+    log = (run / "train_cross_attention.log").read_text()
+    assert "average gradient norm of text_cross_attn is 0.00e+00 < 1e-03" in log
+    assert "average gradient norm of text_adapter" not in log
+    fb = tmp_path / "fb"
+    train(quick(synthetic_root, fb, text_epoch=0, cross=CrossAttentionConfig(variant="cross_attn"), num_feedback_loops=2))
+    summaries = [part.split("=" * 70)[1] for part in
+                 (fb / "train_cross_attention.log").read_text().split("WEIGHT INITIALIZATION SUMMARY")[1:]]  # fmt: skip
+    assert len(summaries) == 4  # stage 1 and 2 of each loop
+    round1_stage2, round2_stage1, round2_stage2 = summaries[1], summaries[2], summaries[3]
+    assert "text_adapter:       " in round1_stage2 and "(random init)" in round1_stage2.split("\n")[1]
+    assert "text_cross_attn:    " in round1_stage2 and "random init - NEW" in round1_stage2.split("\n")[2]
+    assert "trained in Stage 1" not in "".join(summaries) and "updated from Stage 1" not in "".join(summaries)
+    assert all("(from loop 1)" in line for line in round2_stage1.strip().splitlines()[:4])
+    assert all("(from loop 1)" in line for line in round2_stage2.strip().splitlines()[:4])

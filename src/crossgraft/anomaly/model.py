@@ -124,12 +124,22 @@ class AdaptedCLIP(nn.Module):
         xavier_init(self.text_adapter)
         xavier_init(self.image_adapter)
         self.text_cross_attn = (
-            CrossAttention(text_width, embed, cross.heads, cross.dropout, cross.text_weight, cross.learnable_weight)
+            CrossAttention(
+                text_width, embed, cross.heads, cross.dropout, cross.text_weight, cross.learnable_weight, "text_cross_attn"
+            )
             if cross.text
             else None
         )
         self.image_cross_attn = (
-            CrossAttention(vision_width, embed, cross.heads, cross.dropout, cross.image_weight, cross.learnable_weight)
+            CrossAttention(
+                vision_width,
+                embed,
+                cross.heads,
+                cross.dropout,
+                cross.image_weight,
+                cross.learnable_weight,
+                "image_cross_attn",
+            )
             if cross.image
             else None
         )
@@ -174,7 +184,11 @@ class AdaptedCLIP(nn.Module):
             embeddings = self.encode_text(ids).reshape(len(unique), per_class, -1)[index]  # (B, S, E)
         else:
             if image_context is None or len(image_context) != len(texts):
-                raise ValueError("text cross-attention needs one image context (B, N, E) per entry of `texts`")
+                got = "none" if image_context is None else tuple(image_context.shape)
+                raise ValueError(
+                    f"text cross-attention needs one image context (B, N, E) per text: {len(texts)} texts but "
+                    f"image context {got}"
+                )
             x = backbone.text_block(0, backbone.embed_text(ids).to(backbone.dtype))  # frozen, shared
             length, width = x.shape[1:]
             queries = x.reshape(len(unique), per_class * length, width)[index]  # (B, S*T, Wt)
@@ -232,8 +246,8 @@ class AdaptedCLIP(nn.Module):
         return ImageOutput(seg_tokens=seg_tokens, det_token=det_token)
 
     def _attend_to_text(self, x: torch.Tensor, text_context: torch.Tensor | None) -> torch.Tensor:
-        if text_context is None or len(text_context) != len(x):
-            raise ValueError("image cross-attention needs the text context (B, S, E) of every image")
+        if text_context is None:
+            raise ValueError(f"image cross-attention needs the text context (B, S, E) of the {len(x)} images")
         out = self.image_cross_attn(x, text_context.to(x.dtype))  # (B, 1+N, Wv)
         if self.cross.image_norm_match:
             out = out * x.norm(dim=-1, keepdim=True) / (out.norm(dim=-1, keepdim=True) + 1e-6)

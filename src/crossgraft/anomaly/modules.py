@@ -53,10 +53,15 @@ class CrossAttention(nn.Module):
         dropout: float = 0.1,
         residual_weight: float = 0.1,
         learnable_weight: bool = False,
+        name: str = "cross-attention",
     ) -> None:
         super().__init__()
         if context_dim % heads:
-            raise ValueError(f"cross-attention width {context_dim} is not divisible by {heads} heads")
+            raise ValueError(
+                f"{name}: width {context_dim} is not divisible by {heads} heads (set by --cross_attn_heads; the "
+                "width is the CLIP embedding width, set by --clip)"
+            )
+        self.name = name
         self.heads = heads
         self.dropout = dropout
         self.q_proj = nn.Linear(query_dim, context_dim)
@@ -73,12 +78,32 @@ class CrossAttention(nn.Module):
         else:
             self.register_buffer("residual_weight", weight, persistent=False)
 
+    def check_shapes(self, queries: torch.Tensor, context: torch.Tensor) -> None:
+        """Both inputs are (B, L, D) with the widths the module was built for, one context per query sequence."""
+        query_width, context_width = self.q_proj.in_features, self.k_proj.in_features
+        if queries.dim() != 3 or queries.shape[-1] != query_width:
+            raise ValueError(
+                f"{self.name}: queries {tuple(queries.shape)}, but the module was built for (B, L, width "
+                f"{query_width}): the encoder width of the --clip it was built with"
+            )
+        if context.dim() != 3 or context.shape[-1] != context_width:
+            raise ValueError(
+                f"{self.name}: context {tuple(context.shape)}, but the module was built for (B, N, width "
+                f"{context_width}): the embedding width of the --clip it was built with"
+            )
+        if len(queries) != len(context):
+            raise ValueError(
+                f"{self.name}: queries {tuple(queries.shape)} and context {tuple(context.shape)} differ in batch "
+                "size: one context per image is needed"
+            )
+
     def _split(self, x):
         batch, length, width = x.shape
         return x.view(batch, length, self.heads, width // self.heads).transpose(1, 2)  # (B, H, L, d)
 
     def forward(self, queries, context, return_attention: bool = False):
         """queries (B, Lq, Dq), context (B, Lc, Dc) -> (B, Lq, Dq) [, attention (B, H, Lq, Lc)]."""
+        self.check_shapes(queries, context)
         q, k, v = (
             self._split(self.q_proj(queries)),
             self._split(self.k_proj(context)),

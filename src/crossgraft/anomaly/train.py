@@ -428,6 +428,7 @@ def train_round(model, config, epochs, texts, class_names, round_index, round_di
             groups=text_groups,
         )
         logger.info("training text epoch %d: loss: %.6f | average grad norm: %s", epoch, loss, format_norms(norms))
+        warn_vanishing(logger, norms, "text", epoch)
         if main:
             save_text_adapter(model, text_optimizer, epoch + 1, round_dir)
 
@@ -470,6 +471,7 @@ def train_round(model, config, epochs, texts, class_names, round_index, round_di
             groups=image_groups,
         )
         logger.info("training image epoch %d: loss: %.6f | average grad norm: %s", epoch, loss, format_norms(norms))
+        warn_vanishing(logger, norms, "image", epoch)
         if main:
             save_image_adapter(model, image_optimizer, image_scheduler, epoch + 1, round_dir)
 
@@ -525,31 +527,43 @@ def loaded_lines(module, name: str, path) -> list[str]:
 
 
 def summary(logger, model, stage: int, round_index: int, loaded: dict, trained_text: bool = True) -> None:
-    """The WEIGHT INITIALIZATION SUMMARY: mean |w| of each trainable module and where it comes from."""
-    rows = []
-    if stage == 1:
-        states = {
-            "text_adapter": "pre-trained" if loaded["text_adapter"] else "random init",
-            "text_cross_attn": "random init - NEW",
-            "image_adapter": "pre-trained" if loaded["image_adapter"] else "random init",
-            "image_cross_attn": "random init - NEW",
-        }
-    else:
-        states = {
-            "text_adapter": "updated from Stage 1"
-            if trained_text
-            else ("pre-trained" if loaded["text_adapter"] else "random init"),
-            "text_cross_attn": "trained in Stage 1",
-            "image_adapter": "pre-trained" if loaded["image_adapter"] else "random init",
-            "image_cross_attn": "random init - NEW",
-        }
+    """The WEIGHT INITIALIZATION SUMMARY: mean |w| of each trainable module and where it comes from.
+
+    `trained_text`: stage 1 of this round trained the text side (false with --text_epoch 0)."""
+    states = {
+        "text_adapter": "pre-trained" if loaded["text_adapter"] else "random init",
+        "text_cross_attn": "random init - NEW",
+        "image_adapter": "pre-trained" if loaded["image_adapter"] else "random init",
+        "image_cross_attn": "random init - NEW",
+    }
     if round_index > 1:
         states = {name: f"from loop {round_index - 1}" for name in states}
+    if stage == 2 and trained_text:
+        states["text_adapter"] = "updated from Stage 1"
+        states["text_cross_attn"] = "trained in Stage 1"
+    rows = []
     for name, state in states.items():
         module = getattr(model, name)
         if module is not None:
             rows.append(f"  {name + ':':<20}{mean_abs_weight(module):.6f} ({state})")
     banner(logger, "WEIGHT INITIALIZATION SUMMARY", [*rows, RULE])
+
+
+VANISHING_GRAD_NORM = 1e-3  # seed 001: "If grad_norm < 0.001, gradients are vanishing"
+
+
+def warn_vanishing(logger, norms: dict[str, float], stage: str, epoch: int) -> None:
+    for name, norm in norms.items():
+        if norm < VANISHING_GRAD_NORM:
+            logger.warning(
+                "average gradient norm of %s is %.2e < %.0e in %s epoch %d: its gradients are vanishing, so it "
+                "barely learns (a cross-attention weight of 0, a learning-rate or loss problem?)",
+                name,
+                norm,
+                VANISHING_GRAD_NORM,
+                stage,
+                epoch,
+            )
 
 
 def format_norms(norms: dict[str, float]) -> str:
