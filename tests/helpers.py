@@ -2,22 +2,21 @@
 
 from dataclasses import replace
 
-from crossgraft.anomaly.train import TrainConfig
+from crossgraft.anomaly.config import BackboneConfig, DataConfig, TrainConfig
 
 
-def quick_train_config(root, save_path, **changes) -> TrainConfig:
+def quick_train_config(root, save_path, classes=None, **changes) -> TrainConfig:
     """A seconds-long AA-CLIP run on the synthetic set with the tiny CLIP; `changes` override any field."""
     config = TrainConfig(
-        dataset="synthetic",
-        data_root=root,
+        data=DataConfig(dataset="synthetic", data_root=root, classes=classes),
+        backbone=BackboneConfig(clip="tiny", img_size=64),
         save_path=save_path,
-        shot=None,
-        clip="tiny",
-        img_size=64,
+        shot=0,
         text_epoch=1,
         image_epoch=2,
         text_batch_size=4,
         image_batch_size=4,
         seed=7,
+        device="cpu",
     )
     return replace(config, **changes)

@@ -1,48 +1,54 @@
-"""Moving weights between models safely (both families): strict loads that explain a mismatch, selective
-copies that report every key, atomic checkpoint writes, and weight-magnitude summaries."""
+"""Moving weights between models safely (both families): checkpoint reads that never run code, strict loads that
+explain a mismatch, selective copies that report every key, atomic checkpoint writes, and weight-magnitude
+summaries."""
 
 from __future__ import annotations
 
-import os
+import pickle
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
+from crossgraft.errors import CrossgraftError
+from crossgraft.files import atomic_write
 
-class CheckpointError(ValueError):
+
+class CheckpointError(CrossgraftError, ValueError):
     """A checkpoint that cannot be loaded into the model as configured. The message says why."""
 
 
 def save_atomic(obj: object, path: Path) -> Path:
-    """torch.save to a temporary file beside `path`, then rename: an interrupted write never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return path
+    """torch.save through the atomic writer: an interrupted write never leaves half a checkpoint."""
+    with atomic_write(path, binary=True) as handle:
+        torch.save(obj, handle)
+    return Path(path)
 
 
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write a text file through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
-def read_checkpoint(path: Path) -> dict:
-    """Load a checkpoint dict on the CPU with a clear error for a missing or unreadable file."""
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint dict on the CPU, tensors and plain containers only: a file that holds other Python
+    objects is refused, since unpickling them could run code from the file. Clear errors for a missing or
+    unreadable file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        objects = re.findall(r"GLOBAL ([\w.]+)", str(error))  # what weights-only unpickling refused
+        if not objects:
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (corrupt or not one)") from error
+        raise CheckpointError(
+            f"{path} holds Python objects beyond tensors, numbers and plain containers (first: {objects[0]}), and "
+            "loading those could run code from the file, so it is refused. AA-CLIP checkpoints (ours and the public "
+            "code's) never need them. If you trust the file, convert it once: python -c \"import torch; c = "
+            "torch.load('IN', weights_only=False); torch.save({k: c[k] for k in ('epoch', 'text_adapter', "
+            "'image_adapter', 'text_cross_attn', 'image_cross_attn') if k in c}, 'OUT')\""
+        ) from error
     except Exception as error:  # zip, pickle and torch errors mean the same thing here
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({error})") from error
     if not isinstance(checkpoint, dict):

@@ -7,9 +7,9 @@ import torch
 import yaml
 from PIL import Image
 
+from crossgraft.llava.config import DataArguments
 from crossgraft.llava.configuration import IGNORE_INDEX, IMAGE_TOKEN_INDEX, LlavaConfigError
 from crossgraft.llava.data import (
-    DataArguments,
     LlavaDataError,
     load_records,
     make_supervised_data_module,
@@ -134,8 +134,7 @@ def test_qwen_template_learns_only_the_answers(tiny_tokenizer):
 def test_dataset_items_images_and_collator(llava_sample, tiny_tokenizer):
     processor = SquareImageProcessor(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "pad")
     data_args = DataArguments(data_path=str(llava_sample))
-    data_args.image_processor = processor
-    module = make_supervised_data_module(tiny_tokenizer, data_args)
+    module = make_supervised_data_module(tiny_tokenizer, data_args, processor)
     dataset, collator = module["train_dataset"], module["data_collator"]
     assert len(dataset) == 8
     batch = collator([dataset[0], dataset[1], dataset[2]])
@@ -150,8 +149,8 @@ def test_missing_and_corrupt_images_are_named(tmp_path, tiny_tokenizer):
     (tmp_path / "bad.png").write_bytes(b"not a png")
     path = write_json(tmp_path / "data.json", [record(0, image="absent.png"), record(1, image="bad.png")])
     data_args = DataArguments(data_path=str(path))
-    data_args.image_processor = SquareImageProcessor(32, (0.5,) * 3, (0.5,) * 3)
-    dataset = make_supervised_data_module(tiny_tokenizer, data_args)["train_dataset"]
+    processor = SquareImageProcessor(32, (0.5,) * 3, (0.5,) * 3)
+    dataset = make_supervised_data_module(tiny_tokenizer, data_args, processor)["train_dataset"]
     with pytest.raises(LlavaDataError, match=r"record 0 \(id r0\): image not found: .*absent.png"):
         dataset[0]
     with pytest.raises(LlavaDataError, match=r"record 1 \(id r1\): cannot read image .*bad.png"):

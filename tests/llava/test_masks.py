@@ -20,7 +20,7 @@ def test_right_padding_rules_by_hand():
     within = as_matrix("100000 010000 011000 100100 100110 100110")
     cross = as_matrix("100000 110000 101000 011100 011010 011000")
     for rule, expected in (("causal", causal), ("within_modality", within), ("cross_modality", cross)):
-        got = allowed_keys(RIGHT_REAL, RIGHT_IMAGE, 6, rule)[0, 0]
+        got = allowed_keys(RIGHT_REAL, RIGHT_IMAGE, rule)[0, 0]
         assert torch.equal(got, expected), rule
 
 
@@ -30,19 +30,13 @@ def test_left_padding_rules_by_hand():
     within = as_matrix("100000 010000 001000 001100 010010 010011")
     cross = as_matrix("100000 010000 011000 010100 001110 001101")
     for rule, expected in (("causal", causal), ("within_modality", within), ("cross_modality", cross)):
-        got = allowed_keys(LEFT_REAL, LEFT_IMAGE, 6, rule)[0, 0]
+        got = allowed_keys(LEFT_REAL, LEFT_IMAGE, rule)[0, 0]
         assert torch.equal(got, expected), rule
-
-
-def test_queries_after_a_cache_see_the_cached_keys():
-    # The last 2 of 6 positions are new queries.
-    got = allowed_keys(RIGHT_REAL[:, :5], RIGHT_IMAGE[:, :5], 2, "within_modality")[0, 0]
-    assert torch.equal(got, as_matrix("10010 10011"))
 
 
 def test_masks_never_make_nan_in_eager_sdpa_or_bfloat16():
     for rule in ("causal", "within_modality", "cross_modality"):
-        allowed = allowed_keys(LEFT_REAL, LEFT_IMAGE, 6, rule)
+        allowed = allowed_keys(LEFT_REAL, LEFT_IMAGE, rule)
         assert allowed.any(dim=-1).all()  # every row attends somewhere
         q, k, v = torch.randn(3, 1, 2, 6, 4).unbind(0)
         for dtype in (torch.float32, torch.bfloat16):
@@ -57,12 +51,12 @@ def test_masks_never_make_nan_in_eager_sdpa_or_bfloat16():
 def test_unpadded_causal_sdpa_layers_need_no_mask():
     real = torch.ones(2, 5, dtype=torch.long)
     image = torch.zeros(2, 5, dtype=torch.bool)
-    masks = layer_masks(real, image, 5, {"causal", "within_modality"}, torch.float32, "sdpa")
+    masks = layer_masks(real, image, {"causal", "within_modality"}, torch.float32, "sdpa")
     assert masks["causal"] is None and masks["within_modality"] is None  # text only: within is causal
     image[0, 1:3] = True
-    masks = layer_masks(real, image, 5, {"causal", "within_modality", "cross_modality"}, torch.float32, "sdpa")
+    masks = layer_masks(real, image, {"causal", "within_modality", "cross_modality"}, torch.float32, "sdpa")
     assert masks["causal"] is None and masks["within_modality"] is not None and masks["cross_modality"] is not None
-    assert layer_masks(real, image, 5, {"causal"}, torch.float32, "eager")["causal"] is not None
-    padded = layer_masks(RIGHT_REAL, RIGHT_IMAGE, 6, {"causal"}, torch.float32, "sdpa")["causal"]
+    assert layer_masks(real, image, {"causal"}, torch.float32, "eager")["causal"] is not None
+    padded = layer_masks(RIGHT_REAL, RIGHT_IMAGE, {"causal"}, torch.float32, "sdpa")["causal"]
     assert padded.dtype == torch.bool
-    assert layer_masks(RIGHT_REAL, RIGHT_IMAGE, 6, {"causal"}, torch.float32, "eager")["causal"].dtype == torch.float32
+    assert layer_masks(RIGHT_REAL, RIGHT_IMAGE, {"causal"}, torch.float32, "eager")["causal"].dtype == torch.float32

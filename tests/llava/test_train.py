@@ -6,8 +6,9 @@ import json
 import pytest
 
 from crossgraft.cli import main as crossgraft_main
-from crossgraft.llava.train import LOG_FILE, AlternatingTrainer, AlternatingTrainingArguments
-from crossgraft.llava.train import main as train_main
+from crossgraft.cli import train_alternating as train_main
+from crossgraft.llava.config import AlternatingTrainingArguments, DataArguments, ModelArguments
+from crossgraft.llava.train import LOG_FILE, AlternatingTrainer, train
 
 BASE, ALT, CROSS = "llava_qwen", "llava_qwen_with_alternating_attn", "llava_qwen_with_alternating_cross_attn"
 QUIET = ["--report_to", "none", "--dataloader_pin_memory", "false", "--disable_tqdm", "true"]
@@ -291,3 +292,32 @@ def test_train_alternating_console_script_is_installed():
     assert script.is_file()
     result = subprocess.run([str(script), "--dry_run"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "--dry_run needs --model_name_or_path" in result.stderr
+
+
+def test_the_python_entry_point_takes_the_typed_arguments(tiny_models, llava_sample, tmp_path):
+    output_dir = tmp_path / "typed"
+    result = train(
+        ModelArguments(model_name_or_path=str(tiny_models[ALT])),
+        DataArguments(data_path=str(llava_sample)),
+        AlternatingTrainingArguments(
+            output_dir=str(output_dir),
+            max_steps=2,
+            per_device_train_batch_size=2,
+            save_strategy="no",
+            report_to="none",
+            dataloader_pin_memory=False,
+        ),
+    )
+    assert result.output_dir == output_dir and result.global_step == 2 and result.training_loss > 0
+    assert json.loads((output_dir / "config.json").read_text())["model_type"] == ALT
+
+
+def test_a_config_file_holds_any_flags(tiny_models, llava_sample, tmp_path, capsys):
+    settings = tmp_path / "run.yaml"
+    settings.write_text(f"model_name_or_path: {tiny_models[ALT]}\nvariant: base\ndry_run: true\n")
+    assert train_main(["--config", str(settings)]) == 2  # the file's --variant base contradicts the checkpoint
+    assert "--variant base was asked for" in capsys.readouterr().out
+    assert train_main(["--config", str(settings), "--variant", "alternating"]) == 0  # the command line wins
+    settings.write_text("learning_rate: 1e-4\nno_such_flag: 1\n")
+    assert train_main(["--config", str(settings)]) == 2
+    assert "unknown setting(s) no_such_flag" in capsys.readouterr().err

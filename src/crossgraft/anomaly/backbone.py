@@ -24,6 +24,7 @@ from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
 from transformers.activations import ACT2FN
 
 from crossgraft.anomaly.tiny_tokenizer import build_tiny_tokenizer
+from crossgraft.errors import CrossgraftError
 
 GeluKind = Literal["quick", "exact"]
 VVMode = Literal["tokens", "batch", "alone"]
@@ -34,7 +35,7 @@ DEFAULT_TOKENIZER = "openai/clip-vit-large-patch14-336"
 TINY_SEED = 0  # the tiny preset's weights must be identical in every process (train, test, predict)
 
 
-class BackboneError(ValueError):
+class BackboneError(CrossgraftError, ValueError):
     """A CLIP backbone could not be built from what the user gave."""
 
 

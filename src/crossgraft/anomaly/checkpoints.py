@@ -38,10 +38,10 @@ def _explain_text(model: AdaptedCLIP, state: dict):
     def explain(missing, unexpected, mismatched) -> str:
         causes = []
         saved = _count(list(state), r"(\d+)\.fc\.") - 1
-        if saved != model.config.text_adapt_until:
+        if saved != model.adapter_config.text_adapt_until:
             causes.append(
                 f"the checkpoint has {saved} text adapters: it was trained with --text_adapt_until {saved}, "
-                f"this model uses {model.config.text_adapt_until}"
+                f"this model uses {model.adapter_config.text_adapt_until}"
             )
         if mismatched:
             causes.append(
@@ -58,13 +58,13 @@ def _explain_image(model: AdaptedCLIP, state: dict):
         causes = []
         keys = list(state)
         saved_relu = any(re.match(r"(seg|det)_proj\.(\d+\.)?fc\.0\.weight", k) for k in keys)
-        if saved_relu != model.config.relu:
+        if saved_relu != model.adapter_config.relu:
             causes.append(f"--relu differs: the checkpoint was trained {'with' if saved_relu else 'without'} --relu")
         saved = _count(keys, r"layer_adapters\.(\d+)\.")
-        if saved != model.config.image_adapt_until:
+        if saved != model.adapter_config.image_adapt_until:
             causes.append(
                 f"the checkpoint has {saved} image layer adapters: it was trained with "
-                f"--image_adapt_until {saved}, this model uses {model.config.image_adapt_until}"
+                f"--image_adapt_until {saved}, this model uses {model.adapter_config.image_adapt_until}"
             )
         levels = _count(keys, r"seg_proj\.(\d+)\.")
         if levels != len(model.backbone.levels):

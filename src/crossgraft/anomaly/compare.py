@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from crossgraft.anomaly.report import COLUMNS, read_json
-from crossgraft.graft import write_text_atomic
+from crossgraft.errors import ConfigError
+from crossgraft.files import write_text_atomic
 
 BOOTSTRAP_SAMPLES = 10_000
 
@@ -38,7 +39,7 @@ def _results_file(path: str) -> Path:
     path = Path(path)
     candidate = path / "results.json" if path.is_dir() else path
     if not candidate.is_file():
-        raise FileNotFoundError(f"no results.json at {path} (run `crossgraft anomaly test` first)")
+        raise ConfigError(f"no results.json at {path} (run `crossgraft anomaly test` first)")
     return candidate
 
 
@@ -67,12 +68,12 @@ def compare_runs(reference: list[dict], other: list[dict], *, seed: int = 0) -> 
     for name, run in (("reference", reference), ("other", other)):
         for results in run:
             if list(results) != classes and set(results) != set(classes):
-                raise ValueError(
+                raise ConfigError(
                     f"the {name} run was evaluated on other classes ({sorted(results)}) than the "
                     f"reference ({sorted(classes)}): compare runs tested on the same data"
                 )
     if len(other) != len(reference) and len(other) > 1 and len(reference) > 1:
-        raise ValueError(f"{len(reference)} reference seeds but {len(other)} seeds to compare: pair them one to one")
+        raise ConfigError(f"{len(reference)} reference seeds but {len(other)} seeds to compare: pair them one to one")
     rng = np.random.default_rng(seed)
     deltas, per_class = [], {}
     for metric in COLUMNS:
@@ -135,7 +136,7 @@ def format_comparison(name_a: str, name_b: str, deltas: list[MetricDelta], per_c
 def compare(specs: list[str], out: Path | None = None, seed: int = 0) -> str:
     """Compare every run with the first; returns the printed text and writes compare.json under `out`."""
     if len(specs) < 2:
-        raise ValueError("compare needs at least two runs")
+        raise ConfigError("compare needs at least two runs")
     reference = load_run(specs[0])
     texts, document = [], {"reference": specs[0], "comparisons": []}
     for spec in specs[1:]:

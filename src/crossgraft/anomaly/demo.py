@@ -9,21 +9,30 @@ training. Prints the tables and where the heat maps are.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
 
-from crossgraft.anomaly.backbone import load_clip
 from crossgraft.anomaly.compare import compare
+from crossgraft.anomaly.config import (
+    AblationConfig,
+    BackboneConfig,
+    CrossAttentionConfig,
+    DataConfig,
+    DemoConfig,
+    EvalConfig,
+    TrainConfig,
+    resolve_device,
+)
 from crossgraft.anomaly.data.synthetic import SyntheticConfig, class_names, make_synthetic_dataset
-from crossgraft.anomaly.evaluate import EvalConfig, evaluate, evaluate_model
+from crossgraft.anomaly.evaluate import evaluate, evaluate_model
 from crossgraft.anomaly.metrics import AnomalyMetrics, mean_metrics
-from crossgraft.anomaly.model import AdaptedCLIP, AdapterConfig, CrossAttentionConfig
-from crossgraft.anomaly.train import TrainConfig, train
+from crossgraft.anomaly.model import AdaptedCLIP
+from crossgraft.anomaly.train import train
 from crossgraft.runlog import setup_run_logging
 
-DEMO_SYNTHETIC = SyntheticConfig(classes=8, train_per_class=2, test_per_class=16, size=128, seed=0)
+TRAIN_SEED = 111  # the demos' training seed (the public code's default)
 
 
 def ensure_synthetic(data_root: Path, config: SyntheticConfig) -> bool:
@@ -41,74 +50,62 @@ def split_classes(count: int) -> tuple[list[str], list[str]]:
     return names[0::2], names[1::2]
 
 
-def demo_training(data_root, train_classes, synthetic, clip, text_epoch, image_epoch, seed, device) -> dict:
-    """The TrainConfig fields both demos share: the train-domain classes, every image, the short schedule
-    (the reference preset is TrainConfig's default), resumable so a second run only re-evaluates."""
-    return dict(
-        dataset="synthetic",
-        data_root=data_root,
-        classes=train_classes,
-        shot=None,
-        clip=clip,
-        img_size=synthetic.size,
-        text_epoch=text_epoch,
-        image_epoch=image_epoch,
+def demo_training(config: DemoConfig, data_root: Path, classes: list[str], save_path: Path, seed: int) -> TrainConfig:
+    """The run both demos train: the train-domain classes, every image, the short schedule, the reference preset,
+    resumable so that a second demo only re-evaluates."""
+    return TrainConfig(
+        data=DataConfig(dataset="synthetic", data_root=data_root, classes=classes),
+        backbone=BackboneConfig(clip=config.clip, img_size=config.synthetic.size),
+        save_path=save_path,
+        shot=0,
+        text_epoch=config.text_epoch,
+        image_epoch=config.image_epoch,
         seed=seed,
         resume=True,
+        device=config.device,
+    )
+
+
+def heldout_eval(data_root: Path, classes: list[str], run_dir: Path, out: Path, device: str, visualize: bool = False):
+    return EvalConfig(
+        data=DataConfig(dataset="synthetic", data_root=data_root, classes=classes),
+        save_path=run_dir,
+        visualize=visualize,
+        out=out,
         device=device,
     )
 
 
-def run_demo(
-    out: Path,
-    synthetic: SyntheticConfig = DEMO_SYNTHETIC,
-    clip: str = "tiny",
-    device: str = "cpu",
-    text_epoch: int = 2,
-    image_epoch: int = 8,
-    seed: int = 111,
-) -> dict[str, dict[str, AnomalyMetrics]]:
-    out = Path(out)
+def run_demo(config: DemoConfig) -> dict[str, dict[str, AnomalyMetrics]]:
+    out = config.out
     data_root, run_dir = out / "data", out / "run"
     logger = setup_run_logging(out, "demo.log", name="crossgraft.demo")
-    written = ensure_synthetic(data_root, synthetic)
-    train_classes, heldout_classes = split_classes(synthetic.classes)
+    written = ensure_synthetic(data_root, config.synthetic)
+    train_classes, heldout_classes = split_classes(config.synthetic.classes)
     logger.info("synthetic dataset %s %s", "written to" if written else "reused from", data_root)
     logger.info("train domain: %s | held out: %s", ", ".join(train_classes), ", ".join(heldout_classes))
 
-    config = TrainConfig(
-        save_path=run_dir,
-        **demo_training(data_root, train_classes, synthetic, clip, text_epoch, image_epoch, seed, device),
-    )
-    train(config)
+    training = demo_training(config, data_root, train_classes, run_dir, TRAIN_SEED)
+    train(training)
 
-    def eval_config(classes: list[str], name: str, visualize: bool) -> EvalConfig:
-        return EvalConfig(
-            dataset="synthetic",
-            data_root=data_root,
-            save_path=run_dir,
-            classes=classes,
-            visualize=visualize,
-            out=out / name,
-            device=device,
-        )
-
-    torch.manual_seed(seed)
-    untrained = (
-        AdaptedCLIP(load_clip(clip, image_size=synthetic.size, gelu=config.quirks.gelu, device=device), AdapterConfig())
-        .to(device)
-        .eval()
-    )
+    torch.manual_seed(TRAIN_SEED)
+    device = resolve_device(config.device)
+    quirks = training.quirks.resolve()
+    untrained = AdaptedCLIP(training.backbone.load(quirks.gelu, device), vv_mode=quirks.vv_mode).to(device).eval()
     results = {
         "untrained, held-out classes": evaluate_model(
             untrained,
             True,
-            eval_config(heldout_classes, "untrained", False),
+            heldout_eval(data_root, heldout_classes, run_dir, out / "untrained", config.device),
             {},
             label="untrained (Xavier-initialised adapters)",
         ),
-        "trained, held-out classes (zero-shot)": evaluate(eval_config(heldout_classes, "heldout", True)),
-        "trained, training classes": evaluate(eval_config(train_classes, "train_domain", True)),
+        "trained, held-out classes (zero-shot)": evaluate(
+            heldout_eval(data_root, heldout_classes, run_dir, out / "heldout", config.device, visualize=True)
+        ),
+        "trained, training classes": evaluate(
+            heldout_eval(data_root, train_classes, run_dir, out / "train_domain", config.device, visualize=True)
+        ),
     }
     logger.info("\nmean over classes (%%):  %-40s %8s %8s %8s", "", "P-AUROC", "I-AUROC", "AUPRO")
     for name, per_class in results.items():
@@ -123,46 +120,26 @@ def run_demo(
     return results
 
 
-def run_ablation_demo(
-    out: Path,
-    synthetic: SyntheticConfig = DEMO_SYNTHETIC,
-    seeds: tuple[int, ...] = (111, 112),
-    clip: str = "tiny",
-    device: str = "cpu",
-    text_epoch: int = 2,
-    image_epoch: int = 8,
-) -> str:
+def run_ablation_demo(config: AblationConfig) -> str:
     """Base vs cross_attn on the synthetic data: same seeds, same epochs, cross_attn initialised from the
     base run's adapters (seed 000's fair comparison); both tested zero-shot on the held-out classes."""
-    out = Path(out)
+    out = config.out
     data_root = out / "data"
-    ensure_synthetic(data_root, synthetic)
-    train_classes, heldout_classes = split_classes(synthetic.classes)
+    ensure_synthetic(data_root, config.synthetic)
+    train_classes, heldout_classes = split_classes(config.synthetic.classes)
     runs: dict[str, list[str]] = {"base": [], "cross_attn": []}
-    for seed in seeds:
+    for seed in config.seeds:
         base_dir, cross_dir = out / f"base_seed{seed}", out / f"cross_attn_seed{seed}"
-        common = demo_training(data_root, train_classes, synthetic, clip, text_epoch, image_epoch, seed, device)
-        train(TrainConfig(save_path=base_dir, **common))
-        train(
-            TrainConfig(
-                save_path=cross_dir,
-                cross=CrossAttentionConfig(variant="cross_attn"),
-                load_base_text_adapter=base_dir / "text_adapter.pth",
-                load_base_image_adapter=base_dir / "image_adapter.pth",
-                **common,
-            )
+        train(demo_training(config, data_root, train_classes, base_dir, seed))
+        cross = replace(
+            demo_training(config, data_root, train_classes, cross_dir, seed),
+            cross=CrossAttentionConfig(variant="cross_attn"),
+            load_base_text_adapter=base_dir / "text_adapter.pth",
+            load_base_image_adapter=base_dir / "image_adapter.pth",
         )
+        train(cross)
         for name, run_dir in (("base", base_dir), ("cross_attn", cross_dir)):
-            evaluate(
-                EvalConfig(
-                    dataset="synthetic",
-                    data_root=data_root,
-                    save_path=run_dir,
-                    classes=heldout_classes,
-                    out=run_dir / "heldout",
-                    device=device,
-                )
-            )
+            evaluate(heldout_eval(data_root, heldout_classes, run_dir, run_dir / "heldout", config.device))
             runs[name].append(str(run_dir / "heldout"))
     text = compare([f"base={','.join(runs['base'])}", f"cross_attn={','.join(runs['cross_attn'])}"], out=out)
     logger = setup_run_logging(out, "ablation.log", name="crossgraft.demo")
@@ -170,7 +147,7 @@ def run_ablation_demo(
         "\nAblation on held-out synthetic classes (%s), seeds %s: base vs cross_attn initialised from "
         "base\n\n%s\n\nwritten: %s, %s",
         ", ".join(heldout_classes),
-        list(seeds),
+        list(config.seeds),
         text,
         out / "compare.txt",
         out / "compare.json",

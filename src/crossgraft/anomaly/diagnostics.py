@@ -8,11 +8,23 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
 
+from crossgraft.anomaly.config import (
+    AttentionMapsConfig,
+    CrossAttentionConfig,
+    FeaturesConfig,
+    GradFlowConfig,
+    resolve_device,
+)
+from crossgraft.anomaly.data import AnomalyDataset, EvalTransform
+from crossgraft.anomaly.data.formats import output_stem, read_folder
+from crossgraft.anomaly.infer import load_trained
+from crossgraft.anomaly.losses import stage2_loss
 from crossgraft.anomaly.model import AdaptedCLIP
-from crossgraft.anomaly.prompts import class_sentences
-from crossgraft.anomaly.train import stage2_loss
+from crossgraft.anomaly.prompts import class_sentences, class_text
 from crossgraft.anomaly.visualize import save_panel
+from crossgraft.errors import ConfigError
 
 GRADIENT_OK_RATIO = 0.8
 
@@ -64,12 +76,15 @@ def gradient_flow(
     cross-attention, and with it (Xavier-initialised, or the model's own when it has one)."""
     with torch.no_grad():
         text = model.image_text(class_texts, images)
-    base = AdaptedCLIP(model.backbone, model.config, replace(model.cross, variant="base"))
+    base = AdaptedCLIP(model.backbone, model.adapter_config, replace(model.cross, variant="base"), model.vv_mode)
     base.image_adapter.load_state_dict(model.image_adapter.state_dict())
     variant = "cross_attn" if model.text_cross_attn is not None else "image_cross_attn"
     torch.manual_seed(seed)
     crossed = AdaptedCLIP(
-        model.backbone, model.config, replace(model.cross, variant=variant, image_norm_match=norm_match)
+        model.backbone,
+        model.adapter_config,
+        replace(model.cross, variant=variant, image_norm_match=norm_match),
+        model.vv_mode,
     )
     crossed.image_adapter.load_state_dict(model.image_adapter.state_dict())
     if model.image_cross_attn is not None:
@@ -87,7 +102,7 @@ def text_to_patch_attention(model: AdaptedCLIP, image: torch.Tensor, class_text:
     """Attention of the chosen prompt words to the image's patches, averaged over heads and over every
     occurrence in the class's 16 sentences: {word: (grid, grid) array}. `image` is (1, 3, H, W)."""
     if model.text_cross_attn is None:
-        raise ValueError("this run has no text cross-attention (train with --variant text_cross_attn or cross_attn)")
+        raise ConfigError("this run has no text cross-attention (train with --variant text_cross_attn or cross_attn)")
     backbone = model.backbone
     normal, abnormal = class_sentences(class_text)
     ids = backbone.tokenize(normal + abnormal)  # (S, T)
@@ -116,3 +131,77 @@ def save_attention_maps(maps: dict, image_path: Path, out_stem: Path, size: int)
         path = out_stem.with_name(f"{out_stem.name}_{word}.png")
         written.append(save_panel(image_path, up[0, 0].numpy().astype(np.float32), path))
     return written
+
+
+def grad_flow(config: GradFlowConfig) -> list[GradientFlow]:
+    """Seed 001's test_stage2_gradients on one batch of anomalous images of the config's data: with the output of
+    the image cross-attention norm-matched to the tokens (the fix), then without."""
+    device = resolve_device(config.device)
+    if config.save_path is not None:
+        model = load_trained(config.save_path, config.epoch, device=device).model
+    else:
+        torch.manual_seed(config.seed)
+        backbone = config.backbone.load("quick", device)
+        cross = CrossAttentionConfig(variant="image_cross_attn", image_cross_attn_weight=config.image_cross_attn_weight)
+        model = AdaptedCLIP(backbone, cross=cross).to(device)
+    samples = [s for s in config.data.load("test") if s.label == 1]
+    generator = torch.Generator().manual_seed(config.seed)
+    dataset = AnomalyDataset(samples, EvalTransform(model.backbone.image_size))
+    batch = next(iter(DataLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=generator)))
+    images, masks, labels = (batch[k].to(device) for k in ("image", "mask", "label"))
+    texts = [class_text(name) for name in batch["class_name"]]
+    return [
+        gradient_flow(model, images, masks, labels, texts, norm_match=norm_match, seed=config.seed)
+        for norm_match in (True, False)
+    ]
+
+
+@dataclass
+class AttentionMaps:
+    written: list[Path]
+    missing_words: list[str]  # chosen words that are not whole tokens of the prompts
+    prompt_text: str
+
+
+def write_attention_maps(config: AttentionMapsConfig) -> AttentionMaps:
+    """Text->patch attention of the chosen words for every image under `config.inputs`, written as panels whose
+    paths mirror the input tree."""
+    run = load_trained(config.save_path, config.epoch, device=resolve_device(config.device))
+    model = run.model
+    text = class_text(config.class_name, run.descriptions())
+    samples = read_folder(config.inputs, config.class_name)
+    dataset = AnomalyDataset(samples, EvalTransform(model.backbone.image_size))
+    written: list[Path] = []
+    missing: list[str] = []
+    for index, sample in enumerate(samples):
+        image = dataset[index]["image"][None].to(model.backbone.device)
+        maps = text_to_patch_attention(model, image, text, config.words)
+        missing = [w for w in config.words if w not in maps]
+        stem = config.out_dir / output_stem(sample.image_path, config.inputs)
+        written += save_attention_maps(maps, sample.image_path, stem, model.backbone.image_size)
+    return AttentionMaps(written, missing, text)
+
+
+def feature_report(config: FeaturesConfig) -> str:
+    """Load a backbone, run random images through its plain and V-V paths and describe what comes out: a quick
+    check that weights, tokenizer and image size fit together."""
+    backbone = config.backbone.load(config.gelu, config.device)
+    images = torch.randn(config.batch, 3, backbone.image_size, backbone.image_size, device=backbone.device)
+    features = backbone.encode_image(images)
+    vv = backbone.encode_image_vv(images, surgery_from=backbone.levels[0])
+    text = backbone.encode_text(["a photo of a damaged object.", "object"])
+    grid, trained = backbone.grid_size, backbone.clip.config.vision_config.image_size
+    lines = [
+        f"CLIP {config.backbone.clip}: vision {backbone.num_vision_layers} blocks x {backbone.vision_width}, text "
+        f"{backbone.num_text_layers} blocks x {backbone.text_width}, embedding {backbone.embed_dim}",
+        f"input {backbone.image_size} px, patch {backbone.patch_size}, grid {grid}x{grid} (trained at {trained} px), "
+        f"gelu {backbone.gelu}",
+    ]
+    for level, plain, surgery in zip(backbone.levels, features.level_tokens, vv.level_tokens):
+        lines.append(
+            f"  level {level:>2}: tokens {tuple(plain.shape)}; mean token norm plain {plain.norm(dim=-1).mean():.3f}"
+            f", V-V {surgery.norm(dim=-1).mean():.3f}"
+        )
+    lines.append(f"image embedding {tuple(features.image_embed.shape)}, text embedding {tuple(text.shape)}")
+    lines.append(f"trainable CLIP parameters: {sum(p.numel() for p in backbone.parameters() if p.requires_grad)}")
+    return "\n".join(lines)

@@ -2,69 +2,37 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from crossgraft.anomaly.data import AnomalyDataset, EvalTransform, get_spec, group_by_class, load_samples
+from crossgraft.anomaly.config import EvalConfig, resolve_device
+from crossgraft.anomaly.data import AnomalyDataset, EvalTransform, get_spec, group_by_class
 from crossgraft.anomaly.infer import anomaly_maps, batch_text, fuse_image_scores, load_trained
 from crossgraft.anomaly.metrics import AnomalyMetrics, ClassMetricsAccumulator
 from crossgraft.anomaly.model import AdaptedCLIP
-from crossgraft.anomaly.prompts import class_text, load_class_descriptions
+from crossgraft.anomaly.prompts import class_text
 from crossgraft.anomaly.report import format_table, write_csv, write_json
 from crossgraft.anomaly.visualize import save_panel
 from crossgraft.runlog import setup_run_logging
 
 
-@dataclass
-class EvalConfig:
-    dataset: str
-    data_root: Path
-    save_path: Path
-    epoch: int | None = None
-    meta: Path | None = None
-    classes: list[str] | None = None
-    batch_size: int = 8
-    visualize: bool = False
-    pro_compat: bool = False
-    allow_missing_masks: bool = False
-    class_descriptions: Path | None = None
-    out: Path | None = None  # default: {save_path}/test_{dataset}[_epoch{N}]
-    device: str = "cpu"
-    num_workers: int = 0
-
-
 def evaluate(config: EvalConfig) -> dict[str, AnomalyMetrics]:
-    """Evaluate the checkpoint a config names; results go to `config.out`."""
-    model, run, has_text = load_trained(config.save_path, config.epoch, device=config.device)
-    descriptions = load_class_descriptions(config.class_descriptions or run.get("class_descriptions"))
-    when = f"epoch {config.epoch}" if config.epoch is not None else "latest"
-    return evaluate_model(model, has_text, config, descriptions, label=f"{config.save_path} ({when})")
-
-
-def default_out(config: EvalConfig) -> Path:
-    suffix = f"_epoch{config.epoch}" if config.epoch is not None else ""
-    return Path(config.out or Path(config.save_path) / f"test_{get_spec(config.dataset).name}{suffix}")
+    """Evaluate the checkpoint a config names; results go to `config.results_dir`."""
+    run = load_trained(config.save_path, config.epoch, device=resolve_device(config.device))
+    return evaluate_model(run.model, run.has_text, config, run.descriptions(config.class_descriptions), run.describe())
 
 
 def evaluate_model(
     model: AdaptedCLIP, has_text: bool, config: EvalConfig, descriptions: dict[str, str], label: str
 ) -> dict[str, AnomalyMetrics]:
     """Evaluate a model in memory (a loaded run, or an untrained baseline) on the config's dataset."""
-    spec = get_spec(config.dataset)
-    out = default_out(config)
+    spec = get_spec(config.data.dataset)
+    out = config.results_dir
     logger = setup_run_logging(out, "test.log", name="crossgraft.test")
-    samples = load_samples(
-        spec.name,
-        config.data_root,
-        split="test",
-        meta=config.meta,
-        classes=config.classes,
-        allow_missing_masks=config.allow_missing_masks,
-    )
+    samples = config.data.load("test")
     logger.info(
         "evaluating %s on %s: %d images; text adapter %s",
         label,
@@ -76,11 +44,13 @@ def evaluate_model(
     results: dict[str, AnomalyMetrics] = {}
     for class_name, class_samples in group_by_class(samples).items():
         text = class_text(class_name, descriptions)
+        if class_name in descriptions:
+            logger.info("prompts of %s describe it as %r", class_name, text)
         results[class_name] = evaluate_class(
             model, has_text, class_samples, text, spec.domain, transform, config, out / "visualize" / class_name
         )
     logger.info("\n%s", format_table(results, title=f"{spec.name} test split, {label} (%)"))
-    extra = {"dataset": spec.name, "model": label, "epoch": config.epoch}
+    extra = {"dataset": spec.name, "model": label, "epoch": config.epoch, "batch_size": config.batch_size}
     write_csv(results, out / "results.csv")
     write_json(results, out / "results.json", extra=extra)
     logger.info("results: %s, %s", out / "results.csv", out / "results.json")
@@ -102,7 +72,7 @@ def evaluate_class(
         AnomalyDataset(samples, transform), batch_size=config.batch_size, num_workers=config.num_workers
     )
     for batch in tqdm(loader, desc=samples[0].class_name, leave=False):
-        images = batch["image"].to(config.device)
+        images = batch["image"].to(model.backbone.device)
         output = anomaly_maps(model, images, batch_text(model, has_text, text, images, text_cache), domain)
         maps = output.maps.float().cpu().numpy()
         if has_masks:

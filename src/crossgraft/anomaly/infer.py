@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from crossgraft.anomaly.backbone import load_clip
 from crossgraft.anomaly.checkpoints import image_file, load_image_adapter, load_text_adapter, text_file
+from crossgraft.anomaly.config import RUN_CONFIG, SavedRun, load_run_config, resolve_device
 from crossgraft.anomaly.data.datasets import MEDICAL
 from crossgraft.anomaly.losses import LOGIT_SCALE
-from crossgraft.anomaly.model import AdaptedCLIP, AdapterConfig, CrossAttentionConfig, TextSide
-from crossgraft.anomaly.prompts import class_sentences
-from crossgraft.anomaly.train import read_run_config
+from crossgraft.anomaly.model import AdaptedCLIP, TextSide
+from crossgraft.anomaly.prompts import class_sentences, load_class_descriptions
+from crossgraft.errors import ConfigError
 from crossgraft.graft import CheckpointError
 
 BLUR = {"industrial": (7, 1.0), "medical": (9, 1.5)}  # kernel size, sigma at grid resolution
@@ -65,7 +66,9 @@ def anomaly_maps(model: AdaptedCLIP, images: torch.Tensor, text: TextSide, domai
     return MapOutput(maps=maps, det_scores=(det[:, 1] + 1) / 2)
 
 
-def fuse_image_scores(map_max, det_scores, map_min_all, map_max_all, domain: str):
+def fuse_image_scores(
+    map_max: np.ndarray, det_scores: np.ndarray, map_min_all: float, map_max_all: float, domain: str
+) -> np.ndarray:
     """Per class: min-max normalise maps (by their class-wide range) and det scores; industrial image score =
     0.5·max(map) + 0.5·det, medical = max(map). Inputs are per-image tensors/arrays of one class."""
     span = max(map_max_all - map_min_all, 1e-12)
@@ -105,33 +108,58 @@ def batch_text(
     return TextSide(side.anchors.expand(len(images), -1, -1), side.sentences.expand(len(images), -1, -1))
 
 
-def load_trained(save_path: Path, epoch: int | None = None, device: str = "cpu") -> tuple[AdaptedCLIP, dict, bool]:
-    """Rebuild the model a run trained (from its run_config.json) and load its adapters.
+@dataclass
+class TrainedRun:
+    """A trained run loaded for inference: the model as it was trained, and what was loaded."""
 
-    Returns (model, run config, whether a text adapter was loaded). `epoch` picks image_adapter_{epoch}.pth;
-    without it the latest image_adapter.pth is used."""
+    model: AdaptedCLIP
+    saved: SavedRun
+    has_text: bool  # a text adapter was loaded (without one: CLIP's own text encoder, as the public code does)
+    image_checkpoint: Path
+    epoch: int  # the image checkpoint's epoch
+
+    @property
+    def variant(self) -> str:
+        return self.saved.config.variant
+
+    def descriptions(self, override: Path | None = None) -> dict[str, str]:
+        """The class descriptions of the prompts: a file given now, else the ones the run recorded."""
+        if override is not None:
+            return load_class_descriptions(override)
+        if self.saved.descriptions is not None:
+            return self.saved.descriptions
+        return load_class_descriptions(self.saved.config.class_descriptions)  # recorded by path (older runs)
+
+    def describe(self) -> str:
+        text = "" if self.has_text else "; no text adapter: CLIP's own text encoder"
+        checkpoint = self.image_checkpoint
+        return f"{self.variant} run in {checkpoint.parent}, {checkpoint.name} (epoch {self.epoch}){text}"
+
+
+def load_trained(save_path: Path, epoch: int | None = None, device: str = "cpu") -> TrainedRun:
+    """Rebuild the model a run trained from its run_config.json alone, and load its adapters.
+
+    `epoch` picks image_adapter_{epoch}.pth; without it the latest image_adapter.pth is used."""
     save_path = Path(save_path)
-    run = read_run_config(save_path)
-    backbone = load_clip(
-        run["clip"],
-        image_size=run["img_size"],
-        gelu=run["quirks"]["gelu"],
-        tokenizer=run.get("tokenizer"),
-        device=device,
-    )
-    cross = CrossAttentionConfig(**run.get("cross", {}))
-    model = AdaptedCLIP(backbone, AdapterConfig(**run["adapter"]), cross).to(device)
-    model.surgery_from, model.vv_mode = run["surgery_from"], run["quirks"]["vv_mode"]
-    image_path = save_path / image_file(cross.variant, epoch)
+    saved = load_run_config(save_path)
+    config = saved.config
+    backbone = replace(config.backbone, img_size=saved.image_size).load(saved.quirks.gelu, device)
+    model = AdaptedCLIP(backbone, config.adapter, config.cross, saved.quirks.vv_mode).to(resolve_device(device))
+    if model.surgery_from != saved.surgery_from:
+        raise ConfigError(
+            f"{save_path / RUN_CONFIG} says the V-V path starts at block {saved.surgery_from}, but its settings give "
+            f"block {model.surgery_from}: the file was edited inconsistently"
+        )
+    image_path = save_path / image_file(config.variant, epoch)
     if not image_path.exists():
         available = sorted(p.name for p in save_path.glob("image_adapter*.pth"))
         raise CheckpointError(f"{image_path} not found; image checkpoints in {save_path}: {available or 'none'}")
-    load_image_adapter(model, image_path)
-    text_path = save_path / text_file(cross.variant)
+    image_checkpoint = load_image_adapter(model, image_path)
+    text_path = save_path / text_file(config.variant)
     has_text = text_path.exists()
     if has_text:
         load_text_adapter(model, text_path)
     elif model.text_cross_attn is not None:
-        raise CheckpointError(f"{text_path} not found: this {cross.variant} run needs its text cross-attention")
+        raise CheckpointError(f"{text_path} not found: this {config.variant} run needs its text cross-attention")
     model.eval()
-    return model, run, has_text
+    return TrainedRun(model, saved, has_text, image_path, int(image_checkpoint.get("epoch", -1)))

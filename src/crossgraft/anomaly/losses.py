@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from crossgraft.anomaly.config import Quirks
+from crossgraft.anomaly.model import AdaptedCLIP, TextSide, stage1_features
+
 LOGIT_SCALE = 100.0  # CLIP's trained temperature, fixed in AA-CLIP's similarity maps
 FOCAL_GAMMA = 2.0
 FOCAL_SMOOTH = 1e-5
@@ -62,3 +65,54 @@ def image_loss(image_features: torch.Tensor, anchors: torch.Tensor, labels: torc
     """Cross-entropy of the unscaled logits ⟨feature, [T_N, T_A]⟩; features (B, E), anchors (B, E, 2)."""
     logits = torch.bmm(image_features.unsqueeze(1), anchors)[:, 0]  # (B, 2)
     return F.cross_entropy(logits, labels.long())
+
+
+# ------------------------------------------------------------------------------------- the stage losses
+def stage1_loss(
+    model: AdaptedCLIP,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    labels: torch.Tensor,
+    class_texts: list[str],
+    quirks: Quirks,
+    text_norm_weight: float,
+    adapted_features: bool = False,
+) -> torch.Tensor:
+    """Stage 1: segmentation loss of the anchors against the visual features, plus the orthogonality term.
+
+    images (B, 3, S, S), masks (B, S, S), labels (B,), one class text per image. Round 1 (and base AA-CLIP)
+    uses the frozen V-V features, whose first level is also the text cross-attention's context. Later feedback
+    rounds (`adapted_features`) take the visual features from the adapted image encoder (no gradient); the
+    context stays the frozen one, as at test time.
+    """
+    patch_features, image_feature = stage1_features(model.backbone, images, model.surgery_from, model.vv_mode)
+    context = patch_features[0] if model.text_cross_attn is not None else None
+    text = model.text_side(class_texts, context)  # one pass per class without context
+    anchors = text.anchors  # (B, E, 2)
+    if adapted_features:
+        with torch.no_grad():
+            output = model(images, text_context=text.sentences.detach() if model.image_cross_attn else None)
+        patch_features, image_feature = output.seg_tokens, F.normalize(output.det_token, dim=-1)
+    image_size = images.shape[-1]
+    if quirks.stage1_last_level_only:  # the public loop overwrites the loss: only the last level counts
+        loss = segmentation_loss(similarity_map(patch_features[-1], anchors, image_size), masks)
+    else:
+        level_losses = [segmentation_loss(similarity_map(f, anchors, image_size), masks) for f in patch_features]
+        loss = level_losses[0]
+        for level_loss in level_losses[1:]:  # summed in level order, as sum() over the levels
+            loss = loss + level_loss
+    if quirks.stage1_image_loss:
+        loss = loss + image_loss(image_feature, anchors, labels)
+    return loss + text_norm_weight * orthogonality_loss(anchors)
+
+
+def stage2_loss(
+    model: AdaptedCLIP, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor, text: TextSide
+) -> torch.Tensor:
+    """Stage 2: CE of the detection token against the anchors plus the segmentation loss of every level.
+    `text` holds each image's anchors (B, E, 2) and sentence embeddings (B, S, E), frozen."""
+    output = model(images, text_context=text.sentences if model.image_cross_attn is not None else None)
+    loss = image_loss(output.det_token, text.anchors, labels)
+    for seg_tokens in output.seg_tokens:
+        loss = loss + segmentation_loss(similarity_map(seg_tokens, text.anchors, images.shape[-1]), masks)
+    return loss

@@ -25,6 +25,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import ndimage
 
+from crossgraft.errors import CrossgraftError
+
 CHUNK = 1 << 22  # keys scanned per vectorised step when looking for anomalous pixels
 REGION_BITS = 32
 REGION_MASK = np.uint64((1 << REGION_BITS) - 1)
@@ -60,7 +62,7 @@ class CurveMetrics:
     aupro_compat: float | None = None
 
 
-class MetricsInputError(ValueError):
+class MetricsInputError(CrossgraftError, ValueError):
     """Scores or masks that cannot be evaluated (NaN/inf scores, non-binary masks, mismatched shapes)."""
 
 

@@ -10,63 +10,17 @@ Each adapter's output is rescaled to the norm of the tokens it adapts and mixed 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from crossgraft.anomaly.backbone import FrozenCLIP, VVMode
+from crossgraft.anomaly.config import AdapterConfig, CrossAttentionConfig
 from crossgraft.anomaly.modules import CrossAttention, SimpleAdapter, SimpleProj, xavier_init
 from crossgraft.anomaly.prompts import NORMAL_STATES, TEMPLATES, class_sentences
-
-
-@dataclass
-class AdapterConfig:
-    text_adapt_weight: float = 0.1
-    image_adapt_weight: float = 0.1
-    text_adapt_until: int = 3
-    image_adapt_until: int = 6
-    relu: bool = False  # LeakyReLU after seg_proj / det_proj
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-VARIANTS = {  # variant -> (text cross-attention, image cross-attention)
-    "base": (False, False),
-    "text_cross_attn": (True, False),
-    "image_cross_attn": (False, True),
-    "cross_attn": (True, True),
-}
-
-
-@dataclass
-class CrossAttentionConfig:
-    """The cross-attention extension (DESIGN §4). `base` is AA-CLIP itself."""
-
-    variant: str = "base"
-    text_weight: float = 0.1  # w_t of x + w_t · out, after text block 1
-    image_weight: float = 0.1  # w_i, after vision block image_adapt_until
-    learnable_weight: bool = False
-    heads: int = 8
-    dropout: float = 0.1
-    image_norm_match: bool = True  # rescale the image cross-attention output to the tokens' norm (seed 001 fix)
-
-    def __post_init__(self) -> None:
-        if self.variant not in VARIANTS:
-            raise ValueError(f"unknown variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
-
-    @property
-    def text(self) -> bool:
-        return VARIANTS[self.variant][0]
-
-    @property
-    def image(self) -> bool:
-        return VARIANTS[self.variant][1]
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+from crossgraft.errors import ConfigError, ShapeError
 
 
 @dataclass
@@ -90,42 +44,62 @@ def mix_adapter(x: torch.Tensor, adapted: torch.Tensor, weight: float) -> torch.
 
 
 class AdaptedCLIP(nn.Module):
+    """AA-CLIP's adapters (and the cross-attention variants' modules) around a frozen CLIP.
+
+    `vv_mode` and the adapter config's `surgery_until_layer` fix the frozen stage-1 path (V-V attention from block
+    `surgery_from` on), which stage 1 trains against and which gives the text cross-attention its image context.
+    """
+
     def __init__(
-        self, backbone: FrozenCLIP, config: AdapterConfig | None = None, cross: CrossAttentionConfig | None = None
+        self,
+        backbone: FrozenCLIP,
+        adapter: AdapterConfig | None = None,
+        cross: CrossAttentionConfig | None = None,
+        vv_mode: VVMode = "batch",
     ) -> None:
         super().__init__()
-        config = config or AdapterConfig()
+        adapter = adapter or AdapterConfig()
         cross = cross or CrossAttentionConfig()
-        if not 0 <= config.text_adapt_until <= backbone.num_text_layers:
-            raise ValueError(
-                f"text_adapt_until={config.text_adapt_until} but the text encoder has {backbone.num_text_layers} blocks"
+        if adapter.text_adapt_until > backbone.num_text_layers:
+            raise ConfigError(
+                f"text_adapt_until={adapter.text_adapt_until} but the text encoder has "
+                f"{backbone.num_text_layers} blocks"
             )
-        if not 0 <= config.image_adapt_until <= backbone.num_vision_layers:
-            raise ValueError(
-                f"image_adapt_until={config.image_adapt_until} but the ViT has {backbone.num_vision_layers} blocks"
+        if adapter.image_adapt_until > backbone.num_vision_layers:
+            raise ConfigError(
+                f"image_adapt_until={adapter.image_adapt_until} but the ViT has {backbone.num_vision_layers} blocks"
             )
         self.backbone = backbone
-        self.config = config
+        self.adapter_config = adapter
         self.cross = cross
+        self.vv_mode: VVMode = vv_mode
+        # 1-based first V-V block of the frozen stage-1 path
+        self.surgery_from = surgery_start(backbone.num_vision_layers, adapter.surgery_until_layer, backbone.levels)
         text_width, vision_width, embed = backbone.text_width, backbone.vision_width, backbone.embed_dim
         self.text_adapter = nn.ModuleList(
-            [SimpleAdapter(text_width, text_width) for _ in range(config.text_adapt_until)]
+            [SimpleAdapter(text_width, text_width) for _ in range(adapter.text_adapt_until)]
             + [SimpleProj(text_width, embed, relu=True)]
         )
         self.image_adapter = nn.ModuleDict(
             {
                 "layer_adapters": nn.ModuleList(
-                    [SimpleAdapter(vision_width, vision_width) for _ in range(config.image_adapt_until)]
+                    [SimpleAdapter(vision_width, vision_width) for _ in range(adapter.image_adapt_until)]
                 ),
-                "seg_proj": nn.ModuleList([SimpleProj(vision_width, embed, config.relu) for _ in backbone.levels]),
-                "det_proj": SimpleProj(vision_width, embed, config.relu),
+                "seg_proj": nn.ModuleList([SimpleProj(vision_width, embed, adapter.relu) for _ in backbone.levels]),
+                "det_proj": SimpleProj(vision_width, embed, adapter.relu),
             }
         )
         xavier_init(self.text_adapter)
         xavier_init(self.image_adapter)
         self.text_cross_attn = (
             CrossAttention(
-                text_width, embed, cross.heads, cross.dropout, cross.text_weight, cross.learnable_weight, "text_cross_attn"
+                text_width,
+                embed,
+                cross.cross_attn_heads,
+                cross.cross_attn_dropout,
+                cross.text_cross_attn_weight,
+                cross.learnable_cross_attn_weight,
+                "text_cross_attn",
             )
             if cross.text
             else None
@@ -134,20 +108,17 @@ class AdaptedCLIP(nn.Module):
             CrossAttention(
                 vision_width,
                 embed,
-                cross.heads,
-                cross.dropout,
-                cross.image_weight,
-                cross.learnable_weight,
+                cross.cross_attn_heads,
+                cross.cross_attn_dropout,
+                cross.image_cross_attn_weight,
+                cross.learnable_cross_attn_weight,
                 "image_cross_attn",
             )
             if cross.image
             else None
         )
         # image tokens attend to text after this 1-based vision block (its adapter included)
-        self.image_cross_attn_after = max(config.image_adapt_until, 1)
-        # where the text cross-attention's image context comes from (the frozen stage-1 path); runs set these
-        self.surgery_from = backbone.levels[0]
-        self.vv_mode: VVMode = "tokens"
+        self.image_cross_attn_after = max(adapter.image_adapt_until, 1)
 
     # ------------------------------------------------------------------------------------------ text
     def encode_text(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -160,8 +131,8 @@ class AdaptedCLIP(nn.Module):
         for index in range(self.backbone.num_text_layers):
             if index > 0:
                 x = self.backbone.text_block(index, x)
-            if index < self.config.text_adapt_until:
-                x = mix_adapter(x, self.text_adapter[index](x), self.config.text_adapt_weight)
+            if index < self.adapter_config.text_adapt_until:
+                x = mix_adapter(x, self.text_adapter[index](x), self.adapter_config.text_adapt_weight)
         return self.text_adapter[-1](self.backbone.eot_features(x, input_ids))
 
     def text_side(self, texts: list[str], image_context: torch.Tensor | None = None) -> TextSide:
@@ -185,7 +156,7 @@ class AdaptedCLIP(nn.Module):
         else:
             if image_context is None or len(image_context) != len(texts):
                 got = "none" if image_context is None else tuple(image_context.shape)
-                raise ValueError(
+                raise ShapeError(
                     f"text cross-attention needs one image context (B, N, E) per text: {len(texts)} texts but "
                     f"image context {got}"
                 )
@@ -210,11 +181,13 @@ class AdaptedCLIP(nn.Module):
         return self.text_side(texts, self.image_context(images))
 
     def image_context(self, images: torch.Tensor) -> torch.Tensor:
-        """The text cross-attention's context of each image on its own (B, N, E): the frozen stage-1 path, with
-        the batch-axis V-V quirk (a stage-1 training matter) applied to every image alone, so that an image's
-        result never depends on the other images of its batch."""
+        """The text cross-attention's context of each image on its own (B, N, E): the first level's stage-1
+        feature, with the batch-axis V-V quirk (a stage-1 training matter) applied to every image alone, so that an
+        image's result never depends on the other images of its batch. (Stage 1 reuses the feature its loss
+        computed instead.)"""
         vv_mode: VVMode = "alone" if self.vv_mode == "batch" else self.vv_mode
-        return stage1_context(self.backbone, images, self.surgery_from, vv_mode)
+        first = [self.backbone.levels[0]]
+        return stage1_features(self.backbone, images, self.surgery_from, vv_mode, levels=first)[0][0]
 
     def class_anchors(self, class_texts: list[str]) -> torch.Tensor:
         """Anchors [T_N, T_A] per class without image context: (C, E, 2)."""
@@ -232,8 +205,8 @@ class AdaptedCLIP(nn.Module):
         level_tokens = []
         for index in range(backbone.num_vision_layers):
             x = backbone.vision_block(index, x)
-            if index < self.config.image_adapt_until:
-                x = mix_adapter(x, adapters[index](x), self.config.image_adapt_weight)
+            if index < self.adapter_config.image_adapt_until:
+                x = mix_adapter(x, adapters[index](x), self.adapter_config.image_adapt_weight)
             if self.image_cross_attn is not None and index + 1 == self.image_cross_attn_after:
                 x = self._attend_to_text(x, text_context)
             if index + 1 in backbone.levels:
@@ -247,7 +220,7 @@ class AdaptedCLIP(nn.Module):
 
     def _attend_to_text(self, x: torch.Tensor, text_context: torch.Tensor | None) -> torch.Tensor:
         if text_context is None:
-            raise ValueError(f"image cross-attention needs the text context (B, S, E) of the {len(x)} images")
+            raise ShapeError(f"image cross-attention needs the text context (B, S, E) of the {len(x)} images")
         out = self.image_cross_attn(x, text_context.to(x.dtype))  # (B, 1+N, Wv)
         if self.cross.image_norm_match:
             out = out * x.norm(dim=-1, keepdim=True) / (out.norm(dim=-1, keepdim=True) + 1e-6)
@@ -256,27 +229,18 @@ class AdaptedCLIP(nn.Module):
 
 @torch.no_grad()
 def stage1_features(
-    backbone: FrozenCLIP, images: torch.Tensor, surgery_from: int, vv_mode: VVMode
+    backbone: FrozenCLIP, images: torch.Tensor, surgery_from: int, vv_mode: VVMode, levels: list[int] | None = None
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """Frozen stage-1 visual features: per level normalize(visual_proj(ln_post(V-V patches))) + normalize(CLS
-    embedding) (B, N, E) (the sum is not re-normalised), and the normalised plain image embedding (B, E)."""
-    features = backbone.encode_image_vv(images, surgery_from=surgery_from, vv_mode=vv_mode)
+    """Frozen stage-1 visual features at `levels` (default: all): per level normalize(visual_proj(ln_post(V-V
+    patches))) + normalize(CLS embedding) (B, N, E) (the sum is not re-normalised), and the normalised plain image
+    embedding (B, E). The V-V path runs only up to the deepest requested level."""
+    features = backbone.encode_image_vv(images, surgery_from=surgery_from, vv_mode=vv_mode, levels=levels)
     image_feature = F.normalize(features.image_embed, dim=-1)
     patches = [
         F.normalize(backbone.visual_projection(backbone.ln_post(tokens[:, 1:])), dim=-1) + image_feature[:, None]
         for tokens in features.level_tokens
     ]
     return patches, image_feature
-
-
-def stage1_context(backbone: FrozenCLIP, images: torch.Tensor, surgery_from: int, vv_mode: VVMode) -> torch.Tensor:
-    """The text cross-attention's image context: the first level's stage-1 feature (B, N, E), computed on the
-    frozen path (V-V blocks only up to that level). Stage 1 reuses the feature its loss already computed."""
-    first = backbone.levels[0]
-    features = backbone.encode_image_vv(images, surgery_from=surgery_from, vv_mode=vv_mode, levels=[first])
-    image_feature = F.normalize(features.image_embed, dim=-1)
-    tokens = features.level_tokens[0]
-    return F.normalize(backbone.visual_projection(backbone.ln_post(tokens[:, 1:])), dim=-1) + image_feature[:, None]
 
 
 def surgery_start(num_layers: int, surgery_until_layer: int | None, levels: list[int]) -> int:
@@ -286,7 +250,7 @@ def surgery_start(num_layers: int, surgery_until_layer: int | None, levels: list
         return levels[0]
     start = num_layers - surgery_until_layer + 2
     if not 1 <= start <= num_layers:
-        raise ValueError(
+        raise ConfigError(
             f"--surgery_until_layer {surgery_until_layer} does not fit a {num_layers}-block ViT "
             f"(use 2..{num_layers + 1})"
         )

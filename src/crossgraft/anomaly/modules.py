@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from crossgraft.errors import ShapeError
+
 LEAKY_SLOPE = 0.01
 
 
@@ -57,7 +59,7 @@ class CrossAttention(nn.Module):
     ) -> None:
         super().__init__()
         if context_dim % heads:
-            raise ValueError(
+            raise ShapeError(
                 f"{name}: width {context_dim} is not divisible by {heads} heads (set by --cross_attn_heads; the "
                 "width is the CLIP embedding width, set by --clip)"
             )
@@ -82,17 +84,17 @@ class CrossAttention(nn.Module):
         """Both inputs are (B, L, D) with the widths the module was built for, one context per query sequence."""
         query_width, context_width = self.q_proj.in_features, self.k_proj.in_features
         if queries.dim() != 3 or queries.shape[-1] != query_width:
-            raise ValueError(
+            raise ShapeError(
                 f"{self.name}: queries {tuple(queries.shape)}, but the module was built for (B, L, width "
                 f"{query_width}): the encoder width of the --clip it was built with"
             )
         if context.dim() != 3 or context.shape[-1] != context_width:
-            raise ValueError(
+            raise ShapeError(
                 f"{self.name}: context {tuple(context.shape)}, but the module was built for (B, N, width "
                 f"{context_width}): the embedding width of the --clip it was built with"
             )
         if len(queries) != len(context):
-            raise ValueError(
+            raise ShapeError(
                 f"{self.name}: queries {tuple(queries.shape)} and context {tuple(context.shape)} differ in batch "
                 "size: one context per image is needed"
             )

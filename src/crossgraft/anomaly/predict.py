@@ -9,18 +9,22 @@ images only (the highest normal score), so no normal image of that set is flagge
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import torch
 from torch.utils.data import DataLoader
 
+from crossgraft.anomaly.config import PredictConfig, resolve_device
 from crossgraft.anomaly.data import AnomalyDataset, EvalTransform
 from crossgraft.anomaly.data.formats import output_stem, read_folder
 from crossgraft.anomaly.data.records import Sample
-from crossgraft.anomaly.infer import anomaly_maps, batch_text, load_trained
-from crossgraft.anomaly.prompts import class_text, load_class_descriptions
+from crossgraft.anomaly.infer import TrainedRun, anomaly_maps, batch_text, load_trained
+from crossgraft.anomaly.model import TextSide
+from crossgraft.anomaly.prompts import class_text
 from crossgraft.anomaly.visualize import save_panel
-from crossgraft.graft import write_text_atomic
+from crossgraft.files import write_text_atomic
 
 
 @dataclass
@@ -33,64 +37,75 @@ class Prediction:
     heatmap: str
 
 
-def _score(model, has_text, text, samples: list[Sample], domain: str, batch_size: int, device: str):
+@dataclass
+class ScoredImage:
+    sample: Sample
+    score_map: torch.Tensor  # (S, S): the level-mean anomaly map
+    image_score: float
+    det_score: float
+
+
+def score_images(
+    run: TrainedRun, text: str, samples: list[Sample], domain: str, batch_size: int
+) -> Iterator[ScoredImage]:
+    """Maps and scores of `samples`, batch by batch (an image's result does not depend on its batch)."""
+    model = run.model
     loader = DataLoader(AnomalyDataset(samples, EvalTransform(model.backbone.image_size)), batch_size=batch_size)
     levels = len(model.backbone.levels)
-    text_cache: dict = {}
+    text_cache: dict[str, TextSide] = {}
     for batch in loader:
-        images = batch["image"].to(device)
-        output = anomaly_maps(model, images, batch_text(model, has_text, text, images, text_cache), domain)
+        images = batch["image"].to(model.backbone.device)
+        output = anomaly_maps(model, images, batch_text(model, run.has_text, text, images, text_cache), domain)
         maps = (output.maps / levels).float().cpu()
         for j, index in enumerate(batch["index"].tolist()):
-            yield samples[index], maps[j], float(maps[j].max()), float(output.det_scores[j])
+            yield ScoredImage(samples[index], maps[j], float(maps[j].max()), float(output.det_scores[j]))
 
 
-def predict(
-    inputs: Path,
-    save_path: Path,
-    class_name: str,
-    out: Path,
-    *,
-    epoch: int | None = None,
-    threshold: float | None = None,
-    fit_on: Path | None = None,
-    domain: str = "industrial",
-    batch_size: int = 8,
-    device: str = "cpu",
-) -> list[Prediction]:
-    model, run, has_text = load_trained(save_path, epoch, device=device)
-    descriptions = load_class_descriptions(run.get("class_descriptions"))
-    text = class_text(class_name, descriptions)
-    if threshold is None and fit_on is not None:
-        normal = read_folder(fit_on, class_name)
-        threshold = max(score for *_, score, _ in _score(model, has_text, text, normal, domain, batch_size, device))
-    out = Path(out)
+@dataclass
+class PredictionSet:
+    model: str  # which run, checkpoint and epoch made them
+    threshold: float | None
+    predictions: list[Prediction]
+    summary: Path  # predictions.json
+
+
+def predict(config: PredictConfig) -> PredictionSet:
+    """Heat maps, one json per image (mirroring the input tree) and predictions.json under `config.out_dir`."""
+    run = load_trained(config.save_path, config.epoch, device=resolve_device(config.device))
+    text = class_text(config.class_name, run.descriptions())
+    threshold = config.threshold
+    if config.fit_on is not None:
+        normal = read_folder(config.fit_on, config.class_name)
+        threshold = max(s.image_score for s in score_images(run, text, normal, config.domain, config.batch_size))
+    out = config.out_dir
     predictions = []
-    for sample, score_map, score, det in _score(
-        model, has_text, text, read_folder(inputs, class_name), domain, batch_size, device
+    for scored in score_images(
+        run, text, read_folder(config.inputs, config.class_name), config.domain, config.batch_size
     ):
-        stem = out / output_stem(sample.image_path, inputs)
+        image_path = scored.sample.image_path
+        stem = out / output_stem(image_path, config.inputs)
         heatmap = save_panel(
-            sample.image_path,
-            score_map.numpy(),
+            image_path,
+            scored.score_map.numpy(),
             stem.with_name(f"{stem.name}_heatmap.png"),
-            low=float(score_map.min()),
-            high=max(float(score_map.max()), threshold or -1e9),
+            low=float(scored.score_map.min()),
+            high=max(float(scored.score_map.max()), threshold or -1e9),
         )
         prediction = Prediction(
-            str(sample.image_path),
-            class_name,
-            score,
-            det,
-            None if threshold is None else score > threshold,
+            str(image_path),
+            config.class_name,
+            scored.image_score,
+            scored.det_score,
+            None if threshold is None else scored.image_score > threshold,
             str(heatmap),
         )
         write_text_atomic(stem.with_name(f"{stem.name}.json"), json.dumps(asdict(prediction), indent=2))
         predictions.append(prediction)
     summary = {
+        "model": run.describe(),
         "threshold": threshold,
-        "fitted_on": str(fit_on) if fit_on else None,
+        "fitted_on": str(config.fit_on) if config.fit_on else None,
         "predictions": [asdict(p) for p in predictions],
     }
-    write_text_atomic(out / "predictions.json", json.dumps(summary, indent=2))
-    return predictions
+    summary_path = write_text_atomic(out / "predictions.json", json.dumps(summary, indent=2))
+    return PredictionSet(run.describe(), threshold, predictions, summary_path)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from crossgraft.errors import ConfigError
+
 NORMAL_STATES = ("{}", "a {}", "the {}")
 ABNORMAL_STATES = ("a damaged {}", "a broken {}", "a {} with flaw", "a {} with defect", "a {} with damage")
 TEMPLATES = ("{}.", "a photo of {}.")
@@ -25,10 +27,13 @@ def load_class_descriptions(path: Path | None) -> dict[str, str]:
         return {}
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"class description file not found: {path}")
-    descriptions = json.loads(path.read_text(encoding="utf-8"))
+        raise ConfigError(f"class description file not found: {path}")
+    try:
+        descriptions = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{path}: not a valid json file ({error})") from error
     if not isinstance(descriptions, dict) or not all(isinstance(v, str) for v in descriptions.values()):
-        raise ValueError(f"{path}: expected a json object mapping class names to description strings")
+        raise ConfigError(f"{path}: expected a json object mapping class names to description strings")
     return descriptions
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 from crossgraft.anomaly.metrics import AnomalyMetrics, mean_metrics
-from crossgraft.graft import write_text_atomic
+from crossgraft.errors import ConfigError
+from crossgraft.files import atomic_write, write_text_atomic
 
 COLUMNS = {
     "image_auroc": "I-AUROC",
@@ -63,14 +63,11 @@ def write_csv(per_class: dict[str, AnomalyMetrics], path: Path) -> Path:
     """One row per class and a mean row; values are fractions in [0, 1], empty where not applicable."""
     fields = _columns(per_class)
     rows = {**per_class, MEAN_ROW: mean_metrics(per_class)}
-    tmp = Path(path).with_name(Path(path).name + ".tmp")
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
+    with atomic_write(path) as handle:
         writer = csv.writer(handle)
         writer.writerow(["class", *fields])
         for name, metrics in rows.items():
             writer.writerow([name, *("" if getattr(metrics, f) is None else repr(getattr(metrics, f)) for f in fields)])
-    os.replace(tmp, path)
     return Path(path)
 
 
@@ -86,5 +83,8 @@ def write_json(per_class: dict[str, AnomalyMetrics], path: Path, extra: dict | N
 
 def read_json(path: Path) -> dict[str, AnomalyMetrics]:
     """Per-class metrics back from a results.json."""
-    document = json.loads(Path(path).read_text(encoding="utf-8"))
-    return {name: AnomalyMetrics(**values) for name, values in document["classes"].items()}
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+        return {name: AnomalyMetrics(**values) for name, values in document["classes"].items()}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+        raise ConfigError(f"{path}: not a results.json written by `crossgraft anomaly test` ({error!r})") from error

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from transformers import CLIPTokenizer
 
+from crossgraft.bpe import byte_symbols
+
 START_OF_TEXT = "<|startoftext|>"
 END_OF_TEXT = "<|endoftext|>"
 CONTEXT_LENGTH = 77
@@ -21,20 +23,8 @@ PROMPT_WORDS = (
 ).split()
 
 
-def _byte_symbols() -> list[str]:
-    """The 256 printable stand-ins that byte-level BPE uses for raw bytes (GPT-2 / CLIP mapping)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    symbols = list(printable)
-    extra = 0
-    for byte in range(256):
-        if byte not in printable:
-            symbols.append(256 + extra)
-            extra += 1
-    return [chr(code) for code in symbols]
-
-
 def build_tiny_tokenizer(words: tuple[str, ...] = PROMPT_WORDS) -> CLIPTokenizer:
-    symbols = _byte_symbols()
+    symbols = byte_symbols()
     vocab: dict[str, int] = {}
     for symbol in symbols:
         vocab[symbol] = len(vocab)

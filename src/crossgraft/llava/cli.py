@@ -1,98 +1,145 @@
-"""`crossgraft llava …`: train (the seed's train_alternating), make-sample, make-tiny."""
+"""`crossgraft llava COMMAND` and `train_alternating`: each command parses its config (`llava/config.py`) and
+calls library functions; this file only parses, calls and prints."""
 
 from __future__ import annotations
 
-import argparse
+import json
 import sys
+from collections.abc import Sequence
 
-from crossgraft.llava.sample import TINY_TYPES
+from crossgraft.args import ConfigArgumentParser
+from crossgraft.llava.config import (
+    AlternatingTrainingArguments,
+    DataArguments,
+    DemoConfig,
+    MakeSampleConfig,
+    MakeTinyConfig,
+    ModelArguments,
+)
+from crossgraft.llava.configuration import LlavaConfigError
+from crossgraft.llava.demo import format_results, run_demo
+from crossgraft.llava.sample import make_sample, make_tiny_model
+from crossgraft.llava.train import backbone_plan, describe_plan, dry_run, inspect_data, train
 
-USAGE = """usage: crossgraft llava COMMAND [options]
+USAGE = """usage: crossgraft llava COMMAND [options]   (crossgraft llava COMMAND --help explains every flag)
 
 LLaVA-OneVision (Qwen2 + SigLIP) with alternating attention.
 
 commands:
-  train         train base / alternating / alternating_cross (same flags as train_alternating; --help lists all)
-  make-sample   write a tiny LAION-style image-caption set in LLaVA format (--out DIR)
-  make-tiny     write a tiny random model and its tokenizer (--out DIR --model_type TYPE)
+  train         train base / alternating / alternating_cross (same command as train_alternating; every
+                Hugging Face TrainingArguments flag)
+  make-sample   write a tiny LAION-style image-caption set in LLaVA format
+  make-tiny     write a tiny random model and its tokenizer (any variant, a bare Qwen2 LM or a SigLIP tower)
   demo          train base, alternating and both alternating_cross modes from one tiny backbone; compare them
 """
+TRAIN_DESCRIPTION = (
+    "Train LLaVA-OneVision (Qwen2 + SigLIP) as base, alternating or alternating_cross. Images are preprocessed at "
+    "one fixed square resolution (pad or square); anyres tiling is not implemented yet. --dry_run, --inspect_data "
+    "and --inspect_weights report and exit before anything is loaded or trained."
+)
 
 
-def make_sample_main(argv: list[str]) -> int:
-    from crossgraft.llava.sample import make_sample
+def parse_train_args(
+    argv: Sequence[str], prog: str
+) -> tuple[ModelArguments, DataArguments, AlternatingTrainingArguments]:
+    parser = ConfigArgumentParser(
+        (ModelArguments, DataArguments, AlternatingTrainingArguments), prog=prog, description=TRAIN_DESCRIPTION
+    )
+    try:
+        return parser.parse(list(argv))
+    except ImportError as error:  # e.g. --deepspeed without the deepspeed package
+        raise LlavaConfigError(
+            f"a requested option needs a package that is not installed ({error}); for --deepspeed: pip install "
+            "deepspeed"
+        ) from error
+    except ValueError as error:  # TrainingArguments' own consistency checks
+        if isinstance(error, LlavaConfigError):
+            raise
+        raise LlavaConfigError(f"invalid training arguments: {error}") from error
 
-    parser = argparse.ArgumentParser(
+
+def run_train(argv: Sequence[str], prog: str = "crossgraft llava train") -> int:
+    model_args, data_args, training_args = parse_train_args(argv, prog)
+    if model_args.dry_run:
+        checked = dry_run(model_args)
+        print(checked.kind.describe())
+        if checked.problem and not model_args.force:
+            print(f"error: {checked.problem}")
+            return 2
+        if checked.problem:
+            print(f"--force: continuing; the weights would be loaded into the {model_args.variant} class")
+        print("dry run: nothing loaded or trained")
+        return 0
+    if model_args.inspect_data:
+        inspection = inspect_data(data_args)
+        records = inspection.records
+        print(f"records: {len(records)} (from {data_args.data_path})")
+        if records:
+            print(f"first record ({records[0].where}):")
+            print(json.dumps(records[0].data, indent=2, ensure_ascii=False)[:4000])
+        if inspection.problems:
+            print(f"{len(inspection.problems)} invalid record(s); the first: {inspection.problems[0]}")
+            return 2
+        print(f"all {len(records)} records are valid")
+        return 0
+    if model_args.inspect_weights:
+        if not model_args.init_from_backbone:
+            raise LlavaConfigError(
+                "--inspect_weights reports an --init_from_backbone copy; add --init_from_backbone --backbone_model …"
+            )
+        print(describe_plan(backbone_plan(model_args)))
+        return 0
+    train(model_args, data_args, training_args)
+    return 0
+
+
+def run_make_sample(argv: Sequence[str]) -> int:
+    config = ConfigArgumentParser(
+        MakeSampleConfig,
         prog="crossgraft llava make-sample",
         description="Write generated images (coloured shapes) and their captions as LLaVA conversation records: "
         "OUT/images/*.png and OUT/sample.json.",
-    )
-    parser.add_argument("--out", required=True, help="folder to write")
-    parser.add_argument("--count", type=int, default=12, help="number of image-caption records")
-    parser.add_argument("--seed", type=int, default=0, help="the same seed writes the same sample")
-    args = parser.parse_args(argv)
-    path = make_sample(args.out, args.count, args.seed)
-    print(f"wrote {args.count} records to {path}")
+    ).parse(list(argv))
+    path = make_sample(config.out, config.count, config.seed)
+    print(f"wrote {config.count} records to {path}")
     return 0
 
 
-def make_tiny_main(argv: list[str]) -> int:
-    from crossgraft.llava.sample import make_tiny_model
-
-    parser = argparse.ArgumentParser(
+def run_make_tiny(argv: Sequence[str]) -> int:
+    config = ConfigArgumentParser(
+        MakeTinyConfig,
         prog="crossgraft llava make-tiny",
-        description="Write a tiny random checkpoint (config.json, model.safetensors, tokenizer) to try every "
-        "command offline. 'qwen2' writes a bare language model, the backbone of --init_from_backbone.",
-    )
-    parser.add_argument("--out", required=True, help="folder to write")
-    parser.add_argument("--model_type", default="llava_qwen", choices=TINY_TYPES, help="which model")
-    parser.add_argument("--seed", type=int, default=0, help="weights seed")
-    args = parser.parse_args(argv)
-    make_tiny_model(args.out, args.model_type, args.seed)
-    print(f"wrote a tiny {args.model_type} model to {args.out}")
+        description="Write a tiny random checkpoint (config.json, model.safetensors, tokenizer) to try every command "
+        "offline. 'qwen2' writes a bare language model, the backbone of --init_from_backbone.",
+    ).parse(list(argv))
+    make_tiny_model(config.out, config.model_type, config.seed)
+    print(f"wrote a tiny {config.model_type} model to {config.out}")
     return 0
 
 
-def demo_main(argv: list[str]) -> int:
-    from crossgraft.llava.demo import format_results, run_demo
-
-    parser = argparse.ArgumentParser(
+def run_llava_demo(argv: Sequence[str]) -> int:
+    config = ConfigArgumentParser(
+        DemoConfig,
         prog="crossgraft llava demo",
-        description="Write the tiny caption sample (75%% train / 25%% held out) and a tiny random LLaVA backbone, "
+        description="Write the tiny caption sample (75% train / 25% held out) and a tiny random LLaVA backbone, "
         "train the four variants from it with identical settings, and print the held-out caption loss before and "
         "after. Results: OUT/results.md and OUT/results.json; each run's log in its own folder.",
-    )
-    parser.add_argument("--out", default="runs/llava-demo", help="folder to write")
-    parser.add_argument("--steps", type=int, default=200, help="optimizer steps per variant")
-    parser.add_argument("--count", type=int, default=48, help="records in the generated sample")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the data, the backbone and training")
-    args = parser.parse_args(argv)
-    results = run_demo(args.out, args.steps, args.count, args.seed)
+    ).parse(list(argv))
+    results = run_demo(config)
     print(format_results(results))
-    print(f"written to {args.out}/results.md")
+    print(f"written to {config.out}/results.md")
     return 0
 
 
-def main(argv: list[str]) -> int:
-    from crossgraft.llava.train import main as train_main
+COMMANDS = {"train": run_train, "make-sample": run_make_sample, "make-tiny": run_make_tiny, "demo": run_llava_demo}
 
-    commands = {
-        "train": lambda rest: train_main(rest, prog="crossgraft llava train"),
-        "make-sample": make_sample_main,
-        "make-tiny": make_tiny_main,
-        "demo": demo_main,
-    }
+
+def main(argv: Sequence[str]) -> int:
+    argv = list(argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0 if argv else 2
-    if argv[0] not in commands:
+    if argv[0] not in COMMANDS:
         print(f"error: unknown llava command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
         return 2
-    return commands[argv[0]](argv[1:])
-
-
-def train_alternating() -> int:
-    """Console script `train_alternating` (seed 004's wrapper)."""
-    from crossgraft.llava.train import main as train_main
-
-    return train_main(None, prog="train_alternating")
+    return COMMANDS[argv[0]](argv[1:])

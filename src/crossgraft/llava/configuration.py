@@ -14,6 +14,8 @@ from typing import Any
 from huggingface_hub.dataclasses import strict
 from transformers import Qwen2Config, SiglipVisionConfig
 
+from crossgraft.errors import CrossgraftError
+
 IMAGE_TOKEN_INDEX = -200  # LLaVA's placeholder id for `<image>` in input_ids; never a real token
 IGNORE_INDEX = -100  # label of every position that is not learned
 
@@ -38,7 +40,7 @@ KNOWN_VISION_TOWERS: dict[str, dict[str, Any]] = {
 SUPPORTED_ASPECT_RATIOS = ("pad", "square")
 
 
-class LlavaConfigError(ValueError):
+class LlavaConfigError(CrossgraftError, ValueError):
     """A LLaVA config that contradicts itself or that this package cannot build. The message says why."""
 
 

@@ -8,7 +8,7 @@ import json
 import math
 import random
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,48 +16,19 @@ import torch
 import yaml
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
+from transformers import PreTrainedTokenizerBase
 
+from crossgraft.errors import CrossgraftError
+from crossgraft.llava.config import DEFAULT_SYSTEM_PROMPT, DataArguments
 from crossgraft.llava.configuration import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+from crossgraft.llava.vision import SquareImageProcessor
 
 IMAGE_PLACEHOLDER = "<image>"
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."  # LLaVA-NeXT's qwen_1_5 template
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
-class LlavaDataError(ValueError):
+class LlavaDataError(CrossgraftError, ValueError):
     """Data that cannot be used as given. The message names the file and the record."""
-
-
-@dataclass
-class DataArguments:
-    data_path: str | None = field(
-        default=None,
-        metadata={
-            "help": "LLaVA-format records: a .json list, a .jsonl file, several files as "
-            "'dir/{a,b}.json', or a .yaml file with a 'datasets:' list of {json_path, sampling_strategy} "
-            "(first:N, end:N, random:N, with N a count or a percentage such as 10%%)."
-        },
-    )
-    eval_data_path: str | None = field(
-        default=None,
-        metadata={"help": "held-out records in any --data_path format, for --eval_strategy (eval_loss in the logs)"},
-    )
-    image_folder: str | None = field(
-        default=None,
-        metadata={"help": "folder the records' relative 'image' paths start from (default: the data file's folder)"},
-    )
-    image_aspect_ratio: str | None = field(
-        default=None,
-        metadata={
-            "help": "'pad' (paste onto a square of the mean colour, LLaVA's expand2square) or 'square' "
-            "(resize). Default: the model config's value when it is one of these, else pad. anyres tiling "
-            "is not implemented yet."
-        },
-    )
-    system_prompt: str = field(
-        default=DEFAULT_SYSTEM_PROMPT, metadata={"help": "system turn of the Qwen chat template"}
-    )
-    data_sampling_seed: int = field(default=0, metadata={"help": "seed of 'random:N' sampling in yaml lists"})
 
 
 @dataclass
@@ -335,16 +306,18 @@ class DataCollatorForSupervisedDataset:
         return batch
 
 
-def make_supervised_data_module(tokenizer, data_args: DataArguments) -> dict[str, Any]:
-    """LLaVA-NeXT's entry point: {'train_dataset', 'eval_dataset', 'data_collator'} for the Trainer.
-    `data_args.image_processor` must be set (the model's SquareImageProcessor)."""
+def make_supervised_data_module(
+    tokenizer: PreTrainedTokenizerBase, data_args: DataArguments, image_processor: SquareImageProcessor
+) -> dict[str, Any]:
+    """LLaVA-NeXT's entry point: {'train_dataset', 'eval_dataset', 'data_collator'} for the Trainer; images go
+    through the model's `image_processor`."""
     if not data_args.data_path:
         raise LlavaDataError("--data_path is required")
 
     def dataset(path: str) -> LazySupervisedDataset:
         records = load_records(path, data_args.data_sampling_seed)
         return LazySupervisedDataset(
-            records, tokenizer, data_args.image_processor, data_args.image_folder, data_args.system_prompt
+            records, tokenizer, image_processor, data_args.image_folder, data_args.system_prompt
         )
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -12,6 +12,7 @@ import torch
 import yaml
 from transformers import AutoTokenizer
 
+from crossgraft.llava.config import AlternatingTrainingArguments, DataArguments, DemoConfig, ModelArguments
 from crossgraft.llava.data import (
     DataCollatorForSupervisedDataset,
     LazySupervisedDataset,
@@ -20,19 +21,19 @@ from crossgraft.llava.data import (
 )
 from crossgraft.llava.loading import load_model
 from crossgraft.llava.sample import caption_attributes, make_sample, make_tiny_model
-from crossgraft.llava.train import run
+from crossgraft.llava.train import train
 from crossgraft.llava.vision import SquareImageProcessor
 from crossgraft.llava.visualize import draw_attention_rules
 
-# (name, extra train_alternating flags); every variant starts from the same backbone with its projector kept.
-DEMO_VARIANTS = (
-    ("base", []),
-    ("alternating", ["--init_from_backbone", "--variant", "alternating"]),
+# (name, ModelArguments fields); every variant starts from the same backbone with its projector kept.
+DEMO_VARIANTS: tuple[tuple[str, dict[str, object]], ...] = (
+    ("base", {}),
+    ("alternating", {"init_from_backbone": True, "variant": "alternating"}),
     (
         "alternating_cross (gated)",
-        ["--init_from_backbone", "--variant", "alternating_cross", "--xattn_every_n_layers", "2"],
+        {"init_from_backbone": True, "variant": "alternating_cross", "xattn_every_n_layers": 2},
     ),
-    ("alternating_cross (mask)", ["--init_from_backbone", "--variant", "alternating_cross", "--xattn_mode", "mask"]),
+    ("alternating_cross (mask)", {"init_from_backbone": True, "variant": "alternating_cross", "xattn_mode": "mask"}),
 )
 
 
@@ -54,64 +55,53 @@ def write_splits(data_dir: Path, count: int, seed: int) -> tuple[Path, Path]:
     return train_yaml, eval_yaml
 
 
-def run_demo(out: Path, steps: int = 200, count: int = 48, seed: int = 0) -> list[DemoResult]:
-    out = Path(out)
-    train_yaml, eval_yaml = write_splits(out / "data", count, seed)
-    backbone = make_tiny_model(out / "backbone", "llava_qwen", seed=seed)
+def demo_arguments(
+    name: str, model_fields: dict[str, object], backbone: Path, train_yaml: Path, eval_yaml: Path, config: DemoConfig
+) -> tuple[ModelArguments, DataArguments, AlternatingTrainingArguments]:
+    """The same training settings for every variant; only the model arguments differ."""
+    if model_fields:
+        model_args = ModelArguments(
+            backbone_model=str(backbone),
+            init_skip_prefixes="vision_resampler",
+            **model_fields,  # type: ignore[arg-type]
+        )
+    else:
+        model_args = ModelArguments(model_name_or_path=str(backbone))
+    output_dir = config.out / name.replace(" ", "_").replace("(", "").replace(")", "")
+    training_args = AlternatingTrainingArguments(
+        output_dir=str(output_dir),
+        max_steps=config.steps,
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=6,
+        learning_rate=2e-3,
+        lr_scheduler_type="cosine",
+        warmup_steps=5,
+        logging_steps=10,
+        eval_strategy="steps",
+        eval_steps=config.steps,
+        eval_on_start=True,
+        save_strategy="no",
+        seed=config.seed,
+        report_to="none",
+        dataloader_pin_memory=False,
+        disable_tqdm=True,
+        throughput_log_steps=20,
+    )
+    return model_args, DataArguments(data_path=str(train_yaml), eval_data_path=str(eval_yaml)), training_args
+
+
+def run_demo(config: DemoConfig) -> list[DemoResult]:
+    out = Path(config.out)
+    train_yaml, eval_yaml = write_splits(out / "data", config.count, config.seed)
+    backbone = make_tiny_model(out / "backbone", "llava_qwen", seed=config.seed)
     draw_first_sequence(backbone, train_yaml, out / "attention_rules.png")
     results = []
-    for name, flags in DEMO_VARIANTS:
-        output_dir = out / name.replace(" ", "_").replace("(", "").replace(")", "")
-        source = (
-            ["--backbone_model", str(backbone), "--init_skip_prefixes", "vision_resampler"]
-            if flags
-            else ["--model_name_or_path", str(backbone)]
+    for name, model_fields in DEMO_VARIANTS:
+        model_args, data_args, training_args = demo_arguments(
+            name, model_fields, backbone, train_yaml, eval_yaml, config
         )
-        args = [
-            *source,
-            *flags,
-            "--data_path",
-            str(train_yaml),
-            "--eval_data_path",
-            str(eval_yaml),
-            "--output_dir",
-            str(output_dir),
-            "--max_steps",
-            str(steps),
-            "--per_device_train_batch_size",
-            "4",
-            "--per_device_eval_batch_size",
-            "6",
-            "--learning_rate",
-            "2e-3",
-            "--lr_scheduler_type",
-            "cosine",
-            "--warmup_steps",
-            "5",
-            "--logging_steps",
-            "10",
-            "--eval_strategy",
-            "steps",
-            "--eval_steps",
-            str(steps),
-            "--eval_on_start",
-            "true",
-            "--save_strategy",
-            "no",
-            "--seed",
-            str(seed),
-            "--report_to",
-            "none",
-            "--dataloader_pin_memory",
-            "false",
-            "--disable_tqdm",
-            "true",
-            "--throughput_log_steps",
-            "20",
-        ]
         started = time.perf_counter()
-        if run(args, prog="crossgraft llava demo") != 0:
-            raise RuntimeError(f"the {name} run failed; see {output_dir}")
+        output_dir = train(model_args, data_args, training_args).output_dir
         seconds = time.perf_counter() - started
         history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
         eval_losses = [record["eval_loss"] for record in history if "eval_loss" in record]

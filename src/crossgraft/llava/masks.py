@@ -13,8 +13,8 @@ import torch
 RULES = ("causal", "within_modality", "cross_modality")
 
 
-def allowed_keys(key_is_real: torch.Tensor, key_is_image: torch.Tensor, query_length: int, rule: str) -> torch.Tensor:
-    """Boolean (B, 1, Q, K): may query q attend to key k? Queries are the last Q of the K positions.
+def allowed_keys(key_is_real: torch.Tensor, key_is_image: torch.Tensor, rule: str) -> torch.Tensor:
+    """Boolean (B, 1, L, L): may position q attend to position k? key_is_real and key_is_image are (B, L).
 
     causal: k ≤ q and k is not padding.
     within_modality: causal AND k has q's modality (text↔text, image↔image).
@@ -22,24 +22,19 @@ def allowed_keys(key_is_real: torch.Tensor, key_is_image: torch.Tensor, query_le
     """
     if rule not in RULES:
         raise ValueError(f"unknown attention rule {rule!r}; expected one of {', '.join(RULES)}")
-    key_length = key_is_real.shape[1]
-    past_length = key_length - query_length
-    device = key_is_real.device
-    query_positions = torch.arange(past_length, key_length, device=device)  # (Q,)
-    key_positions = torch.arange(key_length, device=device)  # (K,)
-    causal = key_positions[None, :] <= query_positions[:, None]  # (Q, K)
-    is_self = key_positions[None, :] == query_positions[:, None]  # (Q, K)
-    allowed = causal[None] & key_is_real.bool()[:, None, :]  # (B, Q, K)
+    positions = torch.arange(key_is_real.shape[1], device=key_is_real.device)  # (L,)
+    causal = positions[None, :] <= positions[:, None]  # (L, L): query rows, key columns
+    is_self = positions[None, :] == positions[:, None]  # (L, L)
+    allowed = causal[None] & key_is_real.bool()[:, None, :]  # (B, L, L)
     if rule != "causal":
-        query_is_image = key_is_image[:, past_length:, None]  # (B, Q, 1)
-        same_modality = query_is_image == key_is_image[:, None, :]  # (B, Q, K)
+        same_modality = key_is_image[:, :, None] == key_is_image[:, None, :]  # (B, L, L)
         if rule == "within_modality":
             allowed = allowed & same_modality
         else:
             allowed = allowed & (~same_modality | is_self[None])
-    nothing_allowed = ~allowed.any(dim=-1, keepdim=True)  # (B, Q, 1)
+    nothing_allowed = ~allowed.any(dim=-1, keepdim=True)  # (B, L, 1)
     allowed = allowed | (nothing_allowed & is_self[None])
-    return allowed[:, None]  # (B, 1, Q, K)
+    return allowed[:, None]  # (B, 1, L, L)
 
 
 def additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -51,14 +46,13 @@ def additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def layer_masks(
     key_is_real: torch.Tensor,
     key_is_image: torch.Tensor,
-    query_length: int,
     rules: set[str],
     dtype: torch.dtype,
     attn_implementation: str | None = "sdpa",
 ) -> dict[str, torch.Tensor | None]:
     """One mask per rule the model's layers use: boolean for sdpa, additive in `dtype` for eager.
 
-    With sdpa, an unpadded, uncached causal layer gets None instead: sdpa then runs with is_causal=True and may
+    With sdpa, an unpadded causal layer gets None instead: sdpa then runs with is_causal=True and may
     use its flash kernel, so base layers cost what they cost in plain Qwen2.
     """
     text_only = not bool(key_is_image.any())
@@ -68,10 +62,10 @@ def layer_masks(
         # Within one modality, text-only input is plain causal attention: the same mask object, so the same
         # kernel, which makes `alternating` equal to base bit for bit on text.
         effective = "causal" if rule == "within_modality" and text_only else rule
-        plain_causal = effective == "causal" and query_length == key_is_real.shape[1] and bool(key_is_real.all())
+        plain_causal = effective == "causal" and bool(key_is_real.all())
         if plain_causal and sdpa:
             masks[rule] = None
             continue
-        allowed = allowed_keys(key_is_real, key_is_image, query_length, effective)
+        allowed = allowed_keys(key_is_real, key_is_image, effective)
         masks[rule] = allowed if sdpa else additive(allowed, dtype)
     return masks

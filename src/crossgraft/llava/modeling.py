@@ -277,12 +277,11 @@ class LlavaQwenModel(LlavaQwenPreTrainedModel):
         """Run the decoder on already spliced embeddings: inputs_embeds (B, L, D); attention_mask,
         position_ids and key_is_image (B, L). There is no KV cache (see `generate`)."""
         check_attention_implementation(self.config._attn_implementation)
-        query_length = inputs_embeds.shape[1]
-        query_is_text = ~key_is_image[:, -query_length:]  # (B, Q)
+        query_is_text = ~key_is_image  # (B, L)
 
         rules = {self.layer_rule(i) for i in range(len(self.layers))}
-        masks = layer_masks(  # (B, 1, Q, K) each, or None for a plain causal sdpa layer
-            attention_mask, key_is_image, query_length, rules, inputs_embeds.dtype, self.config._attn_implementation
+        masks = layer_masks(  # (B, 1, L, L) each, or None for a plain causal sdpa layer
+            attention_mask, key_is_image, rules, inputs_embeds.dtype, self.config._attn_implementation
         )
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids)

@@ -12,7 +12,9 @@ import torch
 from PIL import Image, ImageDraw
 from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer, SiglipVisionConfig, SiglipVisionModel
 
-from crossgraft.anomaly.tiny_tokenizer import _byte_symbols
+from crossgraft.bpe import byte_symbols
+from crossgraft.errors import ConfigError
+from crossgraft.llava import MODEL_CLASSES
 from crossgraft.llava.configuration import (
     ALTERNATING_CROSS_MODEL_TYPE,
     ALTERNATING_MODEL_TYPE,
@@ -47,7 +49,7 @@ TINY_SIGLIP = dict(
 
 def build_tiny_tokenizer() -> Qwen2Tokenizer:
     """A real Qwen2Tokenizer (byte-level BPE, Qwen's specials) with one token per byte: nothing is unknown."""
-    vocab = {symbol: index for index, symbol in enumerate(_byte_symbols())}
+    vocab = {symbol: index for index, symbol in enumerate(byte_symbols())}
     for token in (END_OF_TEXT, IM_START, IM_END):
         vocab[token] = len(vocab)
     # As Qwen2-Instruct: answers end with <|im_end|> (eos), padding is <|endoftext|>.
@@ -86,10 +88,8 @@ def tiny_llava_config(model_type: str, tokenizer: Qwen2Tokenizer, **overrides):
 def make_tiny_model(out: Path, model_type: str = BASE_MODEL_TYPE, seed: int = 0, **overrides) -> Path:
     """Save a tiny random model of `model_type` plus its tokenizer to `out`: a LLaVA variant, a bare Qwen2 LM
     ('qwen2', a backbone for --init_from_backbone) or a SigLIP tower ('siglip', for --vision_tower)."""
-    from crossgraft.llava import MODEL_CLASSES
-
     if model_type not in TINY_TYPES:
-        raise ValueError(f"unknown tiny model type {model_type!r}; choose one of {', '.join(TINY_TYPES)}")
+        raise ConfigError(f"unknown tiny model type {model_type!r}; choose one of {', '.join(TINY_TYPES)}")
     out = Path(out)
     tokenizer = build_tiny_tokenizer()
     torch.manual_seed(seed)

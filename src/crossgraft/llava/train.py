@@ -1,9 +1,8 @@
-"""`train_alternating` / `crossgraft llava train`: the seed-004 training wrapper on the Hugging Face Trainer.
-
-Inspection modes exit before training: --dry_run (what a checkpoint is), --inspect_data (record count and the
-first record), --init_from_backbone --inspect_weights (what a selective copy would fill). Otherwise the model
-is loaded (or built from a backbone), the data module made, and the Trainer run; an output folder with
-checkpoints resumes from its last one.
+"""LLaVA training (seed 004's `train_alternating`) on the Hugging Face Trainer: `train(model_args, data_args,
+training_args)` loads the model (or builds it from a backbone), makes the data module and runs the Trainer; an
+output folder with checkpoints resumes from its last complete one. The inspections the command line offers
+before training are here too: `dry_run` (what a checkpoint is), `inspect_data` (the records, validated),
+`backbone_plan` (what a selective copy from a backbone would fill).
 """
 
 from __future__ import annotations
@@ -11,148 +10,33 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer, HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
+from transformers import AutoTokenizer, Trainer, TrainerCallback
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from crossgraft.graft import CheckpointError
-from crossgraft.llava.configuration import SUPPORTED_ASPECT_RATIOS, XATTN_MODES, LlavaConfigError
-from crossgraft.llava.data import (
-    DataArguments,
-    LlavaDataError,
-    make_supervised_data_module,
-    read_records,
-    validate_record,
-)
+from crossgraft.llava.config import AlternatingTrainingArguments, DataArguments, ModelArguments
+from crossgraft.llava.configuration import SUPPORTED_ASPECT_RATIOS, LlavaConfigError
+from crossgraft.llava.data import LlavaDataError, Record, make_supervised_data_module, read_records, validate_record
 from crossgraft.llava.loading import (
-    DEFAULT_SKIP_PREFIXES,
+    BackboneInit,
+    CheckpointKind,
     build_from_plan,
     inspect_checkpoint,
     load_model,
     plan_init_from_backbone,
     variant_mismatch,
 )
-from crossgraft.llava.modeling import SUPPORTED_ATTENTION, LlavaQwenForCausalLM
+from crossgraft.llava.modeling import LlavaQwenForCausalLM
 from crossgraft.llava.vision import SquareImageProcessor
 from crossgraft.runlog import setup_run_logging
 
 LOG_FILE = "train_alternating.log"
 TUNABLE_PARTS = ("mm_vision_tower", "mm_mlp_adapter", "mm_language_model")
 GATE_SUFFIXES = ("attn_gate", "ff_gate")
-
-
-@dataclass
-class ModelArguments:
-    model_name_or_path: str | None = field(
-        default=None,
-        metadata={
-            "help": "checkpoint to train: a local folder or a Hub id (lmms-lab/llava-onevision-qwen2-0.5b-ov, …)"
-        },
-    )
-    variant: str = field(
-        default="auto",
-        metadata={
-            "help": "the variant you expect: auto|alternating|alternating_cross|base. A checkpoint of another "
-            "variant stops the run (exit 2) unless --force",
-            "choices": ["auto", "alternating", "alternating_cross", "base"],
-        },
-    )
-    force: bool = field(
-        default=False,
-        metadata={
-            "help": "continue despite a --variant mismatch: the checkpoint's weights "
-            "are loaded into the requested class"
-        },
-    )
-    dry_run: bool = field(
-        default=False, metadata={"help": "print the raw config.json model_type and the variant it maps to, then exit"}
-    )
-    inspect_data: bool = field(
-        default=False,
-        metadata={
-            "help": "print the number of records and the first record as stored "
-            "(no image processing), check every record, then exit"
-        },
-    )
-    inspect_weights: bool = field(
-        default=False,
-        metadata={
-            "help": "with --init_from_backbone: report copied / shape-mismatched / "
-            "skipped / unexpected / missing keys, then exit"
-        },
-    )
-    init_from_backbone: bool = field(
-        default=False,
-        metadata={
-            "help": "build the --variant model and copy every --backbone_model "
-            "tensor whose name and shape match (skipping --init_skip_prefixes)"
-        },
-    )
-    backbone_model: str | None = field(
-        default=None,
-        metadata={
-            "help": "backbone for --init_from_backbone: a bare Qwen2 LM or any LLaVA-Qwen checkpoint (folder or Hub id)"
-        },
-    )
-    init_skip_prefixes: str = field(
-        default=",".join(DEFAULT_SKIP_PREFIXES),
-        metadata={
-            "help": "comma-separated parameter prefixes never copied from the backbone (also matched after 'model.'); "
-            "pass 'vision_resampler' alone to keep a LLaVA backbone's projector"
-        },
-    )
-    vision_tower: str | None = field(
-        default=None,
-        metadata={
-            "help": "SigLIP tower for a model built from a bare Qwen2 LM: a known "
-            "id (google/siglip-so400m-patch14-384, the default), or a folder/Hub id with its "
-            "config.json. Its weights are created from config (reported missing)"
-        },
-    )
-    xattn_mode: str = field(
-        default="gated", metadata={"help": "mode of a new alternating_cross model", "choices": list(XATTN_MODES)}
-    )
-    xattn_every_n_layers: int = field(
-        default=4, metadata={"help": "a new gated model gets a cross-attention block before every n-th decoder layer"}
-    )
-    attn_implementation: str = field(
-        default="sdpa",
-        metadata={
-            "help": "eager or sdpa (flash_attention_2 cannot express the alternating masks)",
-            "choices": list(SUPPORTED_ATTENTION),
-        },
-    )
-    tokenizer_name_or_path: str | None = field(
-        default=None, metadata={"help": "default: the model (or backbone) folder"}
-    )
-    mm_tunable_parts: str = field(
-        default="mm_mlp_adapter,mm_language_model",
-        metadata={
-            "help": "comma-separated parts to train: mm_vision_tower, mm_mlp_adapter (projector + image_newline), "
-            "mm_language_model. Gated cross-attention blocks are always trained"
-        },
-    )
-
-
-@dataclass
-class AlternatingTrainingArguments(TrainingArguments):
-    throughput_log_steps: int = field(
-        default=0,
-        metadata={
-            "help": "every N optimizer steps, add samples/s, step time and (CUDA) "
-            "peak memory to the loss log record; 0 = off"
-        },
-    )
-    xattn_gate_lr: float = field(
-        default=1e-3, metadata={"help": "learning rate of the tanh gates (own optimizer group, no weight decay)"}
-    )
-    model_max_length: int = field(
-        default=2048, metadata={"help": "spliced sequences (text + image features) are cut to this length"}
-    )
 
 
 class ThroughputCallback(TrainerCallback):
@@ -288,82 +172,72 @@ def last_complete_checkpoint(output_dir: Path, logger: logging.Logger) -> str | 
     return None
 
 
-def parse_args(argv: list[str] | None, prog: str):
-    parser = HfArgumentParser(
-        (ModelArguments, DataArguments, AlternatingTrainingArguments),
-        prog=prog,
-        description="Train LLaVA-OneVision (Qwen2 + SigLIP) as base, alternating or alternating_cross. "
-        "Images are preprocessed at one fixed square resolution (pad or square); anyres tiling is not implemented yet.",
-    )
-    return parser.parse_args_into_dataclasses(args=argv)
+# ----------------------------------------------------------------------------------------- the inspections
+@dataclass
+class DryRun:
+    """What a checkpoint is, and whether it is the variant asked for."""
+
+    kind: CheckpointKind
+    problem: str | None  # the variant mismatch, if any
 
 
-# ----------------------------------------------------------------------------------------- the modes
-def dry_run(model_args: ModelArguments) -> int:
+def dry_run(model_args: ModelArguments) -> DryRun:
     source = model_args.model_name_or_path or model_args.backbone_model
     if not source:
         raise LlavaConfigError("--dry_run needs --model_name_or_path (or --backbone_model)")
     kind = inspect_checkpoint(source)
-    print(kind.describe())
-    problem = variant_mismatch(kind, model_args.variant)
-    if problem and not model_args.force:
-        print(f"error: {problem}")
-        return 2
-    if problem:
-        print(f"--force: continuing; the weights would be loaded into the {model_args.variant} class")
-    print("dry run: nothing loaded or trained")
-    return 0
+    return DryRun(kind, variant_mismatch(kind, model_args.variant))
 
 
-def inspect_data(data_args: DataArguments) -> int:
+@dataclass
+class DataInspection:
+    records: list[Record]
+    problems: list[str]  # one message per invalid record, naming it
+
+
+def inspect_data(data_args: DataArguments) -> DataInspection:
+    """Read every record (no images), and validate each."""
     if not data_args.data_path:
         raise LlavaDataError("--inspect_data needs --data_path")
     records = read_records(data_args.data_path, data_args.data_sampling_seed)
-    print(f"records: {len(records)} (from {data_args.data_path})")
-    if records:
-        print(f"first record ({records[0].where}):")
-        print(json.dumps(records[0].data, indent=2, ensure_ascii=False)[:4000])
     problems = []
     for record in records:
         try:
             validate_record(record)
         except LlavaDataError as error:
             problems.append(str(error))
-    if problems:
-        print(f"{len(problems)} invalid record(s); the first: {problems[0]}")
-        return 2
-    print(f"all {len(records)} records are valid")
-    return 0
+    return DataInspection(records, problems)
 
 
-def prepare_model(model_args: ModelArguments, logger: logging.Logger | None) -> LlavaQwenForCausalLM | None:
-    """Load the checkpoint, or plan (and unless --inspect_weights, perform) an init from a backbone."""
+def backbone_plan(model_args: ModelArguments) -> BackboneInit:
+    """What --init_from_backbone would copy from --backbone_model into the --variant model."""
+    backbone = model_args.backbone_model or model_args.model_name_or_path
+    if not backbone:
+        raise LlavaConfigError("--init_from_backbone needs --backbone_model")
+    skip = tuple(p.strip() for p in model_args.init_skip_prefixes.split(",") if p.strip())
+    return plan_init_from_backbone(
+        backbone,
+        model_args.variant,
+        skip,
+        model_args.vision_tower,
+        model_args.xattn_mode,
+        model_args.xattn_every_n_layers,
+    )
+
+
+def describe_plan(plan: BackboneInit) -> str:
+    header = f"init from backbone {plan.source.source} ({plan.source.raw_model_type}) into {plan.config.model_type}"
+    if hasattr(plan.config, "xattn_mode"):
+        header += f", xattn_mode {plan.config.xattn_mode}"
+    return f"{header}\n{plan.report.format()}"
+
+
+def prepare_model(model_args: ModelArguments, logger: logging.Logger) -> LlavaQwenForCausalLM:
+    """Load the checkpoint, or build the --variant model from a backbone by selective copy."""
     if model_args.init_from_backbone:
-        backbone = model_args.backbone_model or model_args.model_name_or_path
-        if not backbone:
-            raise LlavaConfigError("--init_from_backbone needs --backbone_model")
-        skip = tuple(p.strip() for p in model_args.init_skip_prefixes.split(",") if p.strip())
-        plan = plan_init_from_backbone(
-            backbone,
-            model_args.variant,
-            skip,
-            model_args.vision_tower,
-            model_args.xattn_mode,
-            model_args.xattn_every_n_layers,
-        )
-        header = f"init from backbone {backbone} ({plan.source.raw_model_type}) into {plan.config.model_type}" + (
-            f", xattn_mode {plan.config.xattn_mode}" if hasattr(plan.config, "xattn_mode") else ""
-        )
-        if model_args.inspect_weights:
-            print(header)
-            print(plan.report.format())
-            return None
-        logger.info("%s\n%s", header, plan.report.format())
+        plan = backbone_plan(model_args)
+        logger.info("%s", describe_plan(plan))
         return build_from_plan(plan, model_args.attn_implementation)
-    if model_args.inspect_weights:
-        raise LlavaConfigError(
-            "--inspect_weights reports an --init_from_backbone copy; add --init_from_backbone --backbone_model …"
-        )
     if not model_args.model_name_or_path:
         raise LlavaConfigError("--model_name_or_path is required (or --init_from_backbone --backbone_model …)")
     model = load_model(
@@ -373,28 +247,23 @@ def prepare_model(model_args: ModelArguments, logger: logging.Logger | None) -> 
     return model
 
 
-def run(argv: list[str] | None = None, prog: str = "train_alternating") -> int:
-    try:
-        model_args, data_args, training_args = parse_args(argv, prog)
-    except ImportError as error:  # e.g. --deepspeed without the deepspeed package
-        raise LlavaConfigError(
-            f"a requested option needs a package that is not installed ({error}); "
-            "for --deepspeed: pip install deepspeed"
-        ) from error
-    except ValueError as error:  # TrainingArguments' own consistency checks
-        raise LlavaConfigError(f"invalid training arguments: {error}") from error
-    if model_args.dry_run:
-        return dry_run(model_args)
-    if model_args.inspect_data:
-        return inspect_data(data_args)
-    if model_args.inspect_weights:
-        prepare_model(model_args, None)
-        return 0
+# ---------------------------------------------------------------------------------------------- training
+@dataclass
+class TrainResult:
+    output_dir: Path
+    global_step: int
+    training_loss: float
+
+
+def train(
+    model_args: ModelArguments, data_args: DataArguments, training_args: AlternatingTrainingArguments
+) -> TrainResult:
+    """Train one LLaVA variant with the Hugging Face Trainer; a folder holding checkpoints resumes from its
+    last complete one. The model, tokenizer and trainer state are written to --output_dir."""
     if not data_args.data_path:
         raise LlavaDataError("--data_path is required to train")
     if not training_args.output_dir or training_args.output_dir == "trainer_output":
         raise LlavaConfigError("--output_dir is required to train")
-
     output_dir = Path(training_args.output_dir)
     logger = setup_run_logging(output_dir, LOG_FILE, "crossgraft.llava")
     model = prepare_model(model_args, logger)
@@ -405,10 +274,10 @@ def run(argv: list[str] | None = None, prog: str = "train_alternating") -> int:
     counts = set_trainable_parts(model, model_args.mm_tunable_parts)
     logger.info("trainable parameters: %s", ", ".join(f"{part} {count:,}" for part, count in counts.items()))
 
-    data_args.image_processor = SquareImageProcessor.from_config(
+    image_processor = SquareImageProcessor.from_config(
         model.config, choose_aspect_ratio(data_args, model.config, logger)
     )
-    data_module = make_supervised_data_module(tokenizer, data_args)
+    data_module = make_supervised_data_module(tokenizer, data_args, image_processor)
     logger.info("%d training records from %s", len(data_module["train_dataset"]), data_args.data_path)
 
     trainer = AlternatingTrainer(
@@ -431,14 +300,4 @@ def run(argv: list[str] | None = None, prog: str = "train_alternating") -> int:
     logger.info(
         "done: %d steps, training loss %.4f; model written to %s", result.global_step, result.training_loss, output_dir
     )
-    return 0
-
-
-def main(argv: list[str] | None = None, prog: str = "train_alternating") -> int:
-    import sys
-
-    try:
-        return run(sys.argv[1:] if argv is None else argv, prog)
-    except (LlavaConfigError, LlavaDataError, CheckpointError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return TrainResult(output_dir, result.global_step, result.training_loss)

@@ -28,7 +28,7 @@ def draw_attention_rules(key_is_real: torch.Tensor, key_is_image: torch.Tensor, 
     canvas = Image.new("RGB", (len(RULES) * (side + strip + gap) + gap, side + strip + title + gap), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     for panel, rule in enumerate(RULES):
-        allowed = allowed_keys(real[None].long(), image[None], length, rule)[0, 0].numpy()  # (K, K)
+        allowed = allowed_keys(real[None].long(), image[None], rule)[0, 0].numpy()  # (L, L)
         pixels = np.where(allowed[..., None], key_colour[None, :, :], np.array(MASKED)).astype(np.uint8)
         block = Image.fromarray(pixels).resize((side, side), Image.Resampling.NEAREST)
         left, top = gap + panel * (side + strip + gap), title

@@ -137,3 +137,20 @@ def test_dataset_items(synthetic_root):
     samples = load_samples("synthetic", synthetic_root)
     item = AnomalyDataset(samples, EvalTransform(32))[len(samples) - 1]
     assert item["image"].shape == (3, 32, 32) and item["label"].item() == 1 and item["mask"].sum() > 0
+
+
+def test_seeded_augmentation_depends_only_on_the_seed_and_the_index(synthetic_root):
+    """What image i gets does not depend on the global RNG, the order of loading or the loader: the same with any
+    number of processes or workers."""
+    from crossgraft.anomaly.data import TrainTransform, load_samples
+
+    samples = load_samples("synthetic", synthetic_root, classes=["dots"])
+    transform = TrainTransform(64)
+    torch.manual_seed(0)
+    in_order = [AnomalyDataset(samples, transform, seed=5)[i]["image"] for i in range(len(samples))]
+    torch.manual_seed(1)
+    reloaded = AnomalyDataset(samples, transform, seed=5)
+    backwards = {i: reloaded[i]["image"] for i in reversed(range(len(samples)))}
+    assert all(torch.equal(backwards[i], image) for i, image in enumerate(in_order))
+    other_seed = AnomalyDataset(samples, transform, seed=6)
+    assert sum(not torch.equal(other_seed[i]["image"], in_order[i]) for i in range(len(samples))) >= len(samples) - 1

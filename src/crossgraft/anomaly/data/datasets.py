@@ -152,3 +152,23 @@ def group_by_class(samples: list[Sample]) -> dict[str, list[Sample]]:
     for sample in samples:
         groups.setdefault(sample.class_name, []).append(sample)
     return groups
+
+
+def summarize_samples(samples: list[Sample], spec: DatasetSpec, split: str, root: Path) -> str:
+    """What `inspect-data` prints: counts per class (normal, anomalous, masks, defect types) and how many files
+    lie outside the data root (metadata paths may point anywhere)."""
+    lines = [f"{spec.name} ({spec.domain}), {split} split: {len(samples)} images, every file readable"]
+    lines.append(f"  {'class':<14}{'normal':>8}{'anomalous':>11}{'masks':>7}  defect types")
+    for name, group in group_by_class(samples).items():
+        anomalous = [s for s in group if s.label == 1]
+        defects = sorted({s.defect_type for s in anomalous})
+        lines.append(
+            f"  {name:<14}{len(group) - len(anomalous):>8}{len(anomalous):>11}"
+            f"{sum(s.mask_path is not None for s in group):>7}  {', '.join(defects)}"
+        )
+    root = Path(root).resolve()
+    files = [path for s in samples for path in (s.image_path, s.mask_path) if path is not None]
+    outside = sum(not Path(path).resolve().is_relative_to(root) for path in files)
+    if outside:
+        lines.append(f"  note: {outside} of {len(files)} files lie outside the data root {root}")
+    return "\n".join(lines)

@@ -8,12 +8,15 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from crossgraft.errors import CrossgraftError
+from crossgraft.files import atomic_write
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 NORMAL, ANOMALOUS = 0, 1
 GOOD = "good"
 
 
-class DataError(ValueError):
+class DataError(CrossgraftError, ValueError):
     """Bad or missing input data. The message names the file or record at fault."""
 
 
@@ -98,11 +101,7 @@ def _header_size(path: Path) -> tuple[int, int]:
 
 def write_jsonl(samples: list[Sample], path: Path, root: Path | None = None) -> Path:
     """Write samples as public-format jsonl lines (paths relative to `root`); atomic."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as handle:
+    with atomic_write(path) as handle:
         for sample in samples:
             handle.write(json.dumps(sample.to_json(root)) + "\n")
-    tmp.replace(path)
-    return path
+    return Path(path)

@@ -11,11 +11,13 @@ that was painted (for objects, its part that lies on the object):
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from crossgraft.errors import ConfigError
 
 ARCHETYPES = ("stripes", "checker", "dots", "rings", "weave", "disc", "plate", "waves")
 OBJECT_ARCHETYPES = {"disc", "plate"}
@@ -27,11 +29,25 @@ DEFECT_MAX = 45.0  # defect colours lie below this
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    classes: int = 6
-    train_per_class: int = 10
-    test_per_class: int = 12  # half good, the rest spread over the defect types
-    size: int = 128
-    seed: int = 0
+    """What the synthetic generator writes; the same config writes the same images."""
+
+    _argument_group_name = "synthetic data"
+
+    classes: int = field(default=6, metadata={"help": "number of object/texture classes"})
+    train_per_class: int = field(default=10, metadata={"help": "normal training images per class"})
+    test_per_class: int = field(
+        default=12, metadata={"help": "test images per class: half normal, the rest spread over scratch/spot/missing"}
+    )
+    size: int = field(default=128, metadata={"help": "image side in pixels"})
+    seed: int = field(default=0, metadata={"help": "the same seed writes the same images"})
+
+    def __post_init__(self) -> None:
+        if self.classes < 1 or self.train_per_class < 0 or self.test_per_class < 2 or self.size < 32:
+            raise ConfigError(
+                "synthetic data needs --classes >= 1, --train_per_class >= 0, --test_per_class >= 2 (one good, one "
+                f"defective) and --size >= 32; got {self.classes}, {self.train_per_class}, {self.test_per_class}, "
+                f"{self.size}"
+            )
 
 
 def class_names(count: int) -> list[str]:
@@ -149,11 +165,6 @@ def _draw_defect(
 
 def make_synthetic_dataset(out: Path, config: SyntheticConfig = SyntheticConfig()) -> dict[str, dict[str, int]]:
     """Write the dataset under `out` and return per-class counts. The same config always writes the same files."""
-    if config.classes < 1 or config.train_per_class < 0 or config.test_per_class < 2 or config.size < 32:
-        raise ValueError(
-            "need --classes >= 1, --train_per_class >= 0, --test_per_class >= 2 (one good, one defective) "
-            "and --size >= 32"
-        )
     out = Path(out)
     counts: dict[str, dict[str, int]] = {}
     for index, name in enumerate(class_names(config.classes)):

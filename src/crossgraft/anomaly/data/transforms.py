@@ -84,44 +84,47 @@ class EvalTransform:
         size = (self.image_size, self.image_size)
         return image.resize(size, Image.BICUBIC), mask.resize(size, Image.NEAREST)
 
-    def __call__(self, image: Image.Image, mask: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, image: Image.Image, mask: Image.Image, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         return _to_tensors(*self.resize(image, mask))
 
 
-def _chance(p: float) -> bool:
-    return bool(torch.rand(()) < p)
-
-
-def _uniform(low: float, high: float) -> float:
-    return float(low + (high - low) * torch.rand(()))
-
-
 class TrainTransform(EvalTransform):
-    """The reference augmentation, applied jointly to image and mask. Draws from torch's RNG (seedable)."""
+    """The reference augmentation, applied jointly to image and mask. Its random draws come from `generator`
+    (torch's global RNG without one), so a seeded generator per image makes it reproducible anywhere."""
 
     def __init__(self, image_size: int, augment: AugmentConfig | None = None) -> None:
         super().__init__(image_size)
         self.augment = augment or AugmentConfig()
 
-    def __call__(self, image: Image.Image, mask: Image.Image) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, image: Image.Image, mask: Image.Image, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        def chance(p: float) -> bool:
+            return bool(torch.rand((), generator=generator) < p)
+
+        def uniform(low: float, high: float) -> float:
+            return float(low + (high - low) * torch.rand((), generator=generator))
+
         a = self.augment
         if a.color_jitter:
             for enhancer in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
-                if _chance(a.jitter_p):
-                    factor = _uniform(1 - a.jitter_strength, 1 + a.jitter_strength)
+                if chance(a.jitter_p):
+                    factor = uniform(1 - a.jitter_strength, 1 + a.jitter_strength)
                     image = enhancer(image).enhance(factor)
         image, mask = self.resize(image, mask)
-        if _chance(a.rotate_p):
-            angle = _uniform(-a.rotate_degrees, a.rotate_degrees)
+        if chance(a.rotate_p):
+            angle = uniform(-a.rotate_degrees, a.rotate_degrees)
             image = image.rotate(angle, resample=Image.BILINEAR)
             mask = mask.rotate(angle, resample=Image.NEAREST)
-        if _chance(a.translate_p):
+        if chance(a.translate_p):
             limit = a.translate * self.image_size
-            shift = (round(_uniform(-limit, limit)), round(_uniform(-limit, limit)))
+            shift = (round(uniform(-limit, limit)), round(uniform(-limit, limit)))
             image = image.rotate(0, translate=shift, resample=Image.BILINEAR)
             mask = mask.rotate(0, translate=shift, resample=Image.NEAREST)
-        if _chance(a.hflip_p):
+        if chance(a.hflip_p):
             image, mask = image.transpose(Image.FLIP_LEFT_RIGHT), mask.transpose(Image.FLIP_LEFT_RIGHT)
-        if _chance(a.vflip_p):
+        if chance(a.vflip_p):
             image, mask = image.transpose(Image.FLIP_TOP_BOTTOM), mask.transpose(Image.FLIP_TOP_BOTTOM)
         return _to_tensors(image, mask)

@@ -1,0 +1,232 @@
+"""`crossgraft anomaly COMMAND`: each command parses its config (`anomaly/config.py`, where every flag and its help
+live) and calls one library function; this file only parses, calls and prints."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from crossgraft.anomaly import config as cfg
+from crossgraft.anomaly.compare import compare
+from crossgraft.anomaly.data import get_spec, sample_k_shot, summarize_samples, write_jsonl
+from crossgraft.anomaly.data.synthetic import make_synthetic_dataset
+from crossgraft.anomaly.demo import run_ablation_demo, run_demo
+from crossgraft.anomaly.diagnostics import feature_report, grad_flow, write_attention_maps
+from crossgraft.anomaly.evaluate import evaluate
+from crossgraft.anomaly.predict import predict
+from crossgraft.anomaly.train import train
+from crossgraft.args import ConfigArgumentParser
+
+
+def cmd_demo(config: cfg.DemoConfig) -> int:
+    run_demo(config)
+    return 0
+
+
+def cmd_train(config: cfg.TrainConfig) -> int:
+    train(config)
+    return 0
+
+
+def cmd_test(config: cfg.EvalConfig) -> int:
+    evaluate(config)
+    return 0
+
+
+def cmd_predict(config: cfg.PredictConfig) -> int:
+    result = predict(config)
+    print(f"model: {result.model}")
+    for p in result.predictions:
+        flag = "" if p.anomalous is None else ("  ANOMALOUS" if p.anomalous else "  normal")
+        print(f"{p.image_score:10.3f}  det {p.det_score:.3f}{flag}  {p.image}")
+    if result.threshold is not None:
+        print(f"threshold {result.threshold:.3f}{f' (fitted on {config.fit_on})' if config.fit_on else ''}")
+    print(f"heat maps and one json per image in {config.out_dir}; summary {result.summary}")
+    return 0
+
+
+def cmd_grad_flow(config: cfg.GradFlowConfig) -> int:
+    for flow in grad_flow(config):
+        print(flow.report() + "\n")
+    return 0
+
+
+def cmd_attention_maps(config: cfg.AttentionMapsConfig) -> int:
+    result = write_attention_maps(config)
+    if result.missing_words:
+        print(
+            f"note: {', '.join(result.missing_words)} do not occur as whole tokens in the prompts of "
+            f"{result.prompt_text!r}"
+        )
+    print(f"{len(result.written)} attention maps (image | text->patch attention | overlay) in {config.out_dir}")
+    return 0
+
+
+def cmd_compare(config: cfg.CompareConfig) -> int:
+    print(compare(config.runs, out=config.out, seed=config.seed))
+    return 0
+
+
+def cmd_ablation_demo(config: cfg.AblationConfig) -> int:
+    run_ablation_demo(config)
+    return 0
+
+
+def cmd_make_synthetic(config: cfg.MakeSyntheticConfig) -> int:
+    counts = make_synthetic_dataset(config.out, config.synthetic)
+    print(f"wrote a synthetic MVTec-layout dataset to {config.out}")
+    for name, per_split in counts.items():
+        print(f"  {name:<10} " + ", ".join(f"{key} {value}" for key, value in per_split.items()))
+    return 0
+
+
+def cmd_inspect_data(config: cfg.InspectConfig) -> int:
+    samples = config.data.load(config.split)
+    print(summarize_samples(samples, get_spec(config.data.dataset), config.split, config.data.root))
+    return 0
+
+
+def cmd_k_shot(config: cfg.KShotConfig) -> int:
+    chosen = sample_k_shot(config.data.load(config.split), config.shot, config.seed)
+    out = write_jsonl(chosen, config.out, root=config.data.root)
+    print(f"{len(chosen)} images ({config.shot} per class, seed {config.seed}) written to {out}")
+    print(f"use it with --meta {out}")
+    return 0
+
+
+def cmd_features(config: cfg.FeaturesConfig) -> int:
+    print(feature_report(config))
+    return 0
+
+
+@dataclass(frozen=True)
+class Command:
+    config: type
+    run: Callable[[Any], int]
+    help: str
+    description: str
+
+
+COMMANDS = {
+    "demo": Command(
+        cfg.DemoConfig,
+        cmd_demo,
+        "the built-in default run: synthetic data, tiny CLIP, AA-CLIP trained and tested",
+        "Write the synthetic dataset, train the AA-CLIP base model on half its classes (short schedule, reference "
+        "preset), test zero-shot on the other half and on the training classes next to the untrained model, print "
+        "the tables, write heat maps.",
+    ),
+    "train": Command(
+        cfg.TrainConfig,
+        cmd_train,
+        "train AA-CLIP (or a cross-attention variant): stage 1 (text adapters), then stage 2 (image adapters)",
+        "Two-stage AA-CLIP training with the public code's defaults. Trains on the dataset's test split (AA-CLIP's "
+        "protocol: train on one dataset, test zero-shot on the others). Writes text_adapter.pth, image_adapter.pth "
+        "and image_adapter_{epoch}.pth (the public code's format; *_cross_attn*.pth for the variants), train.log and "
+        "run_config.json to --save_path. `--config run_config.json` repeats a run. Runs data-parallel under "
+        "`accelerate launch` or `torchrun`.",
+    ),
+    "test": Command(
+        cfg.EvalConfig,
+        cmd_test,
+        "evaluate one checkpoint of a trained run on a dataset's test split",
+        "Reference test-time maps (per level, blurred at grid resolution, upsampled, summed) and scores (per-class "
+        "min-max fusion; industrial vs medical), then image/pixel AUROC, AP, F1-max and AUPRO. Writes results.csv, "
+        "results.json, test.log and with --visualize one heat-map panel per image.",
+    ),
+    "predict": Command(
+        cfg.PredictConfig,
+        cmd_predict,
+        "heat maps and anomaly scores for new images with a trained run",
+        "Writes IMAGE_heatmap.png (image | heat map | overlay) and IMAGE.json per image, mirroring the input tree, "
+        "and a predictions.json summary. Image score = max of the level-mean anomaly map.",
+    ),
+    "grad-flow": Command(
+        cfg.GradFlowConfig,
+        cmd_grad_flow,
+        "seed 001's gradient test: image-adapter gradient norm with vs without cross-attention",
+        "On one batch of anomalous images: the image adapters' gradient norm without image cross-attention and "
+        "with it, their ratio, [OK] at >= 0.8 else [CAUTION]; once with the output norm-matched to the tokens (the "
+        "fix) and once without.",
+    ),
+    "attention-maps": Command(
+        cfg.AttentionMapsConfig,
+        cmd_attention_maps,
+        "text->patch attention of chosen prompt words, as heat maps over the images",
+        "For a run with text cross-attention: how much each chosen word of the class's 16 prompts attends to each "
+        "image patch (mean over heads and occurrences), written as image | map | overlay, mirroring the input tree.",
+    ),
+    "compare": Command(
+        cfg.CompareConfig,
+        cmd_compare,
+        "per-class and mean metric deltas between runs tested on the same data",
+        "Several results separated by commas are seeds of one configuration (mean ± std, paired bootstrap 95% "
+        "interval of the mean difference). The first run is the reference.",
+    ),
+    "ablation-demo": Command(
+        cfg.AblationConfig,
+        cmd_ablation_demo,
+        "base vs cross_attn (initialised from base) on synthetic data, compared",
+        "Trains the base model and the cross_attn variant (loaded from the base run, same seed and epochs) for "
+        "each seed, tests both zero-shot on held-out synthetic classes and prints the comparison.",
+    ),
+    "make-synthetic": Command(
+        cfg.MakeSyntheticConfig,
+        cmd_make_synthetic,
+        "write a synthetic MVTec-layout dataset with drawn defects and exact masks",
+        "Procedural textures/objects (train/good, test/good, test/<defect>, ground_truth/<defect>/*_mask.png); "
+        "defects: scratch, spot, missing.",
+    ),
+    "inspect-data": Command(
+        cfg.InspectConfig,
+        cmd_inspect_data,
+        "read a dataset, check every file, print counts per class",
+        "Reads the split, checks that every image and mask exists, is readable and has matching size.",
+    ),
+    "k-shot": Command(
+        cfg.KShotConfig,
+        cmd_k_shot,
+        "draw a seeded k-shot subset (k/2 normal + k/2 anomalous per class) into a jsonl",
+        "The jsonl can be passed back with --meta so that a run can be repeated exactly.",
+    ),
+    "features": Command(
+        cfg.FeaturesConfig,
+        cmd_features,
+        "load a CLIP backbone and print its token features at each level",
+        "Loads the frozen backbone, runs random images through the plain and V-V paths and prints shapes and "
+        "norms: a quick check that weights, tokenizer and image size fit together.",
+    ),
+}
+
+USAGE = "usage: crossgraft anomaly COMMAND [options]   (crossgraft anomaly COMMAND --help explains every flag)\n\n"
+USAGE += "Zero-/few-shot anomaly detection and segmentation with adapted CLIP (AA-CLIP and its cross-attention "
+USAGE += "variants).\n\ncommands:\n" + "\n".join(f"  {name:<16}{command.help}" for name, command in COMMANDS.items())
+
+
+def build_parser(command: str, prog: str | None = None, **defaults: Any) -> ConfigArgumentParser:
+    """The parser of one command; `defaults` change flag defaults (the seeds' console scripts use this)."""
+    spec = COMMANDS[command]
+    parser = ConfigArgumentParser(
+        spec.config, prog=prog or f"crossgraft anomaly {command}", description=spec.description
+    )
+    if defaults:
+        parser.set_defaults(**defaults)
+    return parser
+
+
+def run_command(command: str, argv: Sequence[str], prog: str | None = None, **defaults: Any) -> int:
+    config = build_parser(command, prog, **defaults).parse(list(argv))
+    return COMMANDS[command].run(config)
+
+
+def main(argv: Sequence[str]) -> int:
+    argv = list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE)
+        return 0 if argv else 2
+    if argv[0] not in COMMANDS:
+        print(f"error: unknown anomaly command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    return run_command(argv[0], argv[1:])

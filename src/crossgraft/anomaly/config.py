@@ -1,0 +1,792 @@
+"""Every setting of the anomaly family, as typed configs.
+
+The command line is generated from these dataclasses (`crossgraft anomaly COMMAND --help`: one flag per field,
+help from the field's metadata), the Python API takes them, and a training run saves its `TrainConfig` as
+`run_config.json`, from which `test`, `predict` and the diagnostics rebuild the model it trained. Values that
+cannot work are refused (`ConfigError`) when a config is made, before anything is read or written.
+
+- `DataConfig`: which images (a named dataset or a metadata file under a root, some classes): `load()`.
+- `BackboneConfig`: which CLIP, at which image size: `load()`.
+- `AdapterConfig`, `CrossAttentionConfig`: the model around the frozen CLIP (DESIGN §3, §4).
+- `QuirkConfig`: the public code's quirks, driven by `preset` and each overridable (DESIGN §3).
+- `TrainConfig`: a training run; `save_run_config` / `load_run_config` write and read it with what it resolved.
+- one config per other command: `EvalConfig` (test), `PredictConfig`, `GradFlowConfig`, `AttentionMapsConfig`,
+  `CompareConfig`, `DemoConfig`, `AblationConfig`, `MakeSyntheticConfig`, `InspectConfig`, `KShotConfig`,
+  `FeaturesConfig`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from crossgraft import __version__
+from crossgraft.anomaly.backbone import FrozenCLIP, GeluKind, VVMode, load_clip
+from crossgraft.anomaly.data import Sample, get_spec, load_samples
+from crossgraft.anomaly.data.datasets import default_data_root
+from crossgraft.anomaly.data.synthetic import SyntheticConfig
+from crossgraft.args import ConfigArgumentParser, config_to_dict, read_config_file
+from crossgraft.errors import ConfigError
+from crossgraft.files import write_text_atomic
+
+PAPER_CLIP = "openai/clip-vit-large-patch14-336"
+PAPER_IMAGE_SIZE = 518  # AA-CLIP's run size for ViT-L/14 (37 x 37 patches)
+TINY_CLIP = "tiny"
+RUN_CONFIG = "run_config.json"
+RUN_CONFIG_FORMAT = "crossgraft.anomaly.run/1"
+VARIANTS = {  # variant -> (text cross-attention, image cross-attention)
+    "base": (False, False),
+    "text_cross_attn": (True, False),
+    "image_cross_attn": (False, True),
+    "cross_attn": (True, True),
+}
+Variant = Literal["base", "text_cross_attn", "image_cross_attn", "cross_attn"]
+Device = str  # auto, cpu, cuda or cuda:N
+DEVICE_HELP = "auto, cpu, cuda or cuda:N"
+
+
+def resolve_device(name: Device) -> str:
+    """`auto` becomes cuda when a GPU is there, else cpu."""
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _path(value: Path | str | None) -> Path | None:
+    return None if value is None else Path(value)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _positive(name: str, value: float) -> None:
+    _require(math.isfinite(value) and value > 0, f"--{name} must be a positive number, got {value}")
+
+
+def _at_least(name: str, value: int, low: int) -> None:
+    _require(value >= low, f"--{name} must be at least {low}, got {value}")
+
+
+def _fraction(name: str, value: float) -> None:
+    _require(math.isfinite(value) and 0 <= value <= 1, f"--{name} must lie in [0, 1], got {value}")
+
+
+# ================================================================================================ parts
+@dataclass
+class DataConfig:
+    """Which images: a named dataset (or a metadata file) under a root folder, optionally only some classes."""
+
+    _argument_group_name = "data"
+
+    dataset: str = field(
+        default="synthetic",
+        metadata={
+            "help": "dataset name: MVTec, VisA, BTAD, MPDD, Brain, Liver, Retina, Colon_*, synthetic, custom "
+            "(an MVTec-layout folder)"
+        },
+    )
+    data_root: Path | None = field(
+        default=None,
+        metadata={
+            "help": "folder that holds the dataset (default: the public code's data/ layout, e.g. data/mvtec_ad, "
+            "data/VisA_20220922)"
+        },
+    )
+    meta: Path | None = field(
+        default=None,
+        metadata={
+            "help": "metadata file instead of the folder layout: the public AA-CLIP .jsonl (image_path, label, "
+            "class_name, mask_path) or an AnomalyCLIP meta.json; paths relative to --data_root"
+        },
+    )
+    classes: list[str] | None = field(default=None, metadata={"help": "only these classes (default: all)"})
+    allow_missing_masks: bool = field(
+        default=False, metadata={"help": "accept anomalous images without a mask (image-level evaluation only)"}
+    )
+
+    def __post_init__(self) -> None:
+        get_spec(self.dataset)  # an unknown name fails here, before anything else
+        self.data_root, self.meta = _path(self.data_root), _path(self.meta)
+
+    @property
+    def root(self) -> Path:
+        """--data_root, or where the public code keeps this dataset."""
+        return self.data_root if self.data_root is not None else default_data_root(self.dataset)
+
+    @property
+    def domain(self) -> str:
+        return get_spec(self.dataset).domain
+
+    def load(self, split: str = "test") -> list[Sample]:
+        """Read and check the samples of one split (every file is opened up front)."""
+        return load_samples(
+            self.dataset,
+            self.root,
+            split=split,
+            meta=self.meta,
+            classes=self.classes,
+            allow_missing_masks=self.allow_missing_masks,
+        )
+
+    def resolved(self) -> DataConfig:
+        """The same selection with the default root written out (what a run folder records)."""
+        return replace(self, data_root=self.root)
+
+
+@dataclass
+class BackboneConfig:
+    """Which frozen CLIP, and the image size it runs at."""
+
+    _argument_group_name = "backbone"
+
+    clip: str = field(
+        default=PAPER_CLIP,
+        metadata={
+            "help": "CLIP weights: a Hugging Face id or local directory (openai/clip-vit-large-patch14-336 is the "
+            "paper's), an OpenAI-format .pt/.pth file (ViT-L-14-336px.pt), or 'tiny' (random, offline, for tests "
+            "and demos)"
+        },
+    )
+    tokenizer: str | None = field(
+        default=None,
+        metadata={"help": "CLIP tokenizer (HF id or directory); default: from --clip, or the OpenAI one for .pt files"},
+    )
+    img_size: int | None = field(
+        default=None,
+        metadata={
+            "help": f"input side in pixels, a multiple of the patch size (default: {PAPER_IMAGE_SIZE} for real CLIPs, "
+            "the preset's own size for tiny); positions are interpolated bicubically"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        _require(self.img_size is None or self.img_size > 0, f"--img_size must be positive, got {self.img_size}")
+
+    @property
+    def image_size(self) -> int | None:
+        """--img_size, else 518 for a real CLIP and the tiny preset's own size (None) for `tiny`."""
+        if self.img_size is not None:
+            return self.img_size
+        return None if self.clip == TINY_CLIP else PAPER_IMAGE_SIZE
+
+    def load(self, gelu: GeluKind, device: Device = "cpu") -> FrozenCLIP:
+        return load_clip(
+            self.clip, image_size=self.image_size, gelu=gelu, tokenizer=self.tokenizer, device=resolve_device(device)
+        )
+
+
+@dataclass
+class AdapterConfig:
+    """AA-CLIP's adapters (DESIGN §3): the public train.py flags."""
+
+    _argument_group_name = "model (the public train.py flags)"
+
+    text_adapt_weight: float = field(default=0.1, metadata={"help": "λ of the text adapters' residual mix"})
+    image_adapt_weight: float = field(default=0.1, metadata={"help": "λ of the image adapters' residual mix"})
+    text_adapt_until: int = field(default=3, metadata={"help": "text adapters after text blocks 1..K"})
+    image_adapt_until: int = field(default=6, metadata={"help": "image adapters after vision blocks 1..K"})
+    relu: bool = field(default=False, metadata={"help": "LeakyReLU after seg_proj and det_proj"})
+    surgery_until_layer: int | None = field(
+        default=None,
+        metadata={
+            "help": "V-V attention in the last K-1 vision blocks (public default 20 = blocks 6..24 of ViT-L); "
+            "default: from the first feature level on"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        _fraction("text_adapt_weight", self.text_adapt_weight)
+        _fraction("image_adapt_weight", self.image_adapt_weight)
+        _at_least("text_adapt_until", self.text_adapt_until, 0)
+        _at_least("image_adapt_until", self.image_adapt_until, 0)
+        if self.surgery_until_layer is not None:
+            _at_least("surgery_until_layer", self.surgery_until_layer, 2)
+
+    def as_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+
+CROSS_GROUP = "cross-attention variants and fair comparison (DESIGN §4, seeds 000-003)"
+
+
+@dataclass
+class CrossAttentionConfig:
+    """The cross-attention extension (DESIGN §4). `base` is AA-CLIP itself."""
+
+    _argument_group_name = CROSS_GROUP
+
+    variant: Variant = field(
+        default="base",
+        metadata={
+            "help": "base = AA-CLIP; text_cross_attn: prompts attend to their image's features after text block 1; "
+            "image_cross_attn: image tokens attend to their class's sentence embeddings after vision block "
+            "--image_adapt_until; cross_attn: both"
+        },
+    )
+    text_cross_attn_weight: float = field(default=0.1, metadata={"help": "w_t in x + w_t * cross_attn(x)"})
+    image_cross_attn_weight: float = field(
+        default=0.1,
+        metadata={"help": "w_i in x + w_i * cross_attn(x) (the output is first rescaled to the tokens' norm)"},
+    )
+    learnable_cross_attn_weight: bool = field(default=False, metadata={"help": "make w_t and w_i parameters"})
+    cross_attn_heads: int = field(default=8, metadata={"help": "attention heads of both modules"})
+    cross_attn_dropout: float = field(default=0.1, metadata={"help": "dropout on the attention weights"})
+    image_norm_match: bool = field(
+        default=True,
+        metadata={
+            "help": "rescale the image cross-attention output to the tokens' norm before adding it (seed 001's fix); "
+            "--no_image_norm_match adds it unscaled, the state before the fix (a diagnostic)"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        _require(self.variant in VARIANTS, f"unknown variant {self.variant!r}; choose one of {', '.join(VARIANTS)}")
+        for name in ("text_cross_attn_weight", "image_cross_attn_weight"):
+            _require(math.isfinite(getattr(self, name)), f"--{name} must be a finite number")
+        _at_least("cross_attn_heads", self.cross_attn_heads, 1)
+        _require(
+            0 <= self.cross_attn_dropout < 1, f"--cross_attn_dropout must lie in [0, 1), got {self.cross_attn_dropout}"
+        )
+
+    @property
+    def text(self) -> bool:
+        """Whether the text side attends to the image (text_cross_attn, cross_attn)."""
+        return VARIANTS[self.variant][0]
+
+    @property
+    def image(self) -> bool:
+        """Whether the image side attends to the text (image_cross_attn, cross_attn)."""
+        return VARIANTS[self.variant][1]
+
+    def as_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
+
+
+@dataclass(frozen=True)
+class Quirks:
+    """What a run does about each of the public code's quirks (DESIGN §3)."""
+
+    vv_mode: VVMode  # 1: V-V attention across the batch axis ("batch") or over tokens
+    stage1_last_level_only: bool  # 2: the stage-1 loss keeps only the last level
+    stage1_image_loss: bool  # 3: an image-level loss in stage 1 (the public code has none)
+    gelu: GeluKind  # 4: exact GELU (the public code) or CLIP's QuickGELU
+
+
+PRESETS = {
+    "reference": Quirks(vv_mode="batch", stage1_last_level_only=True, stage1_image_loss=False, gelu="exact"),
+    "fixed": Quirks(vv_mode="tokens", stage1_last_level_only=False, stage1_image_loss=True, gelu="quick"),
+}
+
+
+@dataclass
+class QuirkConfig:
+    """`preset` sets every quirk; each flag below overrides its own one."""
+
+    _argument_group_name = "fidelity: the public code's quirks (DESIGN §3)"
+
+    preset: Literal["reference", "fixed"] = field(
+        default="reference",
+        metadata={"help": "reference: every quirk on (reproduces the public code); fixed: every quirk off"},
+    )
+    vv_attention: Literal["batch", "tokens"] | None = field(
+        default=None,
+        metadata={"help": "quirk 1: V-V attention across the batch axis (reference) or over tokens (fixed)"},
+    )
+    stage1_levels: Literal["last", "all"] | None = field(
+        default=None,
+        metadata={"help": "quirk 2: stage-1 loss from the last level only (reference) or summed over levels"},
+    )
+    stage1_image_loss: Literal["on", "off"] | None = field(
+        default=None, metadata={"help": "quirk 3: image-level loss in stage 1 (off in reference, on in fixed)"}
+    )
+    gelu: Literal["exact", "quick"] | None = field(
+        default=None, metadata={"help": "quirk 4: exact GELU (reference) or CLIP's QuickGELU (fixed)"}
+    )
+
+    def __post_init__(self) -> None:
+        _require(self.preset in PRESETS, f"unknown --preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+
+    def resolve(self) -> Quirks:
+        """The preset's quirks with this config's overrides."""
+        preset = PRESETS[self.preset]
+        return Quirks(
+            vv_mode=self.vv_attention or preset.vv_mode,
+            stage1_last_level_only=preset.stage1_last_level_only
+            if self.stage1_levels is None
+            else self.stage1_levels == "last",
+            stage1_image_loss=preset.stage1_image_loss
+            if self.stage1_image_loss is None
+            else self.stage1_image_loss == "on",
+            gelu=self.gelu or preset.gelu,
+        )
+
+
+# ============================================================================================ training
+SCHEDULE = "schedule"
+EVAL_GROUP = "evaluation after each feedback round"
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """A two-stage AA-CLIP training run (and its cross-attention variants): what `run_config.json` records."""
+
+    data: DataConfig = field(default_factory=lambda: DataConfig(dataset="VisA"))
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    save_path: Path = field(
+        default=Path("ckpt/baseline"), metadata={"help": "run folder for checkpoints and logs", "group": SCHEDULE}
+    )
+    shot: int = field(
+        default=32,
+        metadata={"help": "k-shot: k/2 normal + k/2 anomalous images per class (0: every image)", "group": SCHEDULE},
+    )
+    full_shot: bool = field(
+        default=False, metadata={"help": "train on every image (same as --shot 0)", "group": SCHEDULE}
+    )
+    training_mode: Literal["few_shot", "full_shot"] = field(
+        default="few_shot", metadata={"help": "the public code's switch; full_shot = --full_shot", "group": SCHEDULE}
+    )
+    text_epoch: int = field(default=5, metadata={"help": "stage-1 epochs", "group": SCHEDULE})
+    image_epoch: int = field(
+        default=20, metadata={"help": "stage-2 epochs (the paper reports epoch 15)", "group": SCHEDULE}
+    )
+    text_lr: float = field(
+        default=1e-5, metadata={"help": "stage-1 Adam learning rate (betas 0.5, 0.999)", "group": SCHEDULE}
+    )
+    image_lr: float = field(
+        default=5e-4, metadata={"help": "stage-2 Adam learning rate (betas 0.5, 0.999)", "group": SCHEDULE}
+    )
+    text_batch_size: int = field(default=16, metadata={"help": "stage-1 batch size", "group": SCHEDULE})
+    image_batch_size: int = field(default=2, metadata={"help": "stage-2 batch size", "group": SCHEDULE})
+    milestones: list[int] = field(
+        default_factory=lambda: [16000, 32000],
+        metadata={"help": "stage-2 MultiStepLR milestones in iterations", "group": SCHEDULE},
+    )
+    gamma: float = field(
+        default=0.5, metadata={"help": "stage-2 learning-rate factor at each milestone", "group": SCHEDULE}
+    )
+    text_norm_weight: float = field(
+        default=0.1, metadata={"help": "weight of the anchors' orthogonality loss", "group": SCHEDULE}
+    )
+    seed: int = field(
+        default=111, metadata={"help": "seed of the k-shot draw, shuffling and augmentation", "group": SCHEDULE}
+    )
+    resume: bool = field(
+        default=False,
+        metadata={
+            "help": "continue the run in --save_path from its last checkpoints; settings must be the run's own, "
+            "except text_epoch/image_epoch (to extend it), data_root, devices and workers, evaluation",
+            "group": SCHEDULE,
+        },
+    )
+    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes", "group": SCHEDULE})
+    device: Device = field(default="auto", metadata={"help": DEVICE_HELP, "group": SCHEDULE})
+    mixed_precision: Literal["no", "bf16", "fp16"] = field(
+        default="no",
+        metadata={"help": "autocast precision on GPU (the frozen CLIP stays in its own dtype)", "group": SCHEDULE},
+    )
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    class_descriptions: Path | None = field(
+        default=None,
+        metadata={
+            "help": "json {class_name: description} used in the prompts instead of the class name",
+            "group": AdapterConfig._argument_group_name,
+        },
+    )
+    quirks: QuirkConfig = field(default_factory=QuirkConfig)
+    cross: CrossAttentionConfig = field(default_factory=CrossAttentionConfig)
+    load_base_text_adapter: Path | None = field(
+        default=None,
+        metadata={
+            "help": "start from a trained base model's text_adapter.pth (public code's or ours)",
+            "group": CROSS_GROUP,
+        },
+    )
+    load_base_image_adapter: Path | None = field(
+        default=None,
+        metadata={
+            "help": "start from a trained base model's image_adapter[_N].pth (public code's or ours)",
+            "group": CROSS_GROUP,
+        },
+    )
+    num_feedback_loops: int = field(
+        default=1,
+        metadata={
+            "help": "rounds of stage 1 -> stage 2; later rounds take stage 1's visual features from the adapted "
+            "image encoder of the previous round",
+            "group": CROSS_GROUP,
+        },
+    )
+    eval_each_loop: bool = field(
+        default=False, metadata={"help": "evaluate after every round (metrics in the log)", "group": EVAL_GROUP}
+    )
+    eval_dataset: str | None = field(
+        default=None, metadata={"help": "dataset for --eval_each_loop (default: --dataset)", "group": EVAL_GROUP}
+    )
+    eval_data_root: Path | None = field(
+        default=None, metadata={"help": "its root (default: --data_root)", "group": EVAL_GROUP}
+    )
+    eval_classes: list[str] | None = field(
+        default=None, metadata={"help": "its classes (default: all)", "group": EVAL_GROUP}
+    )
+
+    def __post_init__(self) -> None:
+        self.save_path = Path(self.save_path)
+        for name in ("class_descriptions", "load_base_text_adapter", "load_base_image_adapter", "eval_data_root"):
+            setattr(self, name, _path(getattr(self, name)))
+        _require(self.shot >= 0, f"--shot must be >= 0 (0: every image), got {self.shot}")
+        if self.k_shot is not None:
+            _require(
+                self.k_shot >= 2 and self.k_shot % 2 == 0,
+                "--shot must be an even number >= 2 (half normal, half anomalous), or 0 for every image; "
+                f"got {self.shot}",
+            )
+        _at_least("text_epoch", self.text_epoch, 0)
+        _at_least("image_epoch", self.image_epoch, 0)
+        _positive("text_lr", self.text_lr)
+        _positive("image_lr", self.image_lr)
+        _at_least("text_batch_size", self.text_batch_size, 1)
+        _at_least("image_batch_size", self.image_batch_size, 1)
+        _require(all(m > 0 for m in self.milestones), f"--milestones must be positive, got {self.milestones}")
+        _positive("gamma", self.gamma)
+        _require(
+            math.isfinite(self.text_norm_weight) and self.text_norm_weight >= 0,
+            f"--text_norm_weight must be >= 0, got {self.text_norm_weight}",
+        )
+        _at_least("num_workers", self.num_workers, 0)
+        _at_least("num_feedback_loops", self.num_feedback_loops, 1)
+        if self.eval_dataset is not None:
+            get_spec(self.eval_dataset)
+
+    @property
+    def k_shot(self) -> int | None:
+        """Images per class to draw, or None for every image (--full_shot, --training_mode full_shot, --shot 0)."""
+        if self.full_shot or self.training_mode == "full_shot" or self.shot == 0:
+            return None
+        return self.shot
+
+    @property
+    def variant(self) -> str:
+        return self.cross.variant
+
+
+@dataclass
+class SavedRun:
+    """A training run as its folder records it: the config, and what the run resolved from it."""
+
+    config: TrainConfig
+    image_size: int  # pixels
+    surgery_from: int  # 1-based first V-V block
+    quirks: Quirks
+    descriptions: dict[str, str] | None  # the class descriptions the prompts used; None: not recorded (older run)
+    loop: int | None = None  # the feedback round a loop_N/ folder holds
+
+
+def save_run_config(save_path: Path, run: SavedRun) -> Path:
+    """Write SAVE_PATH/run_config.json: the settings as flags in sections (so `--config` reads it back), and
+    what the run resolved from them."""
+    document = {
+        "format": RUN_CONFIG_FORMAT,
+        "crossgraft_version": __version__,
+        **config_to_dict(run.config),
+        "resolved": {
+            "img_size": run.image_size,
+            "surgery_from": run.surgery_from,
+            "quirks": config_to_dict(run.quirks),
+            "descriptions": run.descriptions,
+            "loop": run.loop,
+        },
+    }
+    return write_text_atomic(Path(save_path) / RUN_CONFIG, json.dumps(document, indent=2) + "\n")
+
+
+def load_run_config(save_path: Path) -> SavedRun:
+    """Read SAVE_PATH/run_config.json; a missing, corrupt or incomplete file is a ConfigError naming it."""
+    path = Path(save_path) / RUN_CONFIG
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: is {save_path} a crossgraft training folder?")
+    document = read_config_file(path)
+    if "format" not in document:
+        document = _from_unversioned(document, path)
+    resolved = document.get("resolved")
+    if not isinstance(resolved, dict):
+        raise ConfigError(f"{path} is incomplete: no 'resolved' section (was it edited or cut short?)")
+    missing = [key for key in ("img_size", "surgery_from", "quirks") if key not in resolved]
+    if missing:
+        raise ConfigError(f"{path} is incomplete: 'resolved' has no {', '.join(missing)}")
+    parser = ConfigArgumentParser(TrainConfig)
+    parser.apply_settings(document, str(path))
+    config = parser.parse([])
+    try:
+        quirks = Quirks(**resolved["quirks"])
+    except TypeError as error:
+        raise ConfigError(f"{path}: the resolved quirks are not readable ({error})") from error
+    return SavedRun(
+        config=config,
+        image_size=int(resolved["img_size"]),
+        surgery_from=int(resolved["surgery_from"]),
+        quirks=quirks,
+        descriptions=resolved.get("descriptions"),
+        loop=resolved.get("loop"),
+    )
+
+
+LEGACY_TOP_LEVEL = (
+    "save_path text_epoch image_epoch text_lr image_lr text_batch_size image_batch_size milestones gamma "
+    "text_norm_weight seed resume num_workers device mixed_precision class_descriptions load_base_text_adapter "
+    "load_base_image_adapter num_feedback_loops eval_each_loop eval_dataset eval_data_root eval_classes"
+).split()
+LEGACY_CROSS_NAMES = {
+    "variant": "variant",
+    "text_weight": "text_cross_attn_weight",
+    "image_weight": "image_cross_attn_weight",
+    "learnable_weight": "learnable_cross_attn_weight",
+    "heads": "cross_attn_heads",
+    "dropout": "cross_attn_dropout",
+    "image_norm_match": "image_norm_match",
+}
+
+
+def _from_unversioned(old: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A run_config.json as crossgraft wrote it before the format had a name (flat, resolved values mixed in)."""
+    try:
+        quirks = old["quirks"]
+        return {
+            "data": {k: old[k] for k in ("dataset", "data_root", "meta", "classes", "allow_missing_masks") if k in old},
+            "backbone": {"clip": old["clip"], "tokenizer": old.get("tokenizer"), "img_size": old["img_size"]},
+            **{key: old[key] for key in LEGACY_TOP_LEVEL if key in old},
+            "shot": old.get("shot") or 0,
+            "adapter": {**old["adapter"], "surgery_until_layer": old.get("surgery_until_layer")},
+            "quirks": {
+                "preset": old.get("preset", "reference"),
+                "vv_attention": quirks["vv_mode"],
+                "stage1_levels": "last" if quirks["stage1_last_level_only"] else "all",
+                "stage1_image_loss": "on" if quirks["stage1_image_loss"] else "off",
+                "gelu": quirks["gelu"],
+            },
+            "cross": {LEGACY_CROSS_NAMES[k]: v for k, v in old.get("cross", {}).items() if k in LEGACY_CROSS_NAMES},
+            "resolved": {
+                "img_size": old["img_size"],
+                "surgery_from": old["surgery_from"],
+                "quirks": quirks,
+                "descriptions": None,
+                "loop": old.get("loop"),
+            },
+        }
+    except (KeyError, TypeError) as error:
+        raise ConfigError(f"{path} is incomplete or not a crossgraft run config: no {error}") from error
+
+
+# ===================================================================================== other commands
+RUN_FOLDER_HELP = "the training run folder"
+EPOCH_HELP = "use image_adapter_{epoch}.pth (default: the latest image_adapter.pth)"
+
+
+@dataclass(kw_only=True)
+class EvalConfig:
+    """`test`: evaluate one checkpoint of a trained run on a dataset's test split."""
+
+    data: DataConfig = field(default_factory=lambda: DataConfig(dataset="MVTec"))
+    save_path: Path = field(metadata={"help": RUN_FOLDER_HELP})
+    epoch: int | None = field(default=None, metadata={"help": EPOCH_HELP})
+    batch_size: int = field(default=8, metadata={"help": "images per forward pass (results do not depend on it)"})
+    visualize: bool = field(default=False, metadata={"help": "write image | mask | heat map | overlay panels"})
+    pro_compat: bool = field(
+        default=False, metadata={"help": "also report the 200-threshold AUPRO of AnomalyCLIP papers"}
+    )
+    class_descriptions: Path | None = field(
+        default=None, metadata={"help": "override the run's class descriptions (json {class: description})"}
+    )
+    out: Path | None = field(
+        default=None, metadata={"help": "results folder (default: SAVE_PATH/test_DATASET[_epochN])"}
+    )
+    device: Device = field(default="auto", metadata={"help": DEVICE_HELP})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
+
+    def __post_init__(self) -> None:
+        self.save_path = Path(self.save_path)
+        self.class_descriptions, self.out = _path(self.class_descriptions), _path(self.out)
+        _at_least("batch_size", self.batch_size, 1)
+        _at_least("num_workers", self.num_workers, 0)
+
+    @property
+    def results_dir(self) -> Path:
+        suffix = f"_epoch{self.epoch}" if self.epoch is not None else ""
+        return self.out or self.save_path / f"test_{get_spec(self.data.dataset).name}{suffix}"
+
+
+@dataclass(kw_only=True)
+class PredictConfig:
+    """`predict`: heat maps and anomaly scores for new images with a trained run."""
+
+    inputs: Path = field(
+        metadata={"help": "an image file or a folder of images (searched recursively)", "positional": True}
+    )
+    save_path: Path = field(metadata={"help": RUN_FOLDER_HELP})
+    class_name: str = field(default="object", metadata={"help": "what the images show (goes into the prompts)"})
+    epoch: int | None = field(default=None, metadata={"help": EPOCH_HELP})
+    threshold: float | None = field(default=None, metadata={"help": "image score above which an image is anomalous"})
+    fit_on: Path | None = field(
+        default=None, metadata={"help": "folder of normal images: the threshold becomes their highest score"}
+    )
+    domain: Literal["industrial", "medical"] = field(
+        default="industrial", metadata={"help": "blur kernel of the maps (7/σ1 industrial, 9/σ1.5 medical)"}
+    )
+    out: Path | None = field(default=None, metadata={"help": "output folder (default: SAVE_PATH/predictions)"})
+    batch_size: int = field(default=8, metadata={"help": "images per forward pass (results do not depend on it)"})
+    device: Device = field(default="auto", metadata={"help": DEVICE_HELP})
+
+    def __post_init__(self) -> None:
+        self.inputs, self.save_path = Path(self.inputs), Path(self.save_path)
+        self.fit_on, self.out = _path(self.fit_on), _path(self.out)
+        _at_least("batch_size", self.batch_size, 1)
+        _require(
+            self.threshold is None or self.fit_on is None, "give --threshold or --fit_on, not both: they contradict"
+        )
+
+    @property
+    def out_dir(self) -> Path:
+        return self.out or self.save_path / "predictions"
+
+
+@dataclass(kw_only=True)
+class GradFlowConfig:
+    """`grad-flow` (seed 001's test_stage2_gradients): image-adapter gradient norm with vs without cross-attention."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    save_path: Path | None = field(
+        default=None,
+        metadata={"help": "a trained run to test (default: fresh adapters on --clip, random image cross-attention)"},
+    )
+    epoch: int | None = field(default=None, metadata={"help": "image checkpoint epoch of --save_path"})
+    image_cross_attn_weight: float = field(default=0.1, metadata={"help": "w_i of a fresh model"})
+    batch_size: int = field(default=2, metadata={"help": "images in the batch"})
+    seed: int = field(default=0, metadata={"help": "picks the batch and the cross-attention init"})
+    device: Device = field(default="auto", metadata={"help": DEVICE_HELP})
+
+    def __post_init__(self) -> None:
+        self.save_path = _path(self.save_path)
+        _at_least("batch_size", self.batch_size, 1)
+
+
+@dataclass(kw_only=True)
+class AttentionMapsConfig:
+    """`attention-maps`: text->patch attention of chosen prompt words, as heat maps over the images."""
+
+    inputs: Path = field(
+        metadata={"help": "an image file or a folder of images (searched recursively)", "positional": True}
+    )
+    save_path: Path = field(metadata={"help": RUN_FOLDER_HELP})
+    class_name: str = field(default="object", metadata={"help": "what the images show (goes into the prompts)"})
+    words: list[str] = field(
+        default_factory=lambda: ["damaged", "broken", "flaw", "defect", "damage"],
+        metadata={"help": "prompt words whose attention to draw"},
+    )
+    epoch: int | None = field(default=None, metadata={"help": EPOCH_HELP})
+    out: Path | None = field(default=None, metadata={"help": "output folder (default: SAVE_PATH/attention_maps)"})
+    device: Device = field(default="auto", metadata={"help": DEVICE_HELP})
+
+    def __post_init__(self) -> None:
+        self.inputs, self.save_path, self.out = Path(self.inputs), Path(self.save_path), _path(self.out)
+
+    @property
+    def out_dir(self) -> Path:
+        return self.out or self.save_path / "attention_maps"
+
+
+@dataclass(kw_only=True)
+class CompareConfig:
+    """`compare`: per-class and mean metric deltas between runs tested on the same data."""
+
+    runs: list[str] = field(
+        metadata={
+            "help": "results of each run: [NAME=]PATH or [NAME=]PATH1,PATH2,... (seeds); PATH is a results.json or "
+            "a folder holding one; the first run is the reference",
+            "positional": True,
+        }
+    )
+    out: Path | None = field(default=None, metadata={"help": "also write compare.txt and compare.json here"})
+    seed: int = field(default=0, metadata={"help": "bootstrap seed"})
+
+    def __post_init__(self) -> None:
+        self.out = _path(self.out)
+        _require(len(self.runs) >= 2, "compare needs at least two runs (the first is the reference)")
+
+
+DEMO_SYNTHETIC = SyntheticConfig(classes=8, train_per_class=2, test_per_class=16, size=128, seed=0)
+
+
+@dataclass(kw_only=True)
+class DemoConfig:
+    """`demo`: the built-in default run (synthetic data, tiny CLIP, AA-CLIP trained and tested)."""
+
+    out: Path = field(default=Path("runs/demo"), metadata={"help": "run folder (data, results, heat maps, log)"})
+    clip: str = field(default=TINY_CLIP, metadata={"help": "CLIP weights (see `crossgraft anomaly features --help`)"})
+    device: Device = field(default="auto", metadata={"help": DEVICE_HELP})
+    text_epoch: int = field(default=2, metadata={"help": "stage-1 epochs (short schedule)"})
+    image_epoch: int = field(default=8, metadata={"help": "stage-2 epochs (short schedule)"})
+    synthetic: SyntheticConfig = field(default_factory=lambda: DEMO_SYNTHETIC)
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        _at_least("text_epoch", self.text_epoch, 0)
+        _at_least("image_epoch", self.image_epoch, 0)
+
+
+@dataclass(kw_only=True)
+class AblationConfig(DemoConfig):
+    """`ablation-demo`: base vs cross_attn (initialised from base) on synthetic data, over seeds, compared."""
+
+    out: Path = field(default=Path("runs/ablation"), metadata={"help": "run folder"})
+    seeds: list[int] = field(default_factory=lambda: [111, 112], metadata={"help": "training seeds"})
+
+
+@dataclass(kw_only=True)
+class MakeSyntheticConfig:
+    """`make-synthetic`: write a synthetic MVTec-layout dataset."""
+
+    out: Path = field(metadata={"help": "folder to write the dataset into"})
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass(kw_only=True)
+class InspectConfig:
+    """`inspect-data`: read a dataset, check every file, count per class."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    split: str = field(default="test", metadata={"help": "which split to read (train or test)"})
+
+
+@dataclass(kw_only=True)
+class KShotConfig(InspectConfig):
+    """`k-shot`: a seeded k-shot subset as jsonl."""
+
+    shot: int = field(metadata={"help": "images per class, even: half normal, half anomalous"})
+    seed: int = field(default=111, metadata={"help": "selection seed (per class: seed and class name)"})
+    out: Path | None = field(
+        default=None, metadata={"help": "jsonl to write (default: {dataset}_{shot}shot_seed{seed}.jsonl)"}
+    )
+
+    def __post_init__(self) -> None:
+        _require(self.shot >= 2 and self.shot % 2 == 0, f"--shot must be an even number >= 2, got {self.shot}")
+        self.out = _path(self.out) or Path(f"{self.data.dataset}_{self.shot}shot_seed{self.seed}.jsonl")
+
+
+@dataclass(kw_only=True)
+class FeaturesConfig:
+    """`features`: load a backbone and print its token features per level."""
+
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    gelu: Literal["quick", "exact"] = field(
+        default="quick",
+        metadata={"help": "MLP activation: CLIP's own QuickGELU, or exact GELU as the public AA-CLIP code runs"},
+    )
+    device: Device = field(default="auto", metadata={"help": DEVICE_HELP})
+    batch: int = field(default=2, metadata={"help": "random images to run"})

@@ -1,0 +1,212 @@
+"""Command lines generated from config dataclasses, the same way for both families.
+
+`ConfigArgumentParser` is transformers' `HfArgumentParser` (a flag per field, help from the field's metadata,
+choices from `Literal`, `--flag` / `--no_flag` for booleans) with four additions:
+- a field whose type is itself a config dataclass contributes that dataclass's flags, as their own group,
+  and the nested config is rebuilt on parsing; its defaults are the parent's (`default_factory`) ones;
+- field metadata `group` puts a flag into a named group, `positional` makes it a positional argument;
+- `--config FILE` (json or yaml) holds any flags, as `{flag: value}` or in sections named like the nested
+  configs (a saved `run_config.json` is such a file); flags given on the command line win;
+- `parse(argv)` returns the config instances, and raises `ConfigError` for a bad config file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import json
+import types
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+import yaml
+from transformers import HfArgumentParser
+
+from crossgraft.errors import ConfigError
+
+CONFIG_FLAG = "--config"
+# keys crossgraft writes into a saved run config beside the settings themselves; ignored when read back
+METADATA_KEYS = frozenset({"format", "crossgraft_version", "resolved"})
+ARGPARSE_ONLY_METADATA = ("group", "positional")
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Adds "(default: X)" to a flag's help unless the help already speaks of its default or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default in (None, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def nested_fields(dtype: type) -> dict[str, type]:
+    """The fields of a config dataclass that are config dataclasses themselves: {name: type}."""
+    hints = get_type_hints(dtype)
+    return {f.name: hints[f.name] for f in dataclasses.fields(dtype) if dataclasses.is_dataclass(hints[f.name])}
+
+
+def flatten_config(config: Any) -> dict[str, Any]:
+    """{flag: value} of a config instance, nested configs included."""
+    flat: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            flat.update(flatten_config(value))
+        elif f.init:
+            flat[f.name] = copy.copy(value)
+    return flat
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """A config instance as json-ready nested dicts (paths as strings, tuples as lists)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, Path):
+            return str(value)
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return {key: plain(value) for key, value in dataclasses.asdict(config).items()}
+
+
+def build_config(dtype: type, values: dict[str, Any]) -> Any:
+    """Instantiate `dtype` from flat {flag: value}, rebuilding nested configs."""
+    nested = nested_fields(dtype)
+    kwargs = {}
+    for f in dataclasses.fields(dtype):
+        if not f.init:
+            continue
+        if f.name in nested:
+            kwargs[f.name] = build_config(nested[f.name], values)
+        elif f.name in values:
+            kwargs[f.name] = values[f.name]
+    return dtype(**kwargs)
+
+
+def read_config_file(path: Path | str) -> dict[str, Any]:
+    """A json or yaml mapping of settings; ConfigError naming the file when it cannot be read as one."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as error:
+        kind = "yaml" if path.suffix in (".yaml", ".yml") else "json"
+        raise ConfigError(f"{path}: not a valid {kind} file ({error})") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of flag names to values, found {type(data).__name__}")
+    return data
+
+
+class ConfigArgumentParser(HfArgumentParser):
+    """An argument parser for one or more config dataclasses (see the module docstring)."""
+
+    def __init__(self, config_types: type | Sequence[type], **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        self._groups: dict[str, argparse._ArgumentGroup] = {}
+        self._sections: set[str] = set()
+        types_ = [config_types] if isinstance(config_types, type) else list(config_types)
+        super().__init__(types_, **kwargs)
+        self.add_argument(
+            CONFIG_FLAG,
+            metavar="FILE",
+            default=None,
+            help="a .json or .yaml file of settings ({flag: value}, or in sections like a saved run_config.json); "
+            "flags on the command line win",
+        )
+        for dtype in types_:
+            self._set_nested_defaults(dtype)
+
+    # ------------------------------------------------------------------------------------ building
+    def _group(self, title: str | None) -> argparse._ArgumentGroup | None:
+        if title is None:
+            return None
+        if title not in self._groups:
+            self._groups[title] = self.add_argument_group(title)
+        return self._groups[title]
+
+    def _add_dataclass_arguments(self, dtype: Any) -> None:
+        hints = get_type_hints(dtype)
+        section = self._group(getattr(dtype, "_argument_group_name", None))
+        for f in dataclasses.fields(dtype):
+            if not f.init:
+                continue
+            field_type = hints[f.name]
+            if dataclasses.is_dataclass(field_type):
+                self._sections.add(f.name)
+                self._add_dataclass_arguments(field_type)
+                continue
+            f.type = field_type
+            target = self._group(f.metadata.get("group")) or section or self
+            if f.metadata.get("positional"):
+                self._add_positional(target, f)
+                continue
+            plain = copy.copy(f)
+            plain.metadata = types.MappingProxyType(
+                {k: v for k, v in f.metadata.items() if k not in ARGPARSE_ONLY_METADATA}
+            )
+            self._parse_dataclass_field(target, plain)
+
+    @staticmethod
+    def _add_positional(target: Any, f: dataclasses.Field) -> None:
+        kwargs = {k: v for k, v in f.metadata.items() if k not in ARGPARSE_ONLY_METADATA}
+        value_type = f.type
+        if get_origin(value_type) is list:
+            kwargs.setdefault("nargs", "+")
+            value_type = get_args(value_type)[0]
+        target.add_argument(f.name, type=value_type, **kwargs)
+
+    def _set_nested_defaults(self, dtype: type) -> None:
+        """A nested config's flags default to the values of the parent's default instance of it."""
+        for f in dataclasses.fields(dtype):
+            if f.name in nested_fields(dtype) and f.default_factory is not dataclasses.MISSING:
+                self.set_defaults(**flatten_config(f.default_factory()))
+
+    # ------------------------------------------------------------------------------------- parsing
+    def parse(self, argv: Sequence[str] | None = None) -> Any:
+        """Parse flags (and a --config file) into the config instances: one, or a tuple of several."""
+        prescan = argparse.ArgumentParser(add_help=False)
+        prescan.add_argument(CONFIG_FLAG, default=None)
+        known, _ = prescan.parse_known_args(argv)
+        if known.config:
+            self.apply_config_file(known.config)
+        values = vars(self.parse_args(argv))
+        values.pop(CONFIG_FLAG.lstrip("-"), None)
+        configs = [build_config(dtype, values) for dtype in self.dataclass_types]
+        return configs[0] if len(configs) == 1 else tuple(configs)
+
+    def apply_config_file(self, path: Path | str) -> None:
+        """Make the file's settings the defaults, so that command-line flags still win."""
+        self.apply_settings(read_config_file(path), str(path))
+
+    def apply_settings(self, settings: dict[str, Any], source: str) -> None:
+        """Make `settings` ({flag: value}, or in sections named like the nested configs) the defaults."""
+        flat: dict[str, Any] = {}
+
+        def collect(data: dict[str, Any]) -> None:
+            for key, value in data.items():
+                if key in METADATA_KEYS:
+                    continue
+                if key in self._sections and isinstance(value, dict):
+                    collect(value)
+                else:
+                    flat[key] = value
+
+        collect(settings)
+        actions = {action.dest: action for action in self._actions if action.dest != "help"}
+        unknown = sorted(set(flat) - set(actions))
+        if unknown:
+            raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}; `--help` lists the flags")
+        for dest in flat:
+            action = actions[dest]
+            action.required = False
+            if not action.option_strings:  # a positional given in the file may be left out on the command line
+                action.nargs = "*" if action.nargs in ("+", "*") else "?"
+        self.set_defaults(**flat)

@@ -1,0 +1,188 @@
+"""Every setting of the LLaVA family, as typed configs: the model, data and training arguments of a training run
+(`train_alternating` / `crossgraft llava train`: every Hugging Face `TrainingArguments` flag plus the seed's and
+LLaVA-NeXT's own), and one config per other command. The command line is generated from them; the Python API
+(`crossgraft.llava.train.train`) takes them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformers import TrainingArguments
+
+from crossgraft.llava.configuration import XATTN_MODES
+from crossgraft.llava.loading import DEFAULT_SKIP_PREFIXES
+from crossgraft.llava.modeling import SUPPORTED_ATTENTION
+from crossgraft.llava.sample import TINY_TYPES
+
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."  # LLaVA-NeXT's qwen_1_5 template
+
+
+@dataclass
+class ModelArguments:
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "checkpoint to train: a local folder or a Hub id (lmms-lab/llava-onevision-qwen2-0.5b-ov, …)"
+        },
+    )
+    variant: str = field(
+        default="auto",
+        metadata={
+            "help": "the variant you expect: auto|alternating|alternating_cross|base. A checkpoint of another "
+            "variant stops the run (exit 2) unless --force",
+            "choices": ["auto", "alternating", "alternating_cross", "base"],
+        },
+    )
+    force: bool = field(
+        default=False,
+        metadata={
+            "help": "continue despite a --variant mismatch: the checkpoint's weights "
+            "are loaded into the requested class"
+        },
+    )
+    dry_run: bool = field(
+        default=False, metadata={"help": "print the raw config.json model_type and the variant it maps to, then exit"}
+    )
+    inspect_data: bool = field(
+        default=False,
+        metadata={
+            "help": "print the number of records and the first record as stored "
+            "(no image processing), check every record, then exit"
+        },
+    )
+    inspect_weights: bool = field(
+        default=False,
+        metadata={
+            "help": "with --init_from_backbone: report copied / shape-mismatched / "
+            "skipped / unexpected / missing keys, then exit"
+        },
+    )
+    init_from_backbone: bool = field(
+        default=False,
+        metadata={
+            "help": "build the --variant model and copy every --backbone_model "
+            "tensor whose name and shape match (skipping --init_skip_prefixes)"
+        },
+    )
+    backbone_model: str | None = field(
+        default=None,
+        metadata={
+            "help": "backbone for --init_from_backbone: a bare Qwen2 LM or any LLaVA-Qwen checkpoint (folder or Hub id)"
+        },
+    )
+    init_skip_prefixes: str = field(
+        default=",".join(DEFAULT_SKIP_PREFIXES),
+        metadata={
+            "help": "comma-separated parameter prefixes never copied from the backbone (also matched after 'model.'); "
+            "pass 'vision_resampler' alone to keep a LLaVA backbone's projector"
+        },
+    )
+    vision_tower: str | None = field(
+        default=None,
+        metadata={
+            "help": "SigLIP tower for a model built from a bare Qwen2 LM: a known "
+            "id (google/siglip-so400m-patch14-384, the default), or a folder/Hub id with its "
+            "config.json. Its weights are created from config (reported missing)"
+        },
+    )
+    xattn_mode: str = field(
+        default="gated", metadata={"help": "mode of a new alternating_cross model", "choices": list(XATTN_MODES)}
+    )
+    xattn_every_n_layers: int = field(
+        default=4, metadata={"help": "a new gated model gets a cross-attention block before every n-th decoder layer"}
+    )
+    attn_implementation: str = field(
+        default="sdpa",
+        metadata={
+            "help": "eager or sdpa (flash_attention_2 cannot express the alternating masks)",
+            "choices": list(SUPPORTED_ATTENTION),
+        },
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None, metadata={"help": "default: the model (or backbone) folder"}
+    )
+    mm_tunable_parts: str = field(
+        default="mm_mlp_adapter,mm_language_model",
+        metadata={
+            "help": "comma-separated parts to train: mm_vision_tower, mm_mlp_adapter (projector + image_newline), "
+            "mm_language_model. Gated cross-attention blocks are always trained"
+        },
+    )
+
+
+@dataclass
+class AlternatingTrainingArguments(TrainingArguments):
+    throughput_log_steps: int = field(
+        default=0,
+        metadata={
+            "help": "every N optimizer steps, add samples/s, step time and (CUDA) "
+            "peak memory to the loss log record; 0 = off"
+        },
+    )
+    xattn_gate_lr: float = field(
+        default=1e-3, metadata={"help": "learning rate of the tanh gates (own optimizer group, no weight decay)"}
+    )
+    model_max_length: int = field(
+        default=2048, metadata={"help": "spliced sequences (text + image features) are cut to this length"}
+    )
+
+
+@dataclass
+class DataArguments:
+    data_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "LLaVA-format records: a .json list, a .jsonl file, several files as "
+            "'dir/{a,b}.json', or a .yaml file with a 'datasets:' list of {json_path, sampling_strategy} "
+            "(first:N, end:N, random:N, with N a count or a percentage such as 10%%)."
+        },
+    )
+    eval_data_path: str | None = field(
+        default=None,
+        metadata={"help": "held-out records in any --data_path format, for --eval_strategy (eval_loss in the logs)"},
+    )
+    image_folder: str | None = field(
+        default=None,
+        metadata={"help": "folder the records' relative 'image' paths start from (default: the data file's folder)"},
+    )
+    image_aspect_ratio: str | None = field(
+        default=None,
+        metadata={
+            "help": "'pad' (paste onto a square of the mean colour, LLaVA's expand2square) or 'square' "
+            "(resize). Default: the model config's value when it is one of these, else pad. anyres tiling "
+            "is not implemented yet."
+        },
+    )
+    system_prompt: str = field(
+        default=DEFAULT_SYSTEM_PROMPT, metadata={"help": "system turn of the Qwen chat template"}
+    )
+    data_sampling_seed: int = field(default=0, metadata={"help": "seed of 'random:N' sampling in yaml lists"})
+
+
+@dataclass
+class MakeSampleConfig:
+    """`make-sample`: a tiny LAION-style image-caption set in LLaVA format."""
+
+    out: Path = field(metadata={"help": "folder to write"})
+    count: int = field(default=12, metadata={"help": "number of image-caption records"})
+    seed: int = field(default=0, metadata={"help": "the same seed writes the same sample"})
+
+
+@dataclass
+class MakeTinyConfig:
+    """`make-tiny`: a tiny random checkpoint (config.json, model.safetensors, tokenizer)."""
+
+    out: Path = field(metadata={"help": "folder to write"})
+    model_type: str = field(default="llava_qwen", metadata={"help": "which model", "choices": list(TINY_TYPES)})
+    seed: int = field(default=0, metadata={"help": "weights seed"})
+
+
+@dataclass
+class DemoConfig:
+    """`demo`: the four variants trained identically from one tiny backbone, compared on held-out captions."""
+
+    out: Path = field(default=Path("runs/llava-demo"), metadata={"help": "folder to write"})
+    steps: int = field(default=200, metadata={"help": "optimizer steps per variant"})
+    count: int = field(default=48, metadata={"help": "records in the generated sample"})
+    seed: int = field(default=0, metadata={"help": "seed of the data, the backbone and training"})
