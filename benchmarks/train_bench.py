@@ -20,11 +20,17 @@ import torch
 from transformers import CLIPConfig, CLIPModel
 
 from crossgraft.anomaly.backbone import FrozenCLIP
+from crossgraft.anomaly.config import PRESETS, CrossAttentionConfig
 from crossgraft.anomaly.infer import anomaly_maps, batch_text
-from crossgraft.anomaly.losses import orthogonality_loss, segmentation_loss, similarity_map
-from crossgraft.anomaly.model import AdaptedCLIP, CrossAttentionConfig, stage1_features
+from crossgraft.anomaly.losses import (
+    orthogonality_loss,
+    segmentation_loss,
+    similarity_map,
+    stage1_loss,
+    stage2_loss,
+)
+from crossgraft.anomaly.model import AdaptedCLIP, stage1_features
 from crossgraft.anomaly.tiny_tokenizer import build_tiny_tokenizer
-from crossgraft.anomaly.train import TrainConfig, stage1_loss, stage2_loss
 
 VIT_L14_336 = {
     "text_config": {
@@ -117,10 +123,8 @@ def stage2_step(model: AdaptedCLIP, images, masks, labels) -> None:
 
 
 def variant_stage1_step(model: AdaptedCLIP, images, masks, labels) -> None:
-    config = TrainConfig(dataset="synthetic", data_root=".", save_path=".")
     model.zero_grad(set_to_none=True)
-    texts = {CLASS_TEXTS[0]: CLASS_TEXTS[0]}
-    stage1_loss(model, images, masks, labels, CLASS_TEXTS * len(images), texts, model.surgery_from, config).backward()
+    stage1_loss(model, images, masks, labels, CLASS_TEXTS * len(images), PRESETS["reference"], 0.1).backward()
 
 
 def test_batch(model: AdaptedCLIP, images, cache: dict) -> None:
@@ -165,8 +169,7 @@ def main() -> None:
     rows.append(("test batch", ours, bare, "ours / bare CLIP"))
 
     torch.manual_seed(0)
-    cross = AdaptedCLIP(backbone, cross=CrossAttentionConfig(variant="cross_attn")).to(args.device)
-    cross.vv_mode = model.vv_mode = "batch"
+    cross = AdaptedCLIP(backbone, cross=CrossAttentionConfig(variant="cross_attn")).to(args.device)  # reference
     model.train()
     cross.train()
     for name, step in (("stage-1 step", variant_stage1_step), ("stage-2 step", stage2_step)):
