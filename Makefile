@@ -31,8 +31,11 @@ llava-demo: venv
 test: venv
 	$(PY) -m pytest
 
+# ruff (lint and format) and mypy, as .ci/run runs them before the tests
 lint: venv
 	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy
 
 bench-metrics: venv
 	$(PY) benchmarks/metrics_bench.py

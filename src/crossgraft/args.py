@@ -19,7 +19,7 @@ import json
 import types
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, get_args, get_origin, get_type_hints
+from typing import Any, cast, get_args, get_origin, get_type_hints
 
 import yaml
 from transformers import HfArgumentParser
@@ -112,7 +112,7 @@ class ConfigArgumentParser(HfArgumentParser):
         kwargs.setdefault("formatter_class", HelpFormatter)
         self._groups: dict[str, argparse._ArgumentGroup] = {}
         self._sections: set[str] = set()
-        types_ = [config_types] if isinstance(config_types, type) else list(config_types)
+        types_: list[Any] = [config_types] if isinstance(config_types, type) else list(config_types)
         super().__init__(types_, **kwargs)
         self.add_argument(
             CONFIG_FLAG,
@@ -152,7 +152,8 @@ class ConfigArgumentParser(HfArgumentParser):
             plain.metadata = types.MappingProxyType(
                 {k: v for k, v in f.metadata.items() if k not in ARGPARSE_ONLY_METADATA}
             )
-            self._parse_dataclass_field(target, plain)
+            # HfArgumentParser hands argument groups to this method too; its annotation says ArgumentParser
+            self._parse_dataclass_field(cast(argparse.ArgumentParser, target), plain)
 
     @staticmethod
     def _add_positional(target: Any, f: dataclasses.Field) -> None:

@@ -56,13 +56,17 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return checkpoint
 
 
+Mismatch = tuple[str, tuple[int, ...], tuple[int, ...]]  # key, checkpoint shape, model shape
+Explain = Callable[[list[str], list[str], list[Mismatch]], str]  # (missing, unexpected, mismatched) -> likely cause
+
+
 def load_strict(
     module: nn.Module,
     state: dict[str, torch.Tensor],
     *,
     what: str,
     source: Path | str,
-    explain: Callable[[list[str], list[str], list[tuple[str, tuple, tuple]]], str] | None = None,
+    explain: Explain | None = None,
 ) -> None:
     """Load `state` into `module` only if every key and shape matches; else raise naming key, both shapes and
     the likely cause (from `explain`). Nothing is changed when it fails."""

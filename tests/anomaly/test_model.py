@@ -65,9 +65,11 @@ def test_shapes_through_both_modules(tiny_backbone, batch):
     assert side.anchors.shape == (batch, 64, 2) and side.sentences.shape == (batch, 16, 64)
     assert [t.shape for t in output.seg_tokens] == [(batch, 64, 64)] * 4 and output.det_token.shape == (batch, 64)
     module = CrossAttention(96, 64, heads=8)
-    out, weights = module(torch.randn(batch, 65, 96), torch.randn(batch, 16, 64), return_attention=True)
+    queries, context = torch.randn(batch, 65, 96), torch.randn(batch, 16, 64)
+    out, weights = module.eval().forward_with_attention(queries, context)
     assert out.shape == (batch, 65, 96) and weights.shape == (batch, 8, 65, 16)
     torch.testing.assert_close(weights.sum(-1), torch.ones(batch, 8, 65))
+    torch.testing.assert_close(module(queries, context), out, atol=1e-5, rtol=1e-5)  # the fused kernel agrees
 
 
 def test_anchors_depend_on_the_image_only_with_text_cross_attention(tiny_backbone):

@@ -15,13 +15,14 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTokenizer, CLIPVisionConfig
 from transformers.activations import ACT2FN
+from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoderLayer
 
 from crossgraft.anomaly.tiny_tokenizer import build_tiny_tokenizer
 from crossgraft.errors import CrossgraftError
@@ -72,6 +73,13 @@ def interpolate_position_embedding(position_embedding: torch.Tensor, grid_size: 
     return torch.cat([cls_row, patch_rows], dim=0)
 
 
+def _int(value: object, what: str) -> int:
+    """A CLIP config's size that must be one int (images and patches are square)."""
+    if isinstance(value, int):
+        return value
+    raise BackboneError(f"the CLIP config's {what} must be one number, got {value!r}")
+
+
 def _split_heads(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     batch, length, width = x.shape
     return x.view(batch, length, num_heads, width // num_heads).transpose(1, 2)  # (B, H, L, d)
@@ -89,6 +97,8 @@ class FrozenCLIP(nn.Module):
     1-based numbering); `levels` and `surgery_from` are 1-based, as in DESIGN.md and the public AA-CLIP flags.
     """
 
+    image_position_embedding: torch.Tensor  # (1+N, W): a buffer, positions interpolated to the run's grid
+
     def __init__(
         self,
         clip: CLIPModel,
@@ -101,19 +111,19 @@ class FrozenCLIP(nn.Module):
         super().__init__()
         self.clip = clip
         self.tokenizer = tokenizer
-        vision_config = clip.config.vision_config
-        text_config = clip.config.text_config
+        vision_config = self.vision_config
+        text_config = self.text_config
         self.vision_width = vision_config.hidden_size
         self.text_width = text_config.hidden_size
-        self.embed_dim = clip.config.projection_dim
-        self.patch_size = vision_config.patch_size
+        self.embed_dim = _int(clip.config.projection_dim, "projection width")
+        self.patch_size = _int(vision_config.patch_size, "patch size")  # CLIP's patches are square
         self.num_vision_layers = vision_config.num_hidden_layers
         self.num_text_layers = text_config.num_hidden_layers
         self.vision_heads = vision_config.num_attention_heads
         self.text_heads = text_config.num_attention_heads
         self.context_length = text_config.max_position_embeddings
 
-        self.image_size = image_size or vision_config.image_size
+        self.image_size = image_size or _int(vision_config.image_size, "image size")
         if self.image_size % self.patch_size:
             raise BackboneError(
                 f"image size {self.image_size} is not a multiple of the patch size {self.patch_size}; "
@@ -144,8 +154,8 @@ class FrozenCLIP(nn.Module):
         activation = GELU_ACTIVATIONS[gelu]
         for layer in [*self.vision_layers, *self.text_layers]:
             layer.mlp.activation_fn = ACT2FN[activation]
-        self.clip.config.vision_config.hidden_act = activation
-        self.clip.config.text_config.hidden_act = activation
+        self.vision_config.hidden_act = activation
+        self.text_config.hidden_act = activation
         self.gelu = gelu
 
     def train(self, mode: bool = True) -> FrozenCLIP:
@@ -153,12 +163,20 @@ class FrozenCLIP(nn.Module):
         return super().train(False)
 
     @property
-    def vision_layers(self) -> nn.ModuleList:
-        return self.clip.vision_model.encoder.layers
+    def vision_config(self) -> CLIPVisionConfig:
+        return cast(CLIPVisionConfig, self.clip.config.vision_config)
 
     @property
-    def text_layers(self) -> nn.ModuleList:
-        return self.clip.text_model.encoder.layers
+    def text_config(self) -> CLIPTextConfig:
+        return cast(CLIPTextConfig, self.clip.config.text_config)
+
+    @property
+    def vision_layers(self) -> list[CLIPEncoderLayer]:
+        return cast(list[CLIPEncoderLayer], list(self.clip.vision_model.encoder.layers))
+
+    @property
+    def text_layers(self) -> list[CLIPEncoderLayer]:
+        return cast(list[CLIPEncoderLayer], list(self.clip.text_model.encoder.layers))
 
     @property
     def ln_post(self) -> nn.LayerNorm:
@@ -306,14 +324,14 @@ class FrozenCLIP(nn.Module):
 
     # -------------------------------------------------------------------------------------- attention
     @staticmethod
-    def _self_attention(attn: nn.Module, h: torch.Tensor, num_heads: int, causal: bool) -> torch.Tensor:
+    def _self_attention(attn: CLIPAttention, h: torch.Tensor, num_heads: int, causal: bool) -> torch.Tensor:
         q = _split_heads(attn.q_proj(h), num_heads)
         k = _split_heads(attn.k_proj(h), num_heads)
         v = _split_heads(attn.v_proj(h), num_heads)
         out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)  # (B, H, L, d)
         return attn.out_proj(_merge_heads(out))
 
-    def _vv_attention(self, attn: nn.Module, h: torch.Tensor, num_heads: int, vv_mode: VVMode) -> torch.Tensor:
+    def _vv_attention(self, attn: CLIPAttention, h: torch.Tensor, num_heads: int, vv_mode: VVMode) -> torch.Tensor:
         v = _split_heads(attn.v_proj(h), num_heads)
         return attn.out_proj(_merge_heads(self._vv_core(v, vv_mode)))
 

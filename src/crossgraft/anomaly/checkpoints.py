@@ -11,10 +11,17 @@ image_adapter_cross_attn.pth and image_adapter_cross_attn_{epoch}.pth (add "imag
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
 
 from crossgraft.anomaly.model import AdaptedCLIP
-from crossgraft.graft import CheckpointError, load_strict, read_checkpoint, save_atomic
+from crossgraft.graft import CheckpointError, Explain, Mismatch, load_strict, read_checkpoint, save_atomic
 
 TEXT_FILE = "text_adapter.pth"
 CROSS_SUFFIX = "_cross_attn"
@@ -34,8 +41,8 @@ def _count(keys: list[str], pattern: str) -> int:
     return max(indices) + 1 if indices else 0
 
 
-def _explain_text(model: AdaptedCLIP, state: dict):
-    def explain(missing, unexpected, mismatched) -> str:
+def _explain_text(model: AdaptedCLIP, state: dict[str, torch.Tensor]) -> Explain:
+    def explain(missing: list[str], unexpected: list[str], mismatched: list[Mismatch]) -> str:
         causes = []
         saved = _count(list(state), r"(\d+)\.fc\.") - 1
         if saved != model.adapter_config.text_adapt_until:
@@ -53,8 +60,8 @@ def _explain_text(model: AdaptedCLIP, state: dict):
     return explain
 
 
-def _explain_image(model: AdaptedCLIP, state: dict):
-    def explain(missing, unexpected, mismatched) -> str:
+def _explain_image(model: AdaptedCLIP, state: dict[str, torch.Tensor]) -> Explain:
+    def explain(missing: list[str], unexpected: list[str], mismatched: list[Mismatch]) -> str:
         causes = []
         keys = list(state)
         saved_relu = any(re.match(r"(seg|det)_proj\.(\d+\.)?fc\.0\.weight", k) for k in keys)
@@ -81,7 +88,14 @@ def _explain_image(model: AdaptedCLIP, state: dict):
     return explain
 
 
-def _load_entry(module, path: Path, key: str, other: str, what: str, explain) -> dict:
+def _load_entry(
+    module: nn.Module,
+    path: Path,
+    key: str,
+    other: str,
+    what: str,
+    explain: Callable[[dict[str, torch.Tensor]], Explain],
+) -> dict[str, Any]:
     checkpoint = read_checkpoint(path)
     if key not in checkpoint:
         hint = f" (this is a {other.replace('_', ' ')} checkpoint)" if other in checkpoint else ""
@@ -90,7 +104,9 @@ def _load_entry(module, path: Path, key: str, other: str, what: str, explain) ->
     return checkpoint
 
 
-def _load_cross(module, checkpoint: dict, key: str, path: Path, adapters_only: bool) -> None:
+def _load_cross(
+    module: nn.Module | None, checkpoint: dict[str, Any], key: str, path: Path, adapters_only: bool
+) -> None:
     """The cross-attention entry must be there exactly when the model has the module."""
     if module is None or adapters_only:
         if key in checkpoint:
@@ -105,7 +121,7 @@ def _load_cross(module, checkpoint: dict, key: str, path: Path, adapters_only: b
     load_strict(module, checkpoint[key], what=key, source=path)
 
 
-def load_text_adapter(model: AdaptedCLIP, path: Path, adapters_only: bool = False) -> dict:
+def load_text_adapter(model: AdaptedCLIP, path: Path, adapters_only: bool = False) -> dict[str, Any]:
     """Load a text checkpoint (ours or the public code's) strictly; returns the checkpoint dict.
     `adapters_only`: load just the adapters (a base model's, for fair comparison)."""
     checkpoint = _load_entry(
@@ -120,7 +136,7 @@ def load_text_adapter(model: AdaptedCLIP, path: Path, adapters_only: bool = Fals
     return checkpoint
 
 
-def load_image_adapter(model: AdaptedCLIP, path: Path, adapters_only: bool = False) -> dict:
+def load_image_adapter(model: AdaptedCLIP, path: Path, adapters_only: bool = False) -> dict[str, Any]:
     """Load an image checkpoint (ours or the public code's) strictly; returns the checkpoint dict."""
     checkpoint = _load_entry(
         model.image_adapter,
@@ -134,7 +150,7 @@ def load_image_adapter(model: AdaptedCLIP, path: Path, adapters_only: bool = Fal
     return checkpoint
 
 
-def save_text_adapter(model: AdaptedCLIP, optimizer, epoch: int, save_path: Path) -> Path:
+def save_text_adapter(model: AdaptedCLIP, optimizer: Optimizer, epoch: int, save_path: Path) -> Path:
     checkpoint = {
         "epoch": epoch,
         "text_adapter": model.text_adapter.state_dict(),
@@ -145,7 +161,9 @@ def save_text_adapter(model: AdaptedCLIP, optimizer, epoch: int, save_path: Path
     return save_atomic(checkpoint, Path(save_path) / text_file(model.cross.variant))
 
 
-def save_image_adapter(model: AdaptedCLIP, optimizer, scheduler, epoch: int, save_path: Path) -> Path:
+def save_image_adapter(
+    model: AdaptedCLIP, optimizer: Optimizer, scheduler: LRScheduler, epoch: int, save_path: Path
+) -> Path:
     """Write the latest image checkpoint and the one of this epoch."""
     checkpoint = {
         "epoch": epoch,

@@ -90,7 +90,7 @@ def cmd_inspect_data(config: cfg.InspectConfig) -> int:
 
 def cmd_k_shot(config: cfg.KShotConfig) -> int:
     chosen = sample_k_shot(config.data.load(config.split), config.shot, config.seed)
-    out = write_jsonl(chosen, config.out, root=config.data.root)
+    out = write_jsonl(chosen, config.jsonl, root=config.data.root)
     print(f"{len(chosen)} images ({config.shot} per class, seed {config.seed}) written to {out}")
     print(f"use it with --meta {out}")
     return 0

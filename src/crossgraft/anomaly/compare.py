@@ -35,8 +35,8 @@ class MetricDelta:
     ci_high: float | None
 
 
-def _results_file(path: str) -> Path:
-    path = Path(path)
+def _results_file(spec_path: str) -> Path:
+    path = Path(spec_path)
     candidate = path / "results.json" if path.is_dir() else path
     if not candidate.is_file():
         raise ConfigError(f"no results.json at {path} (run `crossgraft anomaly test` first)")
@@ -115,7 +115,7 @@ def format_comparison(name_a: str, name_b: str, deltas: list[MetricDelta], per_c
     for d in deltas:
         ref = f"{100 * d.reference:.1f}" + (f" ± {100 * d.reference_std:.1f}" if seeds > 1 else "")
         oth = f"{100 * d.other:.1f}" + (f" ± {100 * d.other_std:.1f}" if seeds > 1 else "")
-        ci = "" if d.ci_low is None else f"[{100 * d.ci_low:+.1f}, {100 * d.ci_high:+.1f}]"
+        ci = "" if d.ci_low is None or d.ci_high is None else f"[{100 * d.ci_low:+.1f}, {100 * d.ci_high:+.1f}]"
         lines.append(f"{COLUMNS[d.metric]:<10}{ref:>16}{oth:>16}{100 * d.delta:>+9.1f}   {ci}")
     if per_class:
         metrics = list(per_class)
@@ -138,13 +138,15 @@ def compare(specs: list[str], out: Path | None = None, seed: int = 0) -> str:
     if len(specs) < 2:
         raise ConfigError("compare needs at least two runs")
     reference = load_run(specs[0])
-    texts, document = [], {"reference": specs[0], "comparisons": []}
+    texts: list[str] = []
+    comparisons: list[dict] = []
+    document = {"reference": specs[0], "comparisons": comparisons}
     for spec in specs[1:]:
         other = load_run(spec)
         deltas, per_class = compare_runs(reference, other, seed=seed)
         seeds = max(len(reference), len(other))
         texts.append(format_comparison(split_spec(specs[0])[0], split_spec(spec)[0], deltas, per_class, seeds))
-        document["comparisons"].append({"run": spec, "mean": [d.__dict__ for d in deltas], "per_class": per_class})
+        comparisons.append({"run": spec, "mean": [d.__dict__ for d in deltas], "per_class": per_class})
     text = "\n\n".join(texts)
     if out is not None:
         write_text_atomic(Path(out) / "compare.json", json.dumps(document, indent=2))

@@ -776,7 +776,11 @@ class KShotConfig(InspectConfig):
 
     def __post_init__(self) -> None:
         _require(self.shot >= 2 and self.shot % 2 == 0, f"--shot must be an even number >= 2, got {self.shot}")
-        self.out = _path(self.out) or Path(f"{self.data.dataset}_{self.shot}shot_seed{self.seed}.jsonl")
+        self.out = _path(self.out)
+
+    @property
+    def jsonl(self) -> Path:
+        return self.out or Path(f"{self.data.dataset}_{self.shot}shot_seed{self.seed}.jsonl")
 
 
 @dataclass(kw_only=True)

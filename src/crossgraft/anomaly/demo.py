@@ -29,6 +29,7 @@ from crossgraft.anomaly.data.synthetic import SyntheticConfig, class_names, make
 from crossgraft.anomaly.evaluate import evaluate, evaluate_model
 from crossgraft.anomaly.metrics import AnomalyMetrics, mean_metrics
 from crossgraft.anomaly.model import AdaptedCLIP
+from crossgraft.anomaly.report import percent
 from crossgraft.anomaly.train import train
 from crossgraft.runlog import setup_run_logging
 
@@ -66,7 +67,9 @@ def demo_training(config: DemoConfig, data_root: Path, classes: list[str], save_
     )
 
 
-def heldout_eval(data_root: Path, classes: list[str], run_dir: Path, out: Path, device: str, visualize: bool = False):
+def heldout_eval(
+    data_root: Path, classes: list[str], run_dir: Path, out: Path, device: str, visualize: bool = False
+) -> EvalConfig:
     return EvalConfig(
         data=DataConfig(dataset="synthetic", data_root=data_root, classes=classes),
         save_path=run_dir,
@@ -110,7 +113,8 @@ def run_demo(config: DemoConfig) -> dict[str, dict[str, AnomalyMetrics]]:
     logger.info("\nmean over classes (%%):  %-40s %8s %8s %8s", "", "P-AUROC", "I-AUROC", "AUPRO")
     for name, per_class in results.items():
         mean = mean_metrics(per_class)
-        logger.info("  %-60s %8.1f %8.1f %8.1f", name, 100 * mean.pixel_auroc, 100 * mean.image_auroc, 100 * mean.aupro)
+        cells = [percent(value) for value in (mean.pixel_auroc, mean.image_auroc, mean.aupro)]
+        logger.info("  %-60s %8s %8s %8s", name, *cells)
     logger.info(
         "heat maps (image | ground truth | heat map | overlay): %s, %s",
         out / "heldout" / "visualize",

@@ -15,13 +15,14 @@ from crossgraft.anomaly.config import (
     CrossAttentionConfig,
     FeaturesConfig,
     GradFlowConfig,
+    Variant,
     resolve_device,
 )
 from crossgraft.anomaly.data import AnomalyDataset, EvalTransform
 from crossgraft.anomaly.data.formats import output_stem, read_folder
 from crossgraft.anomaly.infer import load_trained
 from crossgraft.anomaly.losses import stage2_loss
-from crossgraft.anomaly.model import AdaptedCLIP
+from crossgraft.anomaly.model import AdaptedCLIP, TextSide
 from crossgraft.anomaly.prompts import class_sentences, class_text
 from crossgraft.anomaly.visualize import save_panel
 from crossgraft.errors import ConfigError
@@ -62,7 +63,9 @@ class GradientFlow:
         )
 
 
-def _adapter_grad_norm(model: AdaptedCLIP, images, masks, labels, text) -> float:
+def _adapter_grad_norm(
+    model: AdaptedCLIP, images: torch.Tensor, masks: torch.Tensor, labels: torch.Tensor, text: TextSide
+) -> float:
     model.zero_grad(set_to_none=True)
     stage2_loss(model, images, masks, labels, text).backward()
     grads = [p.grad.norm() ** 2 for p in model.image_adapter.parameters() if p.grad is not None]
@@ -70,7 +73,13 @@ def _adapter_grad_norm(model: AdaptedCLIP, images, masks, labels, text) -> float
 
 
 def gradient_flow(
-    model: AdaptedCLIP, images, masks, labels, class_texts: list[str], norm_match: bool = True, seed: int = 0
+    model: AdaptedCLIP,
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    labels: torch.Tensor,
+    class_texts: list[str],
+    norm_match: bool = True,
+    seed: int = 0,
 ) -> GradientFlow:
     """Seed 001's stage-2 gradient test on one batch: the image adapters' gradient norm without image
     cross-attention, and with it (Xavier-initialised, or the model's own when it has one)."""
@@ -78,7 +87,7 @@ def gradient_flow(
         text = model.image_text(class_texts, images)
     base = AdaptedCLIP(model.backbone, model.adapter_config, replace(model.cross, variant="base"), model.vv_mode)
     base.image_adapter.load_state_dict(model.image_adapter.state_dict())
-    variant = "cross_attn" if model.text_cross_attn is not None else "image_cross_attn"
+    variant: Variant = "cross_attn" if model.text_cross_attn is not None else "image_cross_attn"
     torch.manual_seed(seed)
     crossed = AdaptedCLIP(
         model.backbone,
@@ -87,7 +96,7 @@ def gradient_flow(
         model.vv_mode,
     )
     crossed.image_adapter.load_state_dict(model.image_adapter.state_dict())
-    if model.image_cross_attn is not None:
+    if model.image_cross_attn is not None and crossed.image_cross_attn is not None:
         crossed.image_cross_attn.load_state_dict(model.image_cross_attn.state_dict())
     base.eval(), crossed.eval()  # no dropout: the two passes differ only by the cross-attention
     return GradientFlow(
@@ -109,7 +118,7 @@ def text_to_patch_attention(model: AdaptedCLIP, image: torch.Tensor, class_text:
     x = backbone.text_block(0, backbone.embed_text(ids).to(backbone.dtype))  # (S, T, Wt)
     context = model.image_context(image)  # (1, N, E)
     model.text_cross_attn.eval()
-    _, weights = model.text_cross_attn(x.reshape(1, -1, x.shape[-1]), context, return_attention=True)
+    _, weights = model.text_cross_attn.forward_with_attention(x.reshape(1, -1, x.shape[-1]), context)
     weights = weights.mean(1)[0].reshape(ids.shape[0], ids.shape[1], -1)  # (S, T, N)
     tokens = [backbone.tokenizer.convert_ids_to_tokens(row) for row in ids.tolist()]
     maps = {}
@@ -190,7 +199,7 @@ def feature_report(config: FeaturesConfig) -> str:
     features = backbone.encode_image(images)
     vv = backbone.encode_image_vv(images, surgery_from=backbone.levels[0])
     text = backbone.encode_text(["a photo of a damaged object.", "object"])
-    grid, trained = backbone.grid_size, backbone.clip.config.vision_config.image_size
+    grid, trained = backbone.grid_size, backbone.vision_config.image_size
     lines = [
         f"CLIP {config.backbone.clip}: vision {backbone.num_vision_layers} blocks x {backbone.vision_width}, text "
         f"{backbone.num_text_layers} blocks x {backbone.text_width}, embedding {backbone.embed_dim}",

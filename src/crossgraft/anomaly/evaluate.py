@@ -9,10 +9,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from crossgraft.anomaly.config import EvalConfig, resolve_device
-from crossgraft.anomaly.data import AnomalyDataset, EvalTransform, get_spec, group_by_class
+from crossgraft.anomaly.data import AnomalyDataset, EvalTransform, Sample, get_spec, group_by_class
 from crossgraft.anomaly.infer import anomaly_maps, batch_text, fuse_image_scores, load_trained
 from crossgraft.anomaly.metrics import AnomalyMetrics, ClassMetricsAccumulator
-from crossgraft.anomaly.model import AdaptedCLIP
+from crossgraft.anomaly.model import AdaptedCLIP, TextSide
 from crossgraft.anomaly.prompts import class_text
 from crossgraft.anomaly.report import format_table, write_csv, write_json
 from crossgraft.anomaly.visualize import save_panel
@@ -60,14 +60,25 @@ def evaluate_model(
 
 
 def evaluate_class(
-    model, has_text: bool, samples, text: str, domain, transform, config: EvalConfig, visual_dir: Path
+    model: AdaptedCLIP,
+    has_text: bool,
+    samples: list[Sample],
+    text: str,
+    domain: str,
+    transform: EvalTransform,
+    config: EvalConfig,
+    visual_dir: Path,
 ) -> AnomalyMetrics:
     """Maps batch by batch into the metric accumulator; image scores fused with the class-wide normalisation."""
     size = model.backbone.image_size
     pixels = ClassMetricsAccumulator(pro_compat=config.pro_compat, expected_pixels=len(samples) * size * size)
     has_masks = all(s.mask_path is not None for s in samples if s.label == 1)
-    map_max, map_min, det_scores, labels, kept = [], [], [], [], []
-    text_cache: dict = {}
+    map_max: list[np.ndarray] = []  # per batch (B,)
+    map_min: list[np.ndarray] = []
+    det_scores: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    kept: list[tuple[Sample, np.ndarray, np.ndarray]] = []  # what --visualize draws once the class range is known
+    text_cache: dict[str, TextSide] = {}
     loader = DataLoader(
         AnomalyDataset(samples, transform), batch_size=config.batch_size, num_workers=config.num_workers
     )
@@ -86,11 +97,10 @@ def evaluate_class(
                 (samples[i], maps[j].astype(np.float16), batch["mask"][j].numpy())
                 for j, i in enumerate(batch["index"].tolist())
             ]
-    map_max, map_min = np.concatenate(map_max), np.concatenate(map_min)
-    det, labels = np.concatenate(det_scores), np.concatenate(labels)
-    image_scores = fuse_image_scores(map_max, det, float(map_min.min()), float(map_max.max()), domain)
-    pixels.add_images(image_scores, labels)
-    low, high = float(map_min.min()), float(map_max.max())
+    maxima, minima = np.concatenate(map_max), np.concatenate(map_min)  # (N,)
+    low, high = float(minima.min()), float(maxima.max())
+    image_scores = fuse_image_scores(maxima, np.concatenate(det_scores), low, high, domain)
+    pixels.add_images(image_scores, np.concatenate(labels))
     for sample, score_map, mask in kept:  # heat maps share the class-wide range, as the scores do
         save_panel(
             sample.image_path,

@@ -58,7 +58,7 @@ def anomaly_maps(model: AdaptedCLIP, images: torch.Tensor, text: TextSide, domai
     anchors = text.anchors
     output = model(images, text_context=text.sentences if model.image_cross_attn is not None else None)
     size = images.shape[-1]
-    maps = 0
+    maps = torch.zeros(len(images), size, size, device=images.device)  # (B, S, S)
     for seg_tokens in output.seg_tokens:
         level = gaussian_blur(level_logit_gap(seg_tokens, anchors).float(), kernel_size, sigma)
         maps = maps + F.interpolate(level[:, None], size=(size, size), mode="bilinear", align_corners=True)[:, 0]

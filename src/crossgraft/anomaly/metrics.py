@@ -287,7 +287,9 @@ def _metrics_from_sorted_keys(
     return result
 
 
-def _aupro(fp_at, fp_in_group, pro_at, num_negative, fpr_limit) -> float:
+def _aupro(
+    fp_at: np.ndarray, fp_in_group: np.ndarray, pro_at: np.ndarray, num_negative: int, fpr_limit: float
+) -> float:
     """Integrate the MVTec (FPR, PRO) curve from (0, 0) to the limit, descending thresholds.
 
     Between two groups with anomalous pixels PRO is flat, so the curve's vertices are, per group: the
@@ -379,7 +381,7 @@ class ClassMetricsAccumulator:
                     f"{len(pixel_scores)} anomaly maps but {np.asarray(image_scores).size} image scores"
                 )
         self.add_images(image_scores, image_labels)
-        if pixel_scores is not None:
+        if pixel_scores is not None and masks is not None:
             self.add_pixels(pixel_scores, masks)
 
     def add_images(self, image_scores: np.ndarray, image_labels: np.ndarray) -> None:

@@ -11,6 +11,7 @@ Each adapter's output is rescaled to the norm of the tokens it adapts and mixed 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -76,10 +77,9 @@ class AdaptedCLIP(nn.Module):
         # 1-based first V-V block of the frozen stage-1 path
         self.surgery_from = surgery_start(backbone.num_vision_layers, adapter.surgery_until_layer, backbone.levels)
         text_width, vision_width, embed = backbone.text_width, backbone.vision_width, backbone.embed_dim
-        self.text_adapter = nn.ModuleList(
-            [SimpleAdapter(text_width, text_width) for _ in range(adapter.text_adapt_until)]
-            + [SimpleProj(text_width, embed, relu=True)]
-        )
+        text_modules: list[nn.Module] = [SimpleAdapter(text_width, text_width) for _ in range(adapter.text_adapt_until)]
+        text_modules.append(SimpleProj(text_width, embed, relu=True))  # replaces CLIP's text projection
+        self.text_adapter = nn.ModuleList(text_modules)
         self.image_adapter = nn.ModuleDict(
             {
                 "layer_adapters": nn.ModuleList(
@@ -169,9 +169,9 @@ class AdaptedCLIP(nn.Module):
             embeddings = self._text_after_block_one(x, image_ids).reshape(len(texts), per_class, -1)
         embeddings = F.normalize(embeddings, dim=-1)
         num_normal = len(NORMAL_STATES) * len(TEMPLATES)
-        normal = F.normalize(embeddings[:, :num_normal].mean(1), dim=-1)
-        abnormal = F.normalize(embeddings[:, num_normal:].mean(1), dim=-1)
-        return TextSide(anchors=torch.stack([normal, abnormal], dim=-1), sentences=embeddings)
+        normal_anchor = F.normalize(embeddings[:, :num_normal].mean(1), dim=-1)  # (B, E)
+        abnormal_anchor = F.normalize(embeddings[:, num_normal:].mean(1), dim=-1)
+        return TextSide(anchors=torch.stack([normal_anchor, abnormal_anchor], dim=-1), sentences=embeddings)
 
     def image_text(self, texts: list[str], images: torch.Tensor) -> TextSide:
         """The text side of a batch of images (one class text each), as the variant uses it at test time:
@@ -200,7 +200,8 @@ class AdaptedCLIP(nn.Module):
         With image cross-attention the tokens attend, after vision block `image_adapt_until`, to their image's
         L2-normalised sentence embeddings `text_context` (B, S, E)."""
         backbone = self.backbone
-        adapters = self.image_adapter["layer_adapters"]
+        adapters = cast(nn.ModuleList, self.image_adapter["layer_adapters"])
+        seg_projections = cast(nn.ModuleList, self.image_adapter["seg_proj"])
         x = backbone.embed_image(images)  # (B, 1+N, Wv)
         level_tokens = []
         for index in range(backbone.num_vision_layers):
@@ -208,23 +209,24 @@ class AdaptedCLIP(nn.Module):
             if index < self.adapter_config.image_adapt_until:
                 x = mix_adapter(x, adapters[index](x), self.adapter_config.image_adapt_weight)
             if self.image_cross_attn is not None and index + 1 == self.image_cross_attn_after:
-                x = self._attend_to_text(x, text_context)
+                x = self._attend_to_text(self.image_cross_attn, x, text_context)
             if index + 1 in backbone.levels:
                 level_tokens.append(backbone.ln_post(x[:, 1:]))  # (B, N, Wv)
         seg_tokens = [
-            F.normalize(projection(tokens), dim=-1)
-            for projection, tokens in zip(self.image_adapter["seg_proj"], level_tokens)
+            F.normalize(projection(tokens), dim=-1) for projection, tokens in zip(seg_projections, level_tokens)
         ]
         det_token = F.normalize(self.image_adapter["det_proj"](level_tokens[-1]), dim=-1).mean(1)
         return ImageOutput(seg_tokens=seg_tokens, det_token=det_token)
 
-    def _attend_to_text(self, x: torch.Tensor, text_context: torch.Tensor | None) -> torch.Tensor:
+    def _attend_to_text(
+        self, cross_attn: CrossAttention, x: torch.Tensor, text_context: torch.Tensor | None
+    ) -> torch.Tensor:
         if text_context is None:
             raise ShapeError(f"image cross-attention needs the text context (B, S, E) of the {len(x)} images")
-        out = self.image_cross_attn(x, text_context.to(x.dtype))  # (B, 1+N, Wv)
+        out = cross_attn(x, text_context.to(x.dtype))  # (B, 1+N, Wv)
         if self.cross.image_norm_match:
             out = out * x.norm(dim=-1, keepdim=True) / (out.norm(dim=-1, keepdim=True) + 1e-6)
-        return x + self.image_cross_attn.residual_weight * out
+        return x + cross_attn.residual_weight * out
 
 
 @torch.no_grad()

@@ -17,7 +17,7 @@ class SimpleAdapter(nn.Module):
         super().__init__()
         self.fc = nn.Sequential(nn.Linear(in_features, out_features, bias=False), nn.LeakyReLU(LEAKY_SLOPE))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(x)
 
 
@@ -29,7 +29,7 @@ class SimpleProj(nn.Module):
         linear = nn.Linear(in_features, out_features, bias=False)
         self.fc = nn.Sequential(linear, nn.LeakyReLU(LEAKY_SLOPE)) if relu else linear
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(x)
 
 
@@ -46,6 +46,8 @@ class CrossAttention(nn.Module):
     q/k/v/out are Linear with bias (Xavier weights, zero biases); softmax(QKᵀ/√d_head)V with dropout on the
     attention weights. The inner width is the context width, so kdim/vdim may differ from the query width.
     """
+
+    residual_weight: torch.Tensor  # w of `x + w · out`: a parameter or a fixed (unsaved) buffer
 
     def __init__(
         self,
@@ -99,25 +101,27 @@ class CrossAttention(nn.Module):
                 "size: one context per image is needed"
             )
 
-    def _split(self, x):
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
         batch, length, width = x.shape
         return x.view(batch, length, self.heads, width // self.heads).transpose(1, 2)  # (B, H, L, d)
 
-    def forward(self, queries, context, return_attention: bool = False):
-        """queries (B, Lq, Dq), context (B, Lc, Dc) -> (B, Lq, Dq) [, attention (B, H, Lq, Lc)]."""
+    def _project(self, queries: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, ...]:
         self.check_shapes(queries, context)
-        q, k, v = (
-            self._split(self.q_proj(queries)),
-            self._split(self.k_proj(context)),
-            self._split(self.v_proj(context)),
-        )
-        dropout = self.dropout if self.training else 0.0
-        if return_attention:
-            weights = (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(dim=-1)
-            out = nn.functional.dropout(weights, dropout, self.training) @ v
-        else:
-            weights = None
-            out = nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        return self._split(self.q_proj(queries)), self._split(self.k_proj(context)), self._split(self.v_proj(context))
+
+    def _merge(self, out: torch.Tensor) -> torch.Tensor:
         batch, heads, length, head_dim = out.shape
-        out = self.out_proj(out.transpose(1, 2).reshape(batch, length, heads * head_dim))
-        return (out, weights) if return_attention else out
+        return self.out_proj(out.transpose(1, 2).reshape(batch, length, heads * head_dim))  # (B, L, Dq)
+
+    def forward(self, queries: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        """queries (B, Lq, Dq), context (B, Lc, Dc) -> (B, Lq, Dq), through the fused attention kernel."""
+        q, k, v = self._project(queries, context)
+        dropout = self.dropout if self.training else 0.0
+        return self._merge(nn.functional.scaled_dot_product_attention(q, k, v, dropout_p=dropout))
+
+    def forward_with_attention(self, queries: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same output and the attention weights (B, H, Lq, Lc), written out (for attention maps)."""
+        q, k, v = self._project(queries, context)
+        weights = (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(dim=-1)
+        out = nn.functional.dropout(weights, self.dropout, self.training) @ v
+        return self._merge(out), weights

@@ -32,6 +32,11 @@ def _columns(per_class: dict[str, AnomalyMetrics]) -> list[str]:
     return fields
 
 
+def percent(value: float | None) -> str:
+    """A metric in percent with one decimal, or n/a where it does not apply."""
+    return NOT_APPLICABLE if value is None else f"{100 * value:.1f}"
+
+
 def format_table(per_class: dict[str, AnomalyMetrics], title: str | None = None) -> str:
     """A plain-text table in percent (one decimal), classes then their mean."""
     fields = _columns(per_class)
@@ -49,7 +54,7 @@ def format_table(per_class: dict[str, AnomalyMetrics], title: str | None = None)
         cells = []
         for field, width in zip(fields, widths):
             value = getattr(metrics, field)
-            cells.append(f"{NOT_APPLICABLE if value is None else f'{100 * value:.1f}':>{width}}")
+            cells.append(f"{percent(value):>{width}}")
         lines.append(f"{name:<{name_width}}  " + "  ".join(cells))
     if any(getattr(m, f) is None for m in per_class.values() for f in fields):
         lines.append(

@@ -15,12 +15,14 @@ START_OF_TEXT = "<|startoftext|>"
 END_OF_TEXT = "<|endoftext|>"
 CONTEXT_LENGTH = 77
 
-PROMPT_WORDS = (
-    "a the of photo with flaw defect damage damaged broken object normal anomalous good "
-    "bottle cable capsule carpet grid hazelnut leather metal nut pill screw tile toothbrush transistor wood zipper "
-    "candle capsules cashew chewinggum fryum macaroni pcb pipe "
-    "stripes checker dots rings waves weave disc plate panel fabric scan surface texture"
-).split()
+PROMPT_WORDS = tuple(
+    (
+        "a the of photo with flaw defect damage damaged broken object normal anomalous good "
+        "bottle cable capsule carpet grid hazelnut leather metal nut pill screw tile toothbrush transistor wood zipper "
+        "candle capsules cashew chewinggum fryum macaroni pcb pipe "
+        "stripes checker dots rings waves weave disc plate panel fabric scan surface texture"
+    ).split()
+)
 
 
 def build_tiny_tokenizer(words: tuple[str, ...] = PROMPT_WORDS) -> CLIPTokenizer:
@@ -41,4 +43,4 @@ def build_tiny_tokenizer(words: tuple[str, ...] = PROMPT_WORDS) -> CLIPTokenizer
             vocab.setdefault(merged, len(vocab))
     vocab[START_OF_TEXT] = len(vocab)
     vocab[END_OF_TEXT] = len(vocab)  # highest id, as in OpenAI's vocabulary (argmax finds EOT)
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=CONTEXT_LENGTH)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=CONTEXT_LENGTH)  # type: ignore[arg-type]

@@ -30,7 +30,7 @@ def save_panel(
 ) -> Path:
     """Write image | ground truth (if given) | heat map | overlay, all at the score map's size."""
     height, width = score_map.shape
-    image = np.asarray(load_image(Path(image_path)).resize((width, height), Image.BICUBIC))
+    image = np.asarray(load_image(Path(image_path)).resize((width, height), Image.Resampling.BICUBIC))
     heat = heatmap_rgb(score_map, low, high)
     overlay = (0.5 * image + 0.5 * heat).astype(np.uint8)
     tiles = [image]

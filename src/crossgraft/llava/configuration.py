@@ -64,7 +64,7 @@ class LlavaQwenConfig(Qwen2Config):
     tokenizer_model_max_length: int | None = None  # spliced sequences are cut to this length
     tokenizer_padding_side: str = "right"
 
-    def __post_init__(self, **kwargs):
+    def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)
         if self.vision_config is None and self.mm_vision_tower in KNOWN_VISION_TOWERS:
             self.vision_config = dict(KNOWN_VISION_TOWERS[self.mm_vision_tower])
@@ -138,12 +138,12 @@ class LlavaQwenAlternatingCrossConfig(LlavaQwenConfig):
     xattn_every_n_layers: int = 4
 
     @classmethod
-    def from_dict(cls, config_dict: dict[str, Any], **kwargs):
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> Any:
         config_dict = dict(config_dict)
         config_dict.setdefault("xattn_mode", "mask")
         return super().from_dict(config_dict, **kwargs)
 
-    def __post_init__(self, **kwargs):
+    def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)
         if self.xattn_mode not in XATTN_MODES:
             raise LlavaConfigError(f"xattn_mode must be one of {', '.join(XATTN_MODES)}, not {self.xattn_mode!r}")

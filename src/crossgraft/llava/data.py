@@ -196,7 +196,7 @@ def load_records(data_path: str, seed: int = 0) -> list[Record]:
 
 # -------------------------------------------------------------------------------------------- tokenising
 def tokenize_conversation(
-    turns: list[dict[str, str]], tokenizer, system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    turns: list[dict[str, str]], tokenizer: PreTrainedTokenizerBase, system_prompt: str = DEFAULT_SYSTEM_PROMPT
 ) -> tuple[list[int], list[int]]:
     """Qwen chat template; `<image>` becomes IMAGE_TOKEN_INDEX. Labels learn each assistant answer and its
     `<|im_end|>`; the system and user turns, the role headers and the newlines are IGNORE_INDEX.
@@ -234,7 +234,9 @@ def tokenize_conversation(
     return input_ids, labels
 
 
-def generation_prompt(question: str, tokenizer, system_prompt: str = DEFAULT_SYSTEM_PROMPT) -> list[int]:
+def generation_prompt(
+    question: str, tokenizer: PreTrainedTokenizerBase, system_prompt: str = DEFAULT_SYSTEM_PROMPT
+) -> list[int]:
     """Token ids of a one-question Qwen-template prompt that ends with the assistant header, for generate()."""
     input_ids, _ = tokenize_conversation([{"from": "human", "value": question}], tokenizer, system_prompt)
     return input_ids + tokenizer("<|im_start|>assistant\n", add_special_tokens=False).input_ids
@@ -247,11 +249,11 @@ class LazySupervisedDataset(Dataset):
     def __init__(
         self,
         records: list[Record],
-        tokenizer,
-        image_processor,
+        tokenizer: PreTrainedTokenizerBase,
+        image_processor: SquareImageProcessor,
         image_folder: str | None,
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
-    ):
+    ) -> None:
         self.records = records
         self.tokenizer = tokenizer
         self.image_processor = image_processor

@@ -10,11 +10,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors.torch import load_file
 from transformers import SiglipConfig, SiglipVisionConfig
+from transformers.utils import cached_file
 from transformers.utils import logging as hf_logging
 
 from crossgraft.graft import CheckpointError, CopyReport, selective_copy
@@ -70,10 +71,11 @@ def read_raw_config(name_or_path: str) -> dict[str, Any]:
         if not path.is_file():
             raise CheckpointError(f"{name_or_path}: no config.json in this folder")
     elif not path.is_file():
-        from transformers.utils import cached_file
-
         try:
-            path = Path(cached_file(name_or_path, "config.json"))
+            cached = cached_file(name_or_path, "config.json")
+            if cached is None:
+                raise OSError("no config.json there")
+            path = Path(cached)
         except Exception as error:  # OSError, network and repo errors all mean "cannot get it"
             raise CheckpointError(
                 f"{name_or_path}: not a local folder, and its config.json could not be fetched "
@@ -130,8 +132,9 @@ def vision_tower_fields(vision_tower: str) -> dict[str, Any]:
         raw = read_raw_config(vision_tower)
     except CheckpointError as error:
         raise LlavaConfigError(f"--vision_tower: {error}") from error
+    config: SiglipVisionConfig
     if raw.get("model_type") == "siglip":
-        config = SiglipConfig.from_dict(raw).vision_config
+        config = cast(SiglipVisionConfig, SiglipConfig.from_dict(raw).vision_config)
     elif raw.get("model_type") == "siglip_vision_model":
         config = SiglipVisionConfig.from_dict(raw)
     else:
@@ -142,7 +145,7 @@ def vision_tower_fields(vision_tower: str) -> dict[str, Any]:
     return {"mm_vision_tower": vision_tower, "vision_config": fields}
 
 
-def build_config(raw: dict[str, Any], model_type: str, **overrides) -> LlavaQwenConfig:
+def build_config(raw: dict[str, Any], model_type: str, **overrides: Any) -> LlavaQwenConfig:
     """The config of `model_type` from a raw config.json (any supported type) plus overrides."""
     fields = {k: v for k, v in raw.items() if k not in _NOT_CONFIG_FIELDS}
     fields.update(overrides)
@@ -269,7 +272,9 @@ def plan_init_from_backbone(
     return BackboneInit(config, matched, report, kind)
 
 
-def build_from_plan(plan: BackboneInit, attn_implementation: str = "sdpa", dtype: torch.dtype | None = None):
+def build_from_plan(
+    plan: BackboneInit, attn_implementation: str = "sdpa", dtype: torch.dtype | None = None
+) -> LlavaQwenForCausalLM:
     """Create the model through `from_pretrained(None, config=…, state_dict=…)`: the copied tensors are loaded,
     everything else is initialised by transformers (gates at 0), and DeepSpeed ZeRO-3 partitions as usual."""
     check_attention_implementation(attn_implementation)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,7 @@ from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer, Qwen2MLP, Qwen2RMSNorm, Qwen2RotaryEmbedding
 
+from crossgraft.errors import ShapeError
 from crossgraft.llava.configuration import (
     IGNORE_INDEX,
     LlavaConfigError,
@@ -141,7 +143,7 @@ class LlavaQwenModel(LlavaQwenPreTrainedModel):
 
     def __init__(self, config: LlavaQwenConfig):
         super().__init__(config)
-        if any(kind != "full_attention" for kind in config.layer_types):
+        if any(kind != "full_attention" for kind in config.layer_types or []):
             raise LlavaConfigError("sliding-window Qwen2 layers are not supported (set use_sliding_window=false)")
         self.padding_idx = config.pad_token_id
         self.vocab_size = config.vocab_size
@@ -154,8 +156,9 @@ class LlavaQwenModel(LlavaQwenPreTrainedModel):
         self.mm_projector = build_projector(config)
         self.image_newline = nn.Parameter(torch.empty(config.hidden_size))
         # Empty (no parameters) unless the config is a gated alternating_cross one.
+        gated = config if isinstance(config, LlavaQwenAlternatingCrossConfig) else None
         self.xattn = nn.ModuleDict(
-            {str(i): GatedCrossAttentionBlock(config) for i in getattr(config, "xattn_layers", [])}
+            {str(i): GatedCrossAttentionBlock(gated) for i in gated.xattn_layers} if gated else {}
         )
         self.gradient_checkpointing = False
         self.post_init()
@@ -177,9 +180,9 @@ class LlavaQwenModel(LlavaQwenPreTrainedModel):
 
     def prepare_multimodal_inputs(
         self,
-        input_ids: torch.LongTensor,
+        input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        labels: torch.LongTensor | None = None,
+        labels: torch.Tensor | None = None,
         images: torch.Tensor | None = None,
     ) -> MultimodalInputs:
         """Splice image features in at the `<image>` placeholders, then re-pad the batch.
@@ -193,11 +196,13 @@ class LlavaQwenModel(LlavaQwenPreTrainedModel):
         placeholder_count = int(placeholder.sum())
         image_count = 0 if images is None else images.shape[0]
         if placeholder_count != image_count:
-            raise ValueError(
+            raise ShapeError(
                 f"the batch has {placeholder_count} <image> placeholders but {image_count} images were given"
             )
         text_embeds = self.embed_tokens(input_ids.clamp(min=0))  # (B, S, D); placeholder rows are replaced
-        image_features = self.encode_images(images) if image_count else None  # (N, T, D)
+        image_features = (  # (N, T, D)
+            self.encode_images(images) if images is not None and image_count else text_embeds.new_zeros(0, 0, 0)
+        )
 
         sequences, sequence_labels, sequence_is_image, contexts = [], [], [], []
         next_image = 0
@@ -233,7 +238,14 @@ class LlavaQwenModel(LlavaQwenPreTrainedModel):
             sequence_labels = [lab[:limit] if lab is not None else None for lab in sequence_labels]
         return self._pad(sequences, sequence_labels, sequence_is_image, contexts, with_labels=labels is not None)
 
-    def _pad(self, sequences, sequence_labels, sequence_is_image, contexts, with_labels: bool) -> MultimodalInputs:
+    def _pad(
+        self,
+        sequences: list[torch.Tensor],
+        sequence_labels: list[torch.Tensor | None],
+        sequence_is_image: list[torch.Tensor],
+        contexts: list[torch.Tensor],
+        with_labels: bool,
+    ) -> MultimodalInputs:
         batch = len(sequences)
         length = max(len(s) for s in sequences)
         hidden, device, dtype = sequences[0].shape[-1], sequences[0].device, sequences[0].dtype
@@ -249,8 +261,9 @@ class LlavaQwenModel(LlavaQwenPreTrainedModel):
             attention_mask[row, span] = 1
             position_ids[row, span] = torch.arange(n, device=device)
             image_token_mask[row, span] = sequence_is_image[row]
-            if labels is not None:
-                labels[row, span] = sequence_labels[row]
+            row_labels = sequence_labels[row]
+            if labels is not None and row_labels is not None:
+                labels[row, span] = row_labels
 
         image_context = image_context_mask = None
         context_length = max(len(c) for c in contexts)
@@ -313,17 +326,19 @@ class LlavaQwenForCausalLM(LlavaQwenPreTrainedModel):
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens
 
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        if not isinstance(value, nn.Embedding):
+            raise LlavaConfigError(f"input embeddings must be an nn.Embedding, got {type(value).__name__}")
         self.model.embed_tokens = value
 
     def forward(
         self,
-        input_ids: torch.LongTensor | None = None,
+        input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        labels: torch.LongTensor | None = None,
+        labels: torch.Tensor | None = None,
         images: torch.Tensor | None = None,
         logits_to_keep: int = 0,
-        **kwargs,
+        **kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """input_ids (B, S) with `<image>` placeholders (-200), images (N, 3, H, W) in placeholder order.
         Other keyword arguments (num_items_in_batch from the Trainer) go to the loss. There is no KV cache."""
@@ -339,7 +354,13 @@ class LlavaQwenForCausalLM(LlavaQwenPreTrainedModel):
             loss = self.loss_function(logits=logits, labels=batch.labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(loss=loss, logits=logits)
 
-    def _splice_and_decode(self, input_ids, attention_mask, labels, images) -> tuple[MultimodalInputs, torch.Tensor]:
+    def _splice_and_decode(
+        self,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        images: torch.Tensor | None,
+    ) -> tuple[MultimodalInputs, torch.Tensor]:
         """The spliced batch and the decoder's last hidden states (B, L, D)."""
         batch = self.model.prepare_multimodal_inputs(input_ids, attention_mask, labels, images)
         hidden_states = self.model(
@@ -355,13 +376,13 @@ class LlavaQwenForCausalLM(LlavaQwenPreTrainedModel):
     @torch.no_grad()
     def generate(
         self,
-        input_ids: torch.LongTensor,
+        input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         images: torch.Tensor | None = None,
         max_new_tokens: int = 32,
         eos_token_id: int | list[int] | None = None,
         pad_token_id: int | None = None,
-    ) -> torch.LongTensor:
+    ) -> torch.Tensor:
         """Greedy decoding; returns the new tokens (B, T), pad_token_id after each row's end.
 
         There is no KV cache: every step re-runs the whole prompt, so each variant's attention rule (and the
@@ -391,7 +412,7 @@ class LlavaQwenForCausalLM(LlavaQwenPreTrainedModel):
         return _right_pad([input_ids.new_tensor(answer) for answer in answers], pad)[0]
 
 
-def _right_pad(rows: list[torch.Tensor], pad: int) -> tuple[torch.LongTensor, torch.Tensor]:
+def _right_pad(rows: list[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     length = max(1, max(len(row) for row in rows))
     ids = rows[0].new_full((len(rows), length), pad)  # (B, S)
     mask = torch.zeros_like(ids)

@@ -6,11 +6,19 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from transformers import Qwen2Config, Qwen2ForCausalLM, Qwen2Tokenizer, SiglipVisionConfig, SiglipVisionModel
+from transformers import (
+    PreTrainedModel,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen2Tokenizer,
+    SiglipVisionConfig,
+    SiglipVisionModel,
+)
 
 from crossgraft.bpe import byte_symbols
 from crossgraft.errors import ConfigError
@@ -20,6 +28,7 @@ from crossgraft.llava.configuration import (
     ALTERNATING_MODEL_TYPE,
     BASE_MODEL_TYPE,
     CONFIG_CLASSES,
+    LlavaQwenConfig,
 )
 
 IM_START, IM_END, END_OF_TEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
@@ -64,7 +73,7 @@ def build_tiny_tokenizer() -> Qwen2Tokenizer:
     )
 
 
-def tiny_qwen2_config(tokenizer: Qwen2Tokenizer, **overrides) -> Qwen2Config:
+def tiny_qwen2_config(tokenizer: Qwen2Tokenizer, **overrides: Any) -> Qwen2Config:
     vocab_size = (len(tokenizer) + 63) // 64 * 64
     fields = dict(
         TINY_QWEN2,
@@ -76,7 +85,7 @@ def tiny_qwen2_config(tokenizer: Qwen2Tokenizer, **overrides) -> Qwen2Config:
     return Qwen2Config(**{**fields, **overrides})
 
 
-def tiny_llava_config(model_type: str, tokenizer: Qwen2Tokenizer, **overrides):
+def tiny_llava_config(model_type: str, tokenizer: Qwen2Tokenizer, **overrides: Any) -> LlavaQwenConfig:
     """A tiny config of one LLaVA variant; `overrides` may set any field (e.g. xattn_every_n_layers)."""
     language = tiny_qwen2_config(tokenizer).to_dict()
     for key in ("model_type", "architectures", "transformers_version", "layer_types"):
@@ -85,7 +94,7 @@ def tiny_llava_config(model_type: str, tokenizer: Qwen2Tokenizer, **overrides):
     return CONFIG_CLASSES[model_type](**{**fields, **overrides})
 
 
-def make_tiny_model(out: Path, model_type: str = BASE_MODEL_TYPE, seed: int = 0, **overrides) -> Path:
+def make_tiny_model(out: Path | str, model_type: str = BASE_MODEL_TYPE, seed: int = 0, **overrides: Any) -> Path:
     """Save a tiny random model of `model_type` plus its tokenizer to `out`: a LLaVA variant, a bare Qwen2 LM
     ('qwen2', a backbone for --init_from_backbone) or a SigLIP tower ('siglip', for --vision_tower)."""
     if model_type not in TINY_TYPES:
@@ -96,6 +105,7 @@ def make_tiny_model(out: Path, model_type: str = BASE_MODEL_TYPE, seed: int = 0,
     if model_type == "siglip":
         SiglipVisionModel(SiglipVisionConfig(**{**TINY_SIGLIP, **overrides})).save_pretrained(out)
         return out
+    model: PreTrainedModel
     if model_type == "qwen2":
         model = Qwen2ForCausalLM(tiny_qwen2_config(tokenizer, **overrides))
     else:

@@ -12,14 +12,23 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import torch
-from transformers import AutoTokenizer, Trainer, TrainerCallback
+from transformers import (
+    AutoTokenizer,
+    PreTrainedModel,
+    Trainer,
+    TrainerCallback,
+    TrainerControl,
+    TrainerState,
+    TrainingArguments,
+)
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from crossgraft.llava.config import AlternatingTrainingArguments, DataArguments, ModelArguments
-from crossgraft.llava.configuration import SUPPORTED_ASPECT_RATIOS, LlavaConfigError
+from crossgraft.llava.configuration import SUPPORTED_ASPECT_RATIOS, LlavaConfigError, LlavaQwenConfig
 from crossgraft.llava.data import LlavaDataError, Record, make_supervised_data_module, read_records, validate_record
 from crossgraft.llava.loading import (
     BackboneInit,
@@ -43,18 +52,20 @@ class ThroughputCallback(TrainerCallback):
     """Every `every` optimizer steps: samples/s, seconds per step and (on CUDA) peak memory since the last
     report, merged into the log record that carries the loss at that step."""
 
-    def __init__(self, every: int):
+    def __init__(self, every: int) -> None:
         self.every = every
         self.pending: dict[str, float] | None = None
         self._window_start = time.perf_counter()
         self._window_steps = 0
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
         self._window_start, self._window_steps = time.perf_counter(), 0
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
 
-    def on_step_end(self, args, state, control, **kwargs):
+    def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         self._window_steps += 1
         if state.global_step % self.every:
             return
@@ -72,7 +83,14 @@ class ThroughputCallback(TrainerCallback):
         control.should_log = True  # the loss is logged at this step too, so both land in one record
         self._window_start, self._window_steps = time.perf_counter(), 0
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
         if self.pending is None or logs is None or "loss" not in logs:
             return
         logs.update(self.pending)
@@ -84,10 +102,17 @@ class ThroughputCallback(TrainerCallback):
 class RunLogCallback(TrainerCallback):
     """Every log record (loss, learning rate, throughput) as one line of the run's log file."""
 
-    def __init__(self, logger: logging.Logger):
+    def __init__(self, logger: logging.Logger) -> None:
         self.logger = logger
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
         if logs and state.is_world_process_zero:
             self.logger.info("step %d: %s", state.global_step, json.dumps(logs, sort_keys=True))
 
@@ -95,8 +120,8 @@ class RunLogCallback(TrainerCallback):
 class AlternatingTrainer(Trainer):
     """The Trainer with one more optimizer group: the tanh gates, at --xattn_gate_lr, without weight decay."""
 
-    def create_optimizer(self, model=None):
-        model = self.model if model is None else model
+    def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        model = cast(PreTrainedModel, self.model if model is None else model)
         if self.optimizer is not None:
             return self.optimizer
         decay_names = set(self.get_decay_parameter_names(model))
@@ -115,7 +140,8 @@ class AlternatingTrainer(Trainer):
             {"params": without_decay, "weight_decay": 0.0},
         ]
         if gates:
-            groups.append({"params": gates, "weight_decay": 0.0, "lr": self.args.xattn_gate_lr})
+            gate_lr = cast(AlternatingTrainingArguments, self.args).xattn_gate_lr
+            groups.append({"params": gates, "weight_decay": 0.0, "lr": gate_lr})
         optimizer_class, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
         self.optimizer = optimizer_class(groups, **optimizer_kwargs)
         return self.optimizer
@@ -144,7 +170,7 @@ def set_trainable_parts(model: LlavaQwenForCausalLM, parts: str) -> dict[str, in
     return counts
 
 
-def choose_aspect_ratio(data_args: DataArguments, config, logger: logging.Logger) -> str:
+def choose_aspect_ratio(data_args: DataArguments, config: LlavaQwenConfig, logger: logging.Logger) -> str:
     if data_args.image_aspect_ratio:
         return data_args.image_aspect_ratio
     if config.image_aspect_ratio in SUPPORTED_ASPECT_RATIOS:

@@ -40,8 +40,11 @@ class SigLipVisionTower(nn.Module):
             )
         vision_config.num_hidden_layers = kept_layers
         vision_config.vision_use_head = False
-        self.image_size = vision_config.image_size
-        self.num_patches = (vision_config.image_size // vision_config.patch_size) ** 2
+        image_size, patch_size = vision_config.image_size, vision_config.patch_size
+        if not (isinstance(image_size, int) and isinstance(patch_size, int)):
+            raise LlavaConfigError(f"the vision tower's images and patches must be square: {image_size}, {patch_size}")
+        self.image_size = image_size
+        self.num_patches = (image_size // patch_size) ** 2
         self.vision_tower = _SiglipHolder(SiglipVisionModel(vision_config))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -53,8 +56,9 @@ class SigLipVisionTower(nn.Module):
 
 def build_projector(config: LlavaQwenConfig) -> nn.Sequential:
     """mlp2x_gelu: Linear(tower width → LM width), GELU, Linear(LM width → LM width); keys `0.*` and `2.*`."""
+    tower_width = config.mm_hidden_size or config.vision_tower_config().hidden_size
     return nn.Sequential(
-        nn.Linear(config.mm_hidden_size, config.hidden_size),
+        nn.Linear(tower_width, config.hidden_size),
         nn.GELU(),
         nn.Linear(config.hidden_size, config.hidden_size),
     )
@@ -73,7 +77,7 @@ class SquareImageProcessor:
     image_std: tuple[float, float, float]
     aspect_ratio: str = "pad"
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.aspect_ratio not in SUPPORTED_ASPECT_RATIOS:
             raise LlavaConfigError(
                 f"image_aspect_ratio {self.aspect_ratio!r} is not supported; use one of "
@@ -83,7 +87,10 @@ class SquareImageProcessor:
     @classmethod
     def from_config(cls, config: LlavaQwenConfig, aspect_ratio: str = "pad") -> SquareImageProcessor:
         size = config.vision_tower_config().image_size
-        return cls(size, tuple(config.image_mean), tuple(config.image_std), aspect_ratio)
+        if not isinstance(size, int):
+            raise LlavaConfigError(f"the vision tower's images must be square, got image_size {size}")
+        mean, std = (float(v) for v in config.image_mean), (float(v) for v in config.image_std)
+        return cls(size, tuple(mean), tuple(std), aspect_ratio)  # type: ignore[arg-type]
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         image = image.convert("RGB")
@@ -91,8 +98,9 @@ class SquareImageProcessor:
             image = self._expand_to_square(image)
         image = image.resize((self.size, self.size), Image.Resampling.BICUBIC)
         pixels = np.asarray(image, dtype=np.float32) / 255.0  # (H, W, 3)
-        pixels = (pixels - np.asarray(self.image_mean, dtype=np.float32)) / np.asarray(self.image_std, dtype=np.float32)
-        return torch.from_numpy(pixels.transpose(2, 0, 1).copy())  # (3, S, S)
+        mean, std = np.asarray(self.image_mean, dtype=np.float32), np.asarray(self.image_std, dtype=np.float32)
+        normalised = (pixels - mean) / std
+        return torch.from_numpy(normalised.transpose(2, 0, 1).copy())  # (3, S, S)
 
     def _expand_to_square(self, image: Image.Image) -> Image.Image:
         width, height = image.size

@@ -127,7 +127,8 @@ def _render(style: _ClassStyle, size: int, rng: np.random.Generator) -> tuple[np
 
 def _defect_colour(rng: np.random.Generator) -> tuple[int, int, int]:
     """Marks are dark, as stains and scratches on a product are: far below every texture colour."""
-    return tuple(int(c) for c in rng.uniform(0, DEFECT_MAX, 3))
+    red, green, blue = (int(c) for c in rng.uniform(0, DEFECT_MAX, 3))
+    return red, green, blue
 
 
 def _draw_defect(

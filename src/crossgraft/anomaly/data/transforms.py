@@ -82,7 +82,7 @@ class EvalTransform:
 
     def resize(self, image: Image.Image, mask: Image.Image) -> tuple[Image.Image, Image.Image]:
         size = (self.image_size, self.image_size)
-        return image.resize(size, Image.BICUBIC), mask.resize(size, Image.NEAREST)
+        return image.resize(size, Image.Resampling.BICUBIC), mask.resize(size, Image.Resampling.NEAREST)
 
     def __call__(
         self, image: Image.Image, mask: Image.Image, generator: torch.Generator | None = None
@@ -116,15 +116,21 @@ class TrainTransform(EvalTransform):
         image, mask = self.resize(image, mask)
         if chance(a.rotate_p):
             angle = uniform(-a.rotate_degrees, a.rotate_degrees)
-            image = image.rotate(angle, resample=Image.BILINEAR)
-            mask = mask.rotate(angle, resample=Image.NEAREST)
+            image = image.rotate(angle, resample=Image.Resampling.BILINEAR)
+            mask = mask.rotate(angle, resample=Image.Resampling.NEAREST)
         if chance(a.translate_p):
             limit = a.translate * self.image_size
             shift = (round(uniform(-limit, limit)), round(uniform(-limit, limit)))
-            image = image.rotate(0, translate=shift, resample=Image.BILINEAR)
-            mask = mask.rotate(0, translate=shift, resample=Image.NEAREST)
+            image = image.rotate(0, translate=shift, resample=Image.Resampling.BILINEAR)
+            mask = mask.rotate(0, translate=shift, resample=Image.Resampling.NEAREST)
         if chance(a.hflip_p):
-            image, mask = image.transpose(Image.FLIP_LEFT_RIGHT), mask.transpose(Image.FLIP_LEFT_RIGHT)
+            image, mask = (
+                image.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+                mask.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+            )
         if chance(a.vflip_p):
-            image, mask = image.transpose(Image.FLIP_TOP_BOTTOM), mask.transpose(Image.FLIP_TOP_BOTTOM)
+            image, mask = (
+                image.transpose(Image.Transpose.FLIP_TOP_BOTTOM),
+                mask.transpose(Image.Transpose.FLIP_TOP_BOTTOM),
+            )
         return _to_tensors(image, mask)
