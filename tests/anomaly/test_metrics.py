@@ -17,6 +17,7 @@ from crossgraft.anomaly.metrics import (
 )
 
 TOL = 1e-9
+trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy 2 renamed it; the floor is 1.26
 
 
 # ------------------------------------------------------------------------------------ slow references
@@ -70,7 +71,7 @@ def slow_aupro_compat(scores, masks, max_step=200, expect_fpr=0.3):
     keep = fprs < expect_fpr
     fprs, pros = fprs[keep], pros[keep]
     fprs = (fprs - fprs.min()) / (fprs.max() - fprs.min())
-    return abs(np.trapezoid(pros, fprs))
+    return abs(trapezoid(pros, fprs))
 
 
 def blob_masks(rng, n, h, w, empty_every=3):
