@@ -39,6 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"crossgraft {__version__}")
         return 0
     family, rest = argv[0], argv[1:]
+    # each family's modules load only when it is asked for: one family's command never waits for the other's
     if family == "anomaly":
         from crossgraft.anomaly.cli import main as family_main
     elif family == "llava":

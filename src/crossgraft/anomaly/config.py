@@ -23,6 +23,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
+
 from crossgraft import __version__
 from crossgraft.anomaly.backbone import FrozenCLIP, GeluKind, VVMode, load_clip
 from crossgraft.anomaly.data import Sample, get_spec, load_samples
@@ -52,8 +54,6 @@ def resolve_device(name: Device) -> str:
     """`auto` becomes cuda when a GPU is there, else cpu."""
     if name != "auto":
         return name
-    import torch
-
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 

@@ -200,8 +200,6 @@ def read_state_dict(name_or_path: str) -> dict[str, torch.Tensor]:
     def resolve(filename: str) -> Path | None:
         if folder.is_dir():
             return folder / filename if (folder / filename).is_file() else None
-        from transformers.utils import cached_file
-
         found = cached_file(name_or_path, filename, _raise_exceptions_for_missing_entries=False)
         return Path(found) if found else None
 
