@@ -16,15 +16,17 @@ import argparse
 import copy
 import dataclasses
 import json
+import sys
 import types
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast, get_args, get_origin, get_type_hints
 
 import yaml
 from transformers import HfArgumentParser
 
-from crossgraft.errors import ConfigError
+from crossgraft.errors import ConfigError, CrossgraftError
 
 CONFIG_FLAG = "--config"
 # keys crossgraft writes into a saved run config beside the settings themselves; ignored when read back
@@ -180,7 +182,16 @@ class ConfigArgumentParser(HfArgumentParser):
             self.apply_config_file(known.config)
         values = vars(self.parse_args(argv))
         values.pop(CONFIG_FLAG.lstrip("-"), None)
-        configs = [build_config(dtype, values) for dtype in self.dataclass_types]
+        try:
+            configs = [build_config(dtype, values) for dtype in self.dataclass_types]
+        except CrossgraftError:
+            raise
+        except ImportError as error:  # an option that needs a package (TrainingArguments' --deepspeed, …)
+            raise ConfigError(
+                f"a requested option needs a package that is not installed ({error}); install it with pip"
+            ) from error
+        except ValueError as error:  # a library config's own checks (TrainingArguments, …)
+            raise ConfigError(f"invalid settings: {error}") from error
         return configs[0] if len(configs) == 1 else tuple(configs)
 
     def apply_config_file(self, path: Path | str) -> None:
@@ -211,3 +222,52 @@ class ConfigArgumentParser(HfArgumentParser):
             if not action.option_strings:  # a positional given in the file may be left out on the command line
                 action.nargs = "*" if action.nargs in ("+", "*") else "?"
         self.set_defaults(**flat)
+
+
+# ------------------------------------------------------------------------------------------- commands
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: the config dataclass(es) its flags come from, and what runs with the parsed config."""
+
+    config: type | tuple[type, ...]
+    run: Callable[[Any], int]
+    help: str
+    description: str
+
+
+def command_parser(
+    family: str, name: str, command: Command, prog: str | None = None, **defaults: Any
+) -> ConfigArgumentParser:
+    """The parser of one command; `defaults` change flag defaults (the seeds' console scripts use this)."""
+    prog = prog or f"crossgraft {family} {name}"
+    parser = ConfigArgumentParser(command.config, prog=prog, description=command.description)
+    if defaults:
+        parser.set_defaults(**defaults)
+    return parser
+
+
+def run_command(
+    family: str, name: str, command: Command, argv: Sequence[str], prog: str | None = None, **defaults: Any
+) -> int:
+    """Parse `argv` into the command's config and run it."""
+    return command.run(command_parser(family, name, command, prog, **defaults).parse(list(argv)))
+
+
+def family_usage(family: str, summary: str, commands: dict[str, Command]) -> str:
+    lines = [f"usage: crossgraft {family} COMMAND [options]   (crossgraft {family} COMMAND --help explains every flag)"]
+    lines += ["", summary, "", "commands:"]
+    lines += [f"  {name:<16}{command.help}" for name, command in commands.items()]
+    return "\n".join(lines)
+
+
+def dispatch(family: str, summary: str, commands: dict[str, Command], argv: Sequence[str]) -> int:
+    """`crossgraft FAMILY COMMAND …`: the family's usage, an unknown command (exit 2), or the command."""
+    argv = list(argv)
+    usage = family_usage(family, summary, commands)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage)
+        return 0 if argv else 2
+    if argv[0] not in commands:
+        print(f"error: unknown {family} command {argv[0]!r}\n\n{usage}", file=sys.stderr)
+        return 2
+    return run_command(family, argv[0], commands[argv[0]], argv[1:])

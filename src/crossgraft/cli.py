@@ -52,10 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 # ----------------------------------------------------------------------- the seeds' command lines, as scripts
 def _anomaly_script(command: str, prog: str, argv: Sequence[str] | None, **defaults: object) -> int:
-    from crossgraft.anomaly.cli import run_command
+    from crossgraft.anomaly.cli import run
 
     args = list(sys.argv[1:] if argv is None else argv)
-    return _guarded(lambda: run_command(command, args, prog=prog, **defaults))
+    return _guarded(lambda: run(command, args, prog=prog, **defaults))
 
 
 def train_cross_attention(argv: Sequence[str] | None = None) -> int:
@@ -86,10 +86,10 @@ test_stage2_gradients.__test__ = False  # type: ignore[attr-defined]  # a consol
 
 def train_alternating(argv: Sequence[str] | None = None) -> int:
     """`train_alternating` (seed 004): `crossgraft llava train`."""
-    from crossgraft.llava.cli import run_train
+    from crossgraft.llava.cli import run
 
     args = list(sys.argv[1:] if argv is None else argv)
-    return _guarded(lambda: run_train(args, prog="train_alternating"))
+    return _guarded(lambda: run("train", args, prog="train_alternating"))
 
 
 if __name__ == "__main__":

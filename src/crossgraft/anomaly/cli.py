@@ -3,9 +3,7 @@ live) and calls one library function; this file only parses, calls and prints.""
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 from crossgraft.anomaly import config as cfg
@@ -17,7 +15,7 @@ from crossgraft.anomaly.diagnostics import feature_report, grad_flow, write_atte
 from crossgraft.anomaly.evaluate import evaluate
 from crossgraft.anomaly.predict import predict
 from crossgraft.anomaly.train import train
-from crossgraft.args import ConfigArgumentParser
+from crossgraft.args import Command, ConfigArgumentParser, command_parser, dispatch, run_command
 
 
 def cmd_demo(config: cfg.DemoConfig) -> int:
@@ -99,14 +97,6 @@ def cmd_k_shot(config: cfg.KShotConfig) -> int:
 def cmd_features(config: cfg.FeaturesConfig) -> int:
     print(feature_report(config))
     return 0
-
-
-@dataclass(frozen=True)
-class Command:
-    config: type
-    run: Callable[[Any], int]
-    help: str
-    description: str
 
 
 COMMANDS = {
@@ -200,33 +190,20 @@ COMMANDS = {
     ),
 }
 
-USAGE = "usage: crossgraft anomaly COMMAND [options]   (crossgraft anomaly COMMAND --help explains every flag)\n\n"
-USAGE += "Zero-/few-shot anomaly detection and segmentation with adapted CLIP (AA-CLIP and its cross-attention "
-USAGE += "variants).\n\ncommands:\n" + "\n".join(f"  {name:<16}{command.help}" for name, command in COMMANDS.items())
+SUMMARY = (
+    "Zero-/few-shot anomaly detection and segmentation with adapted CLIP (AA-CLIP and its cross-attention variants)."
+)
 
 
 def build_parser(command: str, prog: str | None = None, **defaults: Any) -> ConfigArgumentParser:
-    """The parser of one command; `defaults` change flag defaults (the seeds' console scripts use this)."""
-    spec = COMMANDS[command]
-    parser = ConfigArgumentParser(
-        spec.config, prog=prog or f"crossgraft anomaly {command}", description=spec.description
-    )
-    if defaults:
-        parser.set_defaults(**defaults)
-    return parser
+    """The parser of one anomaly command."""
+    return command_parser("anomaly", command, COMMANDS[command], prog, **defaults)
 
 
-def run_command(command: str, argv: Sequence[str], prog: str | None = None, **defaults: Any) -> int:
-    config = build_parser(command, prog, **defaults).parse(list(argv))
-    return COMMANDS[command].run(config)
+def run(command: str, argv: Sequence[str], prog: str | None = None, **defaults: Any) -> int:
+    """Run one anomaly command (the seeds' console scripts come through here with their own names and defaults)."""
+    return run_command("anomaly", command, COMMANDS[command], argv, prog, **defaults)
 
 
 def main(argv: Sequence[str]) -> int:
-    argv = list(argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
-        return 0 if argv else 2
-    if argv[0] not in COMMANDS:
-        print(f"error: unknown anomaly command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
-        return 2
-    return run_command(argv[0], argv[1:])
+    return dispatch("anomaly", SUMMARY, COMMANDS, argv)

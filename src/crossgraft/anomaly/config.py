@@ -622,8 +622,8 @@ class EvalConfig:
 
 
 @dataclass(kw_only=True)
-class PredictConfig:
-    """`predict`: heat maps and anomaly scores for new images with a trained run."""
+class RunOnImagesConfig:
+    """New images through a trained run: what `predict` and `attention-maps` share."""
 
     inputs: Path = field(
         metadata={"help": "an image file or a folder of images (searched recursively)", "positional": True}
@@ -631,6 +631,18 @@ class PredictConfig:
     save_path: Path = field(metadata={"help": RUN_FOLDER_HELP})
     class_name: str = field(default="object", metadata={"help": "what the images show (goes into the prompts)"})
     epoch: int | None = field(default=None, metadata={"help": EPOCH_HELP})
+    out: Path | None = None  # each command says where its outputs go by default
+    device: Device = field(default="auto", metadata={"help": DEVICE_HELP})
+
+    def __post_init__(self) -> None:
+        self.inputs, self.save_path, self.out = Path(self.inputs), Path(self.save_path), _path(self.out)
+
+
+@dataclass(kw_only=True)
+class PredictConfig(RunOnImagesConfig):
+    """`predict`: heat maps and anomaly scores for new images with a trained run."""
+
+    out: Path | None = field(default=None, metadata={"help": "output folder (default: SAVE_PATH/predictions)"})
     threshold: float | None = field(default=None, metadata={"help": "image score above which an image is anomalous"})
     fit_on: Path | None = field(
         default=None, metadata={"help": "folder of normal images: the threshold becomes their highest score"}
@@ -638,13 +650,11 @@ class PredictConfig:
     domain: Literal["industrial", "medical"] = field(
         default="industrial", metadata={"help": "blur kernel of the maps (7/σ1 industrial, 9/σ1.5 medical)"}
     )
-    out: Path | None = field(default=None, metadata={"help": "output folder (default: SAVE_PATH/predictions)"})
     batch_size: int = field(default=8, metadata={"help": "images per forward pass (results do not depend on it)"})
-    device: Device = field(default="auto", metadata={"help": DEVICE_HELP})
 
     def __post_init__(self) -> None:
-        self.inputs, self.save_path = Path(self.inputs), Path(self.save_path)
-        self.fit_on, self.out = _path(self.fit_on), _path(self.out)
+        super().__post_init__()
+        self.fit_on = _path(self.fit_on)
         _at_least("batch_size", self.batch_size, 1)
         _require(
             self.threshold is None or self.fit_on is None, "give --threshold or --fit_on, not both: they contradict"
@@ -677,24 +687,14 @@ class GradFlowConfig:
 
 
 @dataclass(kw_only=True)
-class AttentionMapsConfig:
+class AttentionMapsConfig(RunOnImagesConfig):
     """`attention-maps`: text->patch attention of chosen prompt words, as heat maps over the images."""
 
-    inputs: Path = field(
-        metadata={"help": "an image file or a folder of images (searched recursively)", "positional": True}
-    )
-    save_path: Path = field(metadata={"help": RUN_FOLDER_HELP})
-    class_name: str = field(default="object", metadata={"help": "what the images show (goes into the prompts)"})
+    out: Path | None = field(default=None, metadata={"help": "output folder (default: SAVE_PATH/attention_maps)"})
     words: list[str] = field(
         default_factory=lambda: ["damaged", "broken", "flaw", "defect", "damage"],
         metadata={"help": "prompt words whose attention to draw"},
     )
-    epoch: int | None = field(default=None, metadata={"help": EPOCH_HELP})
-    out: Path | None = field(default=None, metadata={"help": "output folder (default: SAVE_PATH/attention_maps)"})
-    device: Device = field(default="auto", metadata={"help": DEVICE_HELP})
-
-    def __post_init__(self) -> None:
-        self.inputs, self.save_path, self.out = Path(self.inputs), Path(self.save_path), _path(self.out)
 
     @property
     def out_dir(self) -> Path:

@@ -4,10 +4,10 @@ calls library functions; this file only parses, calls and prints."""
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Sequence
+from typing import Any
 
-from crossgraft.args import ConfigArgumentParser
+from crossgraft.args import Command, dispatch, run_command
 from crossgraft.llava.config import (
     AlternatingTrainingArguments,
     DataArguments,
@@ -21,45 +21,11 @@ from crossgraft.llava.demo import format_results, run_demo
 from crossgraft.llava.sample import make_sample, make_tiny_model
 from crossgraft.llava.train import backbone_plan, describe_plan, dry_run, inspect_data, train
 
-USAGE = """usage: crossgraft llava COMMAND [options]   (crossgraft llava COMMAND --help explains every flag)
-
-LLaVA-OneVision (Qwen2 + SigLIP) with alternating attention.
-
-commands:
-  train         train base / alternating / alternating_cross (same command as train_alternating; every
-                Hugging Face TrainingArguments flag)
-  make-sample   write a tiny LAION-style image-caption set in LLaVA format
-  make-tiny     write a tiny random model and its tokenizer (any variant, a bare Qwen2 LM or a SigLIP tower)
-  demo          train base, alternating and both alternating_cross modes from one tiny backbone; compare them
-"""
-TRAIN_DESCRIPTION = (
-    "Train LLaVA-OneVision (Qwen2 + SigLIP) as base, alternating or alternating_cross. Images are preprocessed at "
-    "one fixed square resolution (pad or square); anyres tiling is not implemented yet. --dry_run, --inspect_data "
-    "and --inspect_weights report and exit before anything is loaded or trained."
-)
+TrainArguments = tuple[ModelArguments, DataArguments, AlternatingTrainingArguments]
 
 
-def parse_train_args(
-    argv: Sequence[str], prog: str
-) -> tuple[ModelArguments, DataArguments, AlternatingTrainingArguments]:
-    parser = ConfigArgumentParser(
-        (ModelArguments, DataArguments, AlternatingTrainingArguments), prog=prog, description=TRAIN_DESCRIPTION
-    )
-    try:
-        return parser.parse(list(argv))
-    except ImportError as error:  # e.g. --deepspeed without the deepspeed package
-        raise LlavaConfigError(
-            f"a requested option needs a package that is not installed ({error}); for --deepspeed: pip install "
-            "deepspeed"
-        ) from error
-    except ValueError as error:  # TrainingArguments' own consistency checks
-        if isinstance(error, LlavaConfigError):
-            raise
-        raise LlavaConfigError(f"invalid training arguments: {error}") from error
-
-
-def run_train(argv: Sequence[str], prog: str = "crossgraft llava train") -> int:
-    model_args, data_args, training_args = parse_train_args(argv, prog)
+def cmd_train(arguments: TrainArguments) -> int:
+    model_args, data_args, training_args = arguments
     if model_args.dry_run:
         checked = dry_run(model_args)
         print(checked.kind.describe())
@@ -93,53 +59,64 @@ def run_train(argv: Sequence[str], prog: str = "crossgraft llava train") -> int:
     return 0
 
 
-def run_make_sample(argv: Sequence[str]) -> int:
-    config = ConfigArgumentParser(
-        MakeSampleConfig,
-        prog="crossgraft llava make-sample",
-        description="Write generated images (coloured shapes) and their captions as LLaVA conversation records: "
-        "OUT/images/*.png and OUT/sample.json.",
-    ).parse(list(argv))
+def cmd_make_sample(config: MakeSampleConfig) -> int:
     path = make_sample(config.out, config.count, config.seed)
     print(f"wrote {config.count} records to {path}")
     return 0
 
 
-def run_make_tiny(argv: Sequence[str]) -> int:
-    config = ConfigArgumentParser(
-        MakeTinyConfig,
-        prog="crossgraft llava make-tiny",
-        description="Write a tiny random checkpoint (config.json, model.safetensors, tokenizer) to try every command "
-        "offline. 'qwen2' writes a bare language model, the backbone of --init_from_backbone.",
-    ).parse(list(argv))
+def cmd_make_tiny(config: MakeTinyConfig) -> int:
     make_tiny_model(config.out, config.model_type, config.seed)
     print(f"wrote a tiny {config.model_type} model to {config.out}")
     return 0
 
 
-def run_llava_demo(argv: Sequence[str]) -> int:
-    config = ConfigArgumentParser(
-        DemoConfig,
-        prog="crossgraft llava demo",
-        description="Write the tiny caption sample (75% train / 25% held out) and a tiny random LLaVA backbone, "
-        "train the four variants from it with identical settings, and print the held-out caption loss before and "
-        "after. Results: OUT/results.md and OUT/results.json; each run's log in its own folder.",
-    ).parse(list(argv))
+def cmd_demo(config: DemoConfig) -> int:
     results = run_demo(config)
     print(format_results(results))
     print(f"written to {config.out}/results.md")
     return 0
 
 
-COMMANDS = {"train": run_train, "make-sample": run_make_sample, "make-tiny": run_make_tiny, "demo": run_llava_demo}
+COMMANDS = {
+    "train": Command(
+        (ModelArguments, DataArguments, AlternatingTrainingArguments),
+        cmd_train,
+        "train base / alternating / alternating_cross (= train_alternating; every Hugging Face TrainingArguments flag)",
+        "Train LLaVA-OneVision (Qwen2 + SigLIP) as base, alternating or alternating_cross. Images are preprocessed at "
+        "one fixed square resolution (pad or square); anyres tiling is not implemented yet. --dry_run, --inspect_data "
+        "and --inspect_weights report and exit before anything is loaded or trained.",
+    ),
+    "make-sample": Command(
+        MakeSampleConfig,
+        cmd_make_sample,
+        "write a tiny LAION-style image-caption set in LLaVA format",
+        "Write generated images (coloured shapes) and their captions as LLaVA conversation records: "
+        "OUT/images/*.png and OUT/sample.json.",
+    ),
+    "make-tiny": Command(
+        MakeTinyConfig,
+        cmd_make_tiny,
+        "write a tiny random model and its tokenizer (any variant, a bare Qwen2 LM or a SigLIP tower)",
+        "Write a tiny random checkpoint (config.json, model.safetensors, tokenizer) to try every command offline. "
+        "'qwen2' writes a bare language model, the backbone of --init_from_backbone.",
+    ),
+    "demo": Command(
+        DemoConfig,
+        cmd_demo,
+        "train base, alternating and both alternating_cross modes from one tiny backbone; compare them",
+        "Write the tiny caption sample (75% train / 25% held out) and a tiny random LLaVA backbone, train the four "
+        "variants from it with identical settings, and print the held-out caption loss before and after. Results: "
+        "OUT/results.md and OUT/results.json; each run's log in its own folder.",
+    ),
+}
+SUMMARY = "LLaVA-OneVision (Qwen2 + SigLIP) with alternating attention."
+
+
+def run(command: str, argv: Sequence[str], prog: str | None = None, **defaults: Any) -> int:
+    """Run one llava command (`train_alternating` comes through here with its own name)."""
+    return run_command("llava", command, COMMANDS[command], argv, prog, **defaults)
 
 
 def main(argv: Sequence[str]) -> int:
-    argv = list(argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
-        return 0 if argv else 2
-    if argv[0] not in COMMANDS:
-        print(f"error: unknown llava command {argv[0]!r}\n\n{USAGE}", file=sys.stderr)
-        return 2
-    return COMMANDS[argv[0]](argv[1:])
+    return dispatch("llava", SUMMARY, COMMANDS, argv)
