@@ -322,3 +322,14 @@ def test_a_config_file_holds_any_flags(tiny_models, llava_sample, tmp_path, caps
     settings.write_text("learning_rate: 1e-4\nno_such_flag: 1\n")
     assert train_main(["--config", str(settings)]) == 2
     assert "unknown setting(s) no_such_flag" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["train", "make-sample", "make-tiny", "demo"])
+def test_every_llava_command_explains_every_flag(command):
+    from crossgraft.args import command_parser
+    from crossgraft.llava.cli import COMMANDS
+
+    parser = command_parser("llava", command, COMMANDS[command])
+    for action in parser._actions:
+        if action.dest != "help":
+            assert action.help, f"llava {command} {action.option_strings or action.dest} has no help text"
