@@ -3,6 +3,7 @@ live) and calls one library function; this file only parses, calls and prints.""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,8 +15,10 @@ from crossgraft.anomaly.demo import run_ablation_demo, run_demo
 from crossgraft.anomaly.diagnostics import feature_report, grad_flow, write_attention_maps
 from crossgraft.anomaly.evaluate import evaluate
 from crossgraft.anomaly.predict import predict
+from crossgraft.anomaly.prompts import descriptions_for, load_class_descriptions
 from crossgraft.anomaly.train import train
 from crossgraft.args import Command, ConfigArgumentParser, command_parser, dispatch, run_command
+from crossgraft.files import write_text_atomic
 
 
 def cmd_demo(config: cfg.DemoConfig) -> int:
@@ -91,6 +94,16 @@ def cmd_k_shot(config: cfg.KShotConfig) -> int:
     out = write_jsonl(chosen, config.jsonl, root=config.data.root)
     print(f"{len(chosen)} images ({config.shot} per class, seed {config.seed}) written to {out}")
     print(f"use it with --meta {out}")
+    return 0
+
+
+def cmd_descriptions(config: cfg.DescriptionsConfig) -> int:
+    table = load_class_descriptions(config.source)
+    if config.dataset is not None:
+        table = descriptions_for(table, config.dataset, str(config.source))
+    write_text_atomic(config.out, json.dumps(table, indent=2, ensure_ascii=False) + "\n")
+    count = sum(len(v) if isinstance(v, dict) else 1 for v in table.values())
+    print(f"{count} class descriptions written to {config.out}; use it with --class_descriptions {config.out}")
     return 0
 
 
@@ -180,6 +193,14 @@ COMMANDS = {
         cmd_k_shot,
         "draw a seeded k-shot subset (k/2 normal + k/2 anomalous per class) into a jsonl",
         "The jsonl can be passed back with --meta so that a run can be repeated exactly.",
+    ),
+    "descriptions": Command(
+        cfg.DescriptionsConfig,
+        cmd_descriptions,
+        "write the public code's per-class descriptions (or any description file) as an editable json",
+        "Reads the REAL_NAMES table of the public AA-CLIP checkout's dataset/constants.py as data (the file is "
+        "parsed, never run) and writes it as the json that --class_descriptions reads: one dataset's {class: "
+        "description} with --dataset, else {dataset: {class: description}}.",
     ),
     "features": Command(
         cfg.FeaturesConfig,

@@ -30,6 +30,7 @@ from crossgraft.anomaly.backbone import FrozenCLIP, GeluKind, VVMode, load_clip
 from crossgraft.anomaly.data import Sample, get_spec, load_samples
 from crossgraft.anomaly.data.datasets import default_data_root
 from crossgraft.anomaly.data.synthetic import SyntheticConfig
+from crossgraft.anomaly.prompts import DescriptionTable
 from crossgraft.args import ConfigArgumentParser, config_to_dict, read_config_file
 from crossgraft.errors import ConfigError
 from crossgraft.files import write_text_atomic
@@ -37,6 +38,11 @@ from crossgraft.files import write_text_atomic
 PAPER_CLIP = "openai/clip-vit-large-patch14-336"
 PAPER_IMAGE_SIZE = 518  # AA-CLIP's run size for ViT-L/14 (37 x 37 patches)
 TINY_CLIP = "tiny"
+CLASS_DESCRIPTIONS_HELP = (
+    "descriptions that replace class names in the prompts: json {class: description} or {dataset: {class: "
+    "description}}, or the public AA-CLIP checkout (a folder) or its dataset/constants.py, whose REAL_NAMES table "
+    "is read as data (never run); a per-dataset table gives the --dataset's descriptions"
+)
 RUN_CONFIG = "run_config.json"
 RUN_CONFIG_FORMAT = "crossgraft.anomaly.run/1"
 VARIANTS = {  # variant -> (text cross-attention, image cross-attention)
@@ -393,11 +399,7 @@ class TrainConfig:
     )
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     class_descriptions: Path | None = field(
-        default=None,
-        metadata={
-            "help": "json {class_name: description} used in the prompts instead of the class name",
-            "group": AdapterConfig._argument_group_name,
-        },
+        default=None, metadata={"help": CLASS_DESCRIPTIONS_HELP, "group": AdapterConfig._argument_group_name}
     )
     quirks: QuirkConfig = field(default_factory=QuirkConfig)
     cross: CrossAttentionConfig = field(default_factory=CrossAttentionConfig)
@@ -484,7 +486,7 @@ class SavedRun:
     image_size: int  # pixels
     surgery_from: int  # 1-based first V-V block
     quirks: Quirks
-    descriptions: dict[str, str] | None  # the class descriptions the prompts used; None: not recorded (older run)
+    descriptions: DescriptionTable | None  # the class descriptions the prompts used; None: not recorded (older run)
     loop: int | None = None  # the feedback round a loop_N/ folder holds
 
 
@@ -601,7 +603,7 @@ class EvalConfig:
         default=False, metadata={"help": "also report the 200-threshold AUPRO of AnomalyCLIP papers"}
     )
     class_descriptions: Path | None = field(
-        default=None, metadata={"help": "override the run's class descriptions (json {class: description})"}
+        default=None, metadata={"help": "instead of the descriptions the run recorded: " + CLASS_DESCRIPTIONS_HELP}
     )
     out: Path | None = field(
         default=None, metadata={"help": "results folder (default: SAVE_PATH/test_DATASET[_epochN])"}
@@ -631,11 +633,15 @@ class RunOnImagesConfig:
     save_path: Path = field(metadata={"help": RUN_FOLDER_HELP})
     class_name: str = field(default="object", metadata={"help": "what the images show (goes into the prompts)"})
     epoch: int | None = field(default=None, metadata={"help": EPOCH_HELP})
+    class_descriptions: Path | None = field(
+        default=None, metadata={"help": "instead of the descriptions the run recorded: " + CLASS_DESCRIPTIONS_HELP}
+    )
     out: Path | None = None  # each command says where its outputs go by default
     device: Device = field(default="auto", metadata={"help": DEVICE_HELP})
 
     def __post_init__(self) -> None:
         self.inputs, self.save_path, self.out = Path(self.inputs), Path(self.save_path), _path(self.out)
+        self.class_descriptions = _path(self.class_descriptions)
 
 
 @dataclass(kw_only=True)
@@ -794,3 +800,24 @@ class FeaturesConfig:
     )
     device: Device = field(default="auto", metadata={"help": DEVICE_HELP})
     batch: int = field(default=2, metadata={"help": "random images to run"})
+
+
+@dataclass(kw_only=True)
+class DescriptionsConfig:
+    """`descriptions`: the public code's REAL_NAMES table (or any description file) as an editable json."""
+
+    source: Path = field(
+        metadata={
+            "help": "the public AA-CLIP checkout (a folder), its dataset/constants.py, or a description json",
+            "aliases": ["--from"],
+        }
+    )
+    dataset: str | None = field(
+        default=None, metadata={"help": "write only this dataset's {class: description} (default: every dataset)"}
+    )
+    out: Path = field(metadata={"help": "json file to write"})
+
+    def __post_init__(self) -> None:
+        self.source, self.out = Path(self.source), Path(self.out)
+        if self.dataset is not None:
+            self.dataset = get_spec(self.dataset).name

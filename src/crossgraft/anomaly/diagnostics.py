@@ -177,7 +177,7 @@ def write_attention_maps(config: AttentionMapsConfig) -> AttentionMaps:
     paths mirror the input tree."""
     run = load_trained(config.save_path, config.epoch, device=resolve_device(config.device))
     model = run.model
-    text = class_text(config.class_name, run.descriptions())
+    text = class_text(config.class_name, run.descriptions(config.class_descriptions))
     samples = read_folder(config.inputs, config.class_name)
     dataset = AnomalyDataset(samples, EvalTransform(model.backbone.image_size))
     written: list[Path] = []

@@ -13,7 +13,7 @@ from crossgraft.anomaly.data import AnomalyDataset, EvalTransform, Sample, get_s
 from crossgraft.anomaly.infer import anomaly_maps, batch_text, fuse_image_scores, load_trained
 from crossgraft.anomaly.metrics import AnomalyMetrics, ClassMetricsAccumulator
 from crossgraft.anomaly.model import AdaptedCLIP, TextSide
-from crossgraft.anomaly.prompts import class_text
+from crossgraft.anomaly.prompts import class_text, public_prompts_warning
 from crossgraft.anomaly.report import format_table, write_csv, write_json
 from crossgraft.anomaly.visualize import save_panel
 from crossgraft.runlog import setup_run_logging
@@ -22,16 +22,27 @@ from crossgraft.runlog import setup_run_logging
 def evaluate(config: EvalConfig) -> dict[str, AnomalyMetrics]:
     """Evaluate the checkpoint a config names; results go to `config.results_dir`."""
     run = load_trained(config.save_path, config.epoch, device=resolve_device(config.device))
-    return evaluate_model(run.model, run.has_text, config, run.descriptions(config.class_descriptions), run.describe())
+    dataset = get_spec(config.data.dataset).name
+    descriptions = run.descriptions(config.class_descriptions, dataset)
+    warning = public_prompts_warning(dataset, descriptions) if run.saved.config.quirks.preset == "reference" else None
+    return evaluate_model(run.model, run.has_text, config, descriptions, run.describe(), warning)
 
 
 def evaluate_model(
-    model: AdaptedCLIP, has_text: bool, config: EvalConfig, descriptions: dict[str, str], label: str
+    model: AdaptedCLIP,
+    has_text: bool,
+    config: EvalConfig,
+    descriptions: dict[str, str],
+    label: str,
+    warning: str | None = None,
 ) -> dict[str, AnomalyMetrics]:
-    """Evaluate a model in memory (a loaded run, or an untrained baseline) on the config's dataset."""
+    """Evaluate a model in memory (a loaded run, or an untrained baseline) on the config's dataset; `warning` goes
+    into the log first."""
     spec = get_spec(config.data.dataset)
     out = config.results_dir
     logger = setup_run_logging(out, "test.log", name="crossgraft.test")
+    if warning:
+        logger.warning(warning)
     samples = config.data.load("test")
     logger.info(
         "evaluating %s on %s: %d images; text adapter %s",

@@ -15,7 +15,7 @@ from crossgraft.anomaly.config import RUN_CONFIG, SavedRun, load_run_config, res
 from crossgraft.anomaly.data.datasets import MEDICAL
 from crossgraft.anomaly.losses import LOGIT_SCALE
 from crossgraft.anomaly.model import AdaptedCLIP, TextSide
-from crossgraft.anomaly.prompts import class_sentences, load_class_descriptions
+from crossgraft.anomaly.prompts import class_sentences, descriptions_for, load_class_descriptions
 from crossgraft.errors import ConfigError
 from crossgraft.graft import CheckpointError
 
@@ -122,13 +122,15 @@ class TrainedRun:
     def variant(self) -> str:
         return self.saved.config.variant
 
-    def descriptions(self, override: Path | None = None) -> dict[str, str]:
-        """The class descriptions of the prompts: a file given now, else the ones the run recorded."""
+    def descriptions(self, override: Path | None = None, dataset: str | None = None) -> dict[str, str]:
+        """The {class: description} of a dataset's prompts: from a file given now, else the table the run recorded
+        (looked through for every dataset when `dataset` is None, as `predict` does)."""
         if override is not None:
-            return load_class_descriptions(override)
-        if self.saved.descriptions is not None:
-            return self.saved.descriptions
-        return load_class_descriptions(self.saved.config.class_descriptions)  # recorded by path (older runs)
+            return descriptions_for(load_class_descriptions(override), dataset, str(override))
+        table = self.saved.descriptions
+        if table is None:  # an older run recorded the file's path only
+            table = load_class_descriptions(self.saved.config.class_descriptions)
+        return descriptions_for(table, dataset, f"the descriptions {self.saved.config.save_path} was trained with")
 
     def describe(self) -> str:
         text = "" if self.has_text else "; no text adapter: CLIP's own text encoder"

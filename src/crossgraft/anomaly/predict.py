@@ -72,7 +72,7 @@ class PredictionSet:
 def predict(config: PredictConfig) -> PredictionSet:
     """Heat maps, one json per image (mirroring the input tree) and predictions.json under `config.out_dir`."""
     run = load_trained(config.save_path, config.epoch, device=resolve_device(config.device))
-    text = class_text(config.class_name, run.descriptions())
+    text = class_text(config.class_name, run.descriptions(config.class_descriptions))
     threshold = config.threshold
     if config.fit_on is not None:
         normal = read_folder(config.fit_on, config.class_name)

@@ -44,13 +44,27 @@ from crossgraft.anomaly.config import (
     resolve_device,
     save_run_config,
 )
-from crossgraft.anomaly.data import AnomalyDataset, AugmentConfig, Sample, TrainTransform, sample_k_shot, write_jsonl
+from crossgraft.anomaly.data import (
+    AnomalyDataset,
+    AugmentConfig,
+    Sample,
+    TrainTransform,
+    get_spec,
+    sample_k_shot,
+    write_jsonl,
+)
 from crossgraft.anomaly.evaluate import evaluate_model
 from crossgraft.anomaly.fair import BaseAdapters, banner, initialization_summary, load_base_adapters, loaded_banner
 from crossgraft.anomaly.losses import stage1_loss, stage2_loss
 from crossgraft.anomaly.metrics import mean_metrics
 from crossgraft.anomaly.model import AdaptedCLIP, TextSide
-from crossgraft.anomaly.prompts import class_text, load_class_descriptions
+from crossgraft.anomaly.prompts import (
+    DescriptionTable,
+    class_text,
+    descriptions_for,
+    load_class_descriptions,
+    public_prompts_warning,
+)
 from crossgraft.args import flatten_config
 from crossgraft.errors import CrossgraftError
 from crossgraft.runlog import setup_run_logging
@@ -259,7 +273,8 @@ def train(config: TrainConfig) -> AdaptedCLIP:
     samples = data.load("test")
     if config.k_shot is not None:
         samples = sample_k_shot(samples, config.k_shot, config.seed)
-    descriptions = load_class_descriptions(config.class_descriptions)
+    table = load_class_descriptions(config.class_descriptions)
+    descriptions = descriptions_for(table, get_spec(data.dataset).name, str(config.class_descriptions))
     class_names = sorted({s.class_name for s in samples})
     quirks = config.quirks.resolve()
     backbone = config.backbone.load(quirks.gelu, accelerator.device)
@@ -275,13 +290,16 @@ def train(config: TrainConfig) -> AdaptedCLIP:
     logger.info("settings: %s", config_summary(config))
     if config.backbone.clip == TINY_CLIP:
         logger.warning(TINY_WARNING)
+    prompts_warning = public_prompts_warning(get_spec(data.dataset).name, descriptions)
+    if prompts_warning and config.quirks.preset == "reference":
+        logger.warning(prompts_warning)
     logger.info("training on %d images of %d classes (%s)", len(samples), len(class_names), ", ".join(class_names))
     run = SavedRun(
         config=config,
         image_size=backbone.image_size,
         surgery_from=model.surgery_from,
         quirks=quirks,
-        descriptions=descriptions,  # the whole table: test classes may be others than the training classes
+        descriptions=table,  # the whole table: the test data may be another dataset
     )
     if main:
         write_jsonl(samples, save_path / TRAIN_SAMPLES, root=data.root)
@@ -300,7 +318,7 @@ def train(config: TrainConfig) -> AdaptedCLIP:
             logger.info("=" * 70 + "\nFEEDBACK LOOP %d/%d\n" + "=" * 70, round_index, rounds)
         train_round(model, config, runner, texts, class_names, round_index, round_dir, base)
         if config.eval_each_loop and main:
-            evaluate_round(model, config, descriptions, round_dir, round_index, logger)
+            evaluate_round(model, config, table, round_dir, round_index, logger)
     if rounds > 1 and main:  # the run folder's own files are the last round's, so test/predict find them
         for path in (save_path / f"loop_{rounds}").glob("*.pth"):
             shutil.copy2(path, save_path / path.name)
@@ -409,14 +427,14 @@ def resume_stage(model: AdaptedCLIP, stage: Stage, checkpoint_path: Path, resume
 def evaluate_round(
     model: AdaptedCLIP,
     config: TrainConfig,
-    descriptions: dict[str, str],
+    table: DescriptionTable,
     round_dir: Path,
     round_index: int,
     logger: logging.Logger,
 ) -> None:
-    eval_config = EvalConfig(
-        data=eval_data(config), save_path=round_dir, out=round_dir / "eval", device=str(model.backbone.device)
-    )
+    data = eval_data(config)
+    eval_config = EvalConfig(data=data, save_path=round_dir, out=round_dir / "eval", device=str(model.backbone.device))
+    descriptions = descriptions_for(table, get_spec(data.dataset).name, str(config.class_descriptions))
     results = evaluate_model(model, True, eval_config, descriptions, label=f"loop {round_index}")
     logger.info("loop %d metrics (mean over classes): %s", round_index, json.dumps(mean_metrics(results).as_dict()))
 
