@@ -11,7 +11,7 @@ def quick_train_config(root, save_path, classes=None, **changes) -> TrainConfig:
         data=DataConfig(dataset="synthetic", data_root=root, classes=classes),
         backbone=BackboneConfig(clip="tiny", img_size=64),
         save_path=save_path,
-        shot=0,
+        full_shot=True,
         text_epoch=1,
         image_epoch=2,
         text_batch_size=4,

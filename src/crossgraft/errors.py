@@ -16,3 +16,11 @@ class ConfigError(CrossgraftError, ValueError):
 class ShapeError(CrossgraftError, ValueError):
     """Tensors whose shapes do not fit the module they are given to; the message names both shapes and the flag
     that sets each."""
+
+
+class DataError(CrossgraftError, ValueError):
+    """Bad or missing input data. The message names the file or record at fault."""
+
+
+class OutputError(CrossgraftError):
+    """An output folder or file that cannot be written (no permission, a file where a folder should be, …)."""

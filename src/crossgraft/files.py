@@ -8,20 +8,45 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from crossgraft.errors import DataError, OutputError
+
+
+def ensure_folder(folder: Path | str) -> Path:
+    """Create a folder (and its parents) for output; an impossible one is an OutputError saying why."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError as error:
+        raise OutputError(f"cannot create the folder {folder}: a file of that name is in the way") from error
+    except NotADirectoryError as error:
+        raise OutputError(f"cannot create the folder {folder}: part of its path is a file, not a folder") from error
+    except OSError as error:
+        raise OutputError(f"cannot create the folder {folder}: {error.strerror or error}") from error
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write into the folder {folder}: permission denied")
+    return folder
+
 
 @contextmanager
 def atomic_write(path: Path | str, binary: bool = False) -> Iterator[IO[Any]]:
     """Open a temporary file beside `path` for writing; on success it is flushed to disk and renamed over `path`
     (an atomic step), on any error it is removed. Readers see the old file or the new one, never a part."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_folder(path.parent)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8", newline="") as handle:
+        try:
+            handle = open(tmp, "wb") if binary else open(tmp, "w", encoding="utf-8", newline="")
+        except OSError as error:
+            raise OutputError(f"cannot write {path}: {error.strerror or error}") from error
+        with handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as error:
+            raise OutputError(f"cannot write {path}: {error.strerror or error}") from error
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -32,3 +57,16 @@ def write_text_atomic(path: Path | str, text: str) -> Path:
     with atomic_write(path) as handle:
         handle.write(text)
     return Path(path)
+
+
+def read_text(path: Path | str, what: str = "file") -> str:
+    """A utf-8 text file; a missing, unreadable or non-utf-8 file is a DataError naming it (and the byte)."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError as error:
+        raise DataError(f"{what} not found: {path}") from error
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not utf-8 text (byte {error.start}: {error.reason}); save it as utf-8") from error
+    except OSError as error:
+        raise DataError(f"{path}: cannot be read ({error.strerror or error})") from error

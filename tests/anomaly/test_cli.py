@@ -82,6 +82,16 @@ def test_errors_are_plain_messages_with_exit_code_2(tmp_path, capsys):
     assert "unknown anomaly command" in capsys.readouterr().err
 
 
+def test_output_folders_that_cannot_be_written_are_messages(synthetic_root, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("x")
+    under_a_file = str(tmp_path / "a_file" / "run")
+    assert main(["anomaly", "make-synthetic", "--out", under_a_file, "--classes", "1"]) == 2
+    assert "cannot create the folder" in capsys.readouterr().err
+    train = ["anomaly", "train", "--dataset", "synthetic", "--data_root", str(synthetic_root), "--clip", "tiny"]
+    assert main([*train, "--full_shot", "--save_path", under_a_file, "--device", "cpu"]) == 2
+    assert "part of its path is a file, not a folder" in capsys.readouterr().err
+
+
 def test_train_test_predict_commands(synthetic_root, tmp_path, capsys):
     run = tmp_path / "run"
     common = ["--dataset", "synthetic", "--data_root", str(synthetic_root), "--device", "cpu"]

@@ -43,7 +43,8 @@ def test_every_setting_has_help(dtype):
         (lambda: cfg.TrainConfig(text_lr=-1e-5), "--text_lr must be a positive number"),
         (lambda: cfg.TrainConfig(image_lr=float("nan")), "--image_lr must be a positive number"),
         (lambda: cfg.TrainConfig(shot=5), "--shot must be an even number >= 2"),
-        (lambda: cfg.TrainConfig(shot=-2), "--shot must be >= 0"),
+        (lambda: cfg.TrainConfig(shot=0), "for every image use --full_shot, got 0"),
+        (lambda: cfg.TrainConfig(shot=-2), "--shot must be an even number >= 2"),
         (lambda: cfg.TrainConfig(text_batch_size=0), "--text_batch_size must be at least 1"),
         (lambda: cfg.TrainConfig(milestones=[0, 10]), "--milestones must be positive"),
         (lambda: cfg.AdapterConfig(image_adapt_weight=2.0), r"--image_adapt_weight must lie in \[0, 1\]"),
@@ -69,7 +70,7 @@ def test_an_unknown_dataset_is_refused_when_named():
 
 def test_shot_settings_of_the_public_code():
     assert cfg.TrainConfig().k_shot == 32
-    assert cfg.TrainConfig(shot=0).k_shot is None
+    assert cfg.TrainConfig(full_shot=True, shot=0).k_shot is None  # --shot is not used then
     assert cfg.TrainConfig(full_shot=True).k_shot is None
     assert cfg.TrainConfig(training_mode="full_shot").k_shot is None
 

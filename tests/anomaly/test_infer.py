@@ -72,7 +72,12 @@ def test_a_broken_run_config_is_named(trained_run, tmp_path):
     document = json.loads((trained_run / RUN_CONFIG).read_text())
     del document["resolved"]["surgery_from"]
     (tmp_path / RUN_CONFIG).write_text(json.dumps(document))
-    with pytest.raises(ConfigError, match=r"run_config.json is incomplete: 'resolved' has no surgery_from"):
+    with pytest.raises(ConfigError, match=r"run_config.json is incomplete: no surgery_from"):
+        load_trained(tmp_path)
+    document = json.loads((trained_run / RUN_CONFIG).read_text())
+    del document["adapter"]["relu"], document["cross"]["variant"]
+    (tmp_path / RUN_CONFIG).write_text(json.dumps(document))
+    with pytest.raises(ConfigError, match=r"run_config.json is incomplete: no adapter.relu, cross.variant"):
         load_trained(tmp_path)
     document = json.loads((trained_run / RUN_CONFIG).read_text())
     document["cross"]["cross_attn_dropout"] = 1.5

@@ -2,11 +2,14 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import yaml
 from PIL import Image
 
+from crossgraft.errors import DataError
+from crossgraft.images import set_max_pixels
 from crossgraft.llava.config import DataArguments
 from crossgraft.llava.configuration import IGNORE_INDEX, IMAGE_TOKEN_INDEX, LlavaConfigError
 from crossgraft.llava.data import (
@@ -175,3 +178,42 @@ def test_sample_caption_attributes():
     assert caption_attributes("A red circle on a black background.") == ("red", "circle", "black")
     assert caption_attributes("A red circle on a background") == ("red", "circle", None)
     assert caption_attributes("") == (None, None, None)
+
+
+def test_records_of_the_wrong_type_and_files_that_are_not_utf8_are_named(tmp_path):
+    (tmp_path / "lines.jsonl").write_text(json.dumps(record(0)) + "\n7\nnull\n")
+    records = read_records(str(tmp_path / "lines.jsonl"))
+    with pytest.raises(LlavaDataError, match=r"lines.jsonl, record 1: expected an object, found int"):
+        load_records(str(tmp_path / "lines.jsonl"))
+    assert len(records) == 3
+    write_json(tmp_path / "image.json", [record(0, image=5)])
+    with pytest.raises(LlavaDataError, match=r"record 0 \(id r0\): 'image' must be a path or a list of paths"):
+        load_records(str(tmp_path / "image.json"))
+    (tmp_path / "latin.json").write_bytes(b'[{"id": "caf\xe9"}]')  # latin-1, not utf-8
+    with pytest.raises(DataError, match=r"latin.json: not utf-8 text \(byte \d+: invalid"):
+        read_records(str(tmp_path / "latin.json"))
+
+
+def test_16_bit_images_and_decompression_bombs(tmp_path, tiny_tokenizer):
+    grey = np.full((40, 40), 40000, dtype=np.uint16)
+    Image.fromarray(grey).save(tmp_path / "grey16.png")
+    Image.new("RGB", (300, 200)).save(tmp_path / "big.png")
+    path = write_json(tmp_path / "data.json", [record(0, image="grey16.png"), record(1, image="big.png")])
+    processor = SquareImageProcessor(32, (0.0,) * 3, (1.0,) * 3, "square")
+    data_args = DataArguments(data_path=str(path), max_image_pixels=50_000)
+    try:
+        dataset = make_supervised_data_module(tiny_tokenizer, data_args, processor)["train_dataset"]
+        pixels = dataset[0]["images"][0]
+        assert pixels.shape == (3, 32, 32) and pixels.mean().item() == pytest.approx(156 / 255, abs=1e-3)  # not 1.0
+        with pytest.raises(
+            LlavaDataError,
+            match=r"record 1 \(id r1\): image .*big.png has more pixels than the "
+            r"decompression-bomb limit of 50,000 .*--max_image_pixels",
+        ):
+            dataset[1]
+    finally:
+        set_max_pixels(None)
+    with pytest.raises(LlavaConfigError, match="--max_image_pixels must be positive"):
+        DataArguments(max_image_pixels=0)
+    with pytest.raises(LlavaConfigError, match="--image_aspect_ratio 'anyres_max_9' is not supported"):
+        DataArguments(image_aspect_ratio="anyres_max_9")

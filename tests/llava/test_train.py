@@ -333,3 +333,29 @@ def test_every_llava_command_explains_every_flag(command):
     for action in parser._actions:
         if action.dest != "help":
             assert action.help, f"llava {command} {action.option_strings or action.dest} has no help text"
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--xattn_every_n_layers", "0"], "--xattn_every_n_layers must be at least 1, got 0"),
+        (["--throughput_log_steps", "-1"], "--throughput_log_steps must be >= 0"),
+        (["--xattn_gate_lr", "0"], "--xattn_gate_lr must be a positive number"),
+        (["--learning_rate", "nan"], "--learning_rate must be a finite number >= 0"),
+        (["--model_max_length", "0"], "--model_max_length must be at least 1"),
+        (["--mm_tunable_parts", "mm_language_model,mm_everything"], "unknown --mm_tunable_parts mm_everything"),
+        (["--image_aspect_ratio", "anyres_max_9"], "--image_aspect_ratio 'anyres_max_9' is not supported"),
+    ],
+)
+def test_values_that_cannot_work_are_refused_before_anything_is_loaded(flags, message, tmp_path, capsys):
+    args = [
+        "--model_name_or_path",
+        str(tmp_path / "never_read"),
+        "--data_path",
+        "x.json",
+        "--output_dir",
+        str(tmp_path / "o"),
+    ]
+    assert train_main([*args, *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

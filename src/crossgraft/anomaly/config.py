@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +34,7 @@ from crossgraft.anomaly.prompts import DescriptionTable
 from crossgraft.args import ConfigArgumentParser, config_to_dict, read_config_file
 from crossgraft.errors import ConfigError
 from crossgraft.files import write_text_atomic
+from crossgraft.images import MAX_PIXELS_HELP, set_max_pixels
 
 PAPER_CLIP = "openai/clip-vit-large-patch14-336"
 PAPER_IMAGE_SIZE = 518  # AA-CLIP's run size for ViT-L/14 (37 x 37 patches)
@@ -116,10 +117,13 @@ class DataConfig:
     allow_missing_masks: bool = field(
         default=False, metadata={"help": "accept anomalous images without a mask (image-level evaluation only)"}
     )
+    max_image_pixels: int | None = field(default=None, metadata={"help": MAX_PIXELS_HELP})
 
     def __post_init__(self) -> None:
         get_spec(self.dataset)  # an unknown name fails here, before anything else
         self.data_root, self.meta = _path(self.data_root), _path(self.meta)
+        if self.max_image_pixels is not None:
+            _at_least("max_image_pixels", self.max_image_pixels, 1)
 
     @property
     def root(self) -> Path:
@@ -131,7 +135,8 @@ class DataConfig:
         return get_spec(self.dataset).domain
 
     def load(self, split: str = "test") -> list[Sample]:
-        """Read and check the samples of one split (every file is opened up front)."""
+        """Read and check the samples of one split (every file is decoded up front)."""
+        set_max_pixels(self.max_image_pixels)
         return load_samples(
             self.dataset,
             self.root,
@@ -350,10 +355,10 @@ class TrainConfig:
     )
     shot: int = field(
         default=32,
-        metadata={"help": "k-shot: k/2 normal + k/2 anomalous images per class (0: every image)", "group": SCHEDULE},
+        metadata={"help": "k-shot: k/2 normal + k/2 anomalous images per class", "group": SCHEDULE},
     )
     full_shot: bool = field(
-        default=False, metadata={"help": "train on every image (same as --shot 0)", "group": SCHEDULE}
+        default=False, metadata={"help": "train on every image (--shot is then not used)", "group": SCHEDULE}
     )
     training_mode: Literal["few_shot", "full_shot"] = field(
         default="few_shot", metadata={"help": "the public code's switch; full_shot = --full_shot", "group": SCHEDULE}
@@ -442,11 +447,10 @@ class TrainConfig:
         self.save_path = Path(self.save_path)
         for name in ("class_descriptions", "load_base_text_adapter", "load_base_image_adapter", "eval_data_root"):
             setattr(self, name, _path(getattr(self, name)))
-        _require(self.shot >= 0, f"--shot must be >= 0 (0: every image), got {self.shot}")
         if self.k_shot is not None:
             _require(
-                self.k_shot >= 2 and self.k_shot % 2 == 0,
-                "--shot must be an even number >= 2 (half normal, half anomalous), or 0 for every image; "
+                self.shot >= 2 and self.shot % 2 == 0,
+                "--shot must be an even number >= 2 (half normal, half anomalous); for every image use --full_shot, "
                 f"got {self.shot}",
             )
         _at_least("text_epoch", self.text_epoch, 0)
@@ -468,10 +472,8 @@ class TrainConfig:
 
     @property
     def k_shot(self) -> int | None:
-        """Images per class to draw, or None for every image (--full_shot, --training_mode full_shot, --shot 0)."""
-        if self.full_shot or self.training_mode == "full_shot" or self.shot == 0:
-            return None
-        return self.shot
+        """Images per class to draw, or None for every image (--full_shot, --training_mode full_shot)."""
+        return None if self.full_shot or self.training_mode == "full_shot" else self.shot
 
     @property
     def variant(self) -> str:
@@ -520,8 +522,17 @@ def load_run_config(save_path: Path) -> SavedRun:
     if not isinstance(resolved, dict):
         raise ConfigError(f"{path} is incomplete: no 'resolved' section (was it edited or cut short?)")
     missing = [key for key in ("img_size", "surgery_from", "quirks") if key not in resolved]
+    missing += [
+        f"{section}.{name}"
+        for section, names in MODEL_SETTINGS.items()
+        for name in names
+        if not isinstance(document.get(section), dict) or name not in document[section]
+    ]
     if missing:
-        raise ConfigError(f"{path} is incomplete: 'resolved' has no {', '.join(missing)}")
+        raise ConfigError(
+            f"{path} is incomplete: no {', '.join(missing)} (the settings that define the model; was it edited or "
+            "cut short?)"
+        )
     parser = ConfigArgumentParser(TrainConfig)
     parser.apply_settings(document, str(path))
     config = parser.parse([])
@@ -537,6 +548,18 @@ def load_run_config(save_path: Path) -> SavedRun:
         descriptions=resolved.get("descriptions"),
         loop=resolved.get("loop"),
     )
+
+
+# the sections a run config must spell out in full: they define the model that test and predict rebuild
+MODEL_SETTINGS = {
+    section: [f.name for f in fields(dtype) if f.init]
+    for section, dtype in (
+        ("backbone", BackboneConfig),
+        ("adapter", AdapterConfig),
+        ("quirks", QuirkConfig),
+        ("cross", CrossAttentionConfig),
+    )
+} | {"data": ["dataset"]}
 
 
 LEGACY_TOP_LEVEL = (
@@ -563,7 +586,8 @@ def _from_unversioned(old: dict[str, Any], path: Path) -> dict[str, Any]:
             "data": {k: old[k] for k in ("dataset", "data_root", "meta", "classes", "allow_missing_masks") if k in old},
             "backbone": {"clip": old["clip"], "tokenizer": old.get("tokenizer"), "img_size": old["img_size"]},
             **{key: old[key] for key in LEGACY_TOP_LEVEL if key in old},
-            "shot": old.get("shot") or 0,
+            "shot": old.get("shot") or 32,
+            "full_shot": old.get("shot") is None,
             "adapter": {**old["adapter"], "surgery_until_layer": old.get("surgery_until_layer")},
             "quirks": {
                 "preset": old.get("preset", "reference"),
@@ -638,10 +662,13 @@ class RunOnImagesConfig:
     )
     out: Path | None = None  # each command says where its outputs go by default
     device: Device = field(default="auto", metadata={"help": DEVICE_HELP})
+    max_image_pixels: int | None = field(default=None, metadata={"help": MAX_PIXELS_HELP})
 
     def __post_init__(self) -> None:
         self.inputs, self.save_path, self.out = Path(self.inputs), Path(self.save_path), _path(self.out)
         self.class_descriptions = _path(self.class_descriptions)
+        if self.max_image_pixels is not None:
+            _at_least("max_image_pixels", self.max_image_pixels, 1)
 
 
 @dataclass(kw_only=True)

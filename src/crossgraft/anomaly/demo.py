@@ -58,7 +58,7 @@ def demo_training(config: DemoConfig, data_root: Path, classes: list[str], save_
         data=DataConfig(dataset="synthetic", data_root=data_root, classes=classes),
         backbone=BackboneConfig(clip=config.clip, img_size=config.synthetic.size),
         save_path=save_path,
-        shot=0,
+        full_shot=True,
         text_epoch=config.text_epoch,
         image_epoch=config.image_epoch,
         seed=seed,

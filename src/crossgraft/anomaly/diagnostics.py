@@ -26,6 +26,7 @@ from crossgraft.anomaly.model import AdaptedCLIP, TextSide
 from crossgraft.anomaly.prompts import class_sentences, class_text
 from crossgraft.anomaly.visualize import save_panel
 from crossgraft.errors import ConfigError
+from crossgraft.images import set_max_pixels
 
 GRADIENT_OK_RATIO = 0.8
 
@@ -177,6 +178,7 @@ def write_attention_maps(config: AttentionMapsConfig) -> AttentionMaps:
     paths mirror the input tree."""
     run = load_trained(config.save_path, config.epoch, device=resolve_device(config.device))
     model = run.model
+    set_max_pixels(config.max_image_pixels)
     text = class_text(config.class_name, run.descriptions(config.class_descriptions))
     samples = read_folder(config.inputs, config.class_name)
     dataset = AnomalyDataset(samples, EvalTransform(model.backbone.image_size))

@@ -25,6 +25,7 @@ from crossgraft.anomaly.model import TextSide
 from crossgraft.anomaly.prompts import class_text
 from crossgraft.anomaly.visualize import save_panel
 from crossgraft.files import write_text_atomic
+from crossgraft.images import set_max_pixels
 
 
 @dataclass
@@ -72,6 +73,7 @@ class PredictionSet:
 def predict(config: PredictConfig) -> PredictionSet:
     """Heat maps, one json per image (mirroring the input tree) and predictions.json under `config.out_dir`."""
     run = load_trained(config.save_path, config.epoch, device=resolve_device(config.device))
+    set_max_pixels(config.max_image_pixels)
     text = class_text(config.class_name, run.descriptions(config.class_descriptions))
     threshold = config.threshold
     if config.fit_on is not None:

@@ -9,6 +9,7 @@ import numpy as np
 from PIL import Image
 
 from crossgraft.anomaly.data.transforms import load_image
+from crossgraft.images import save_image
 
 
 def heatmap_rgb(score_map: np.ndarray, low: float | None = None, high: float | None = None) -> np.ndarray:
@@ -37,7 +38,4 @@ def save_panel(
     if mask is not None:
         tiles.append(np.repeat((np.asarray(mask) > 0).astype(np.uint8)[..., None] * 255, 3, axis=2))
     tiles += [heat, overlay]
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.concatenate(tiles, axis=1)).save(out_path)
-    return out_path
+    return save_image(Image.fromarray(np.concatenate(tiles, axis=1)), out_path)

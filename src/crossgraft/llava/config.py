@@ -5,17 +5,20 @@ LLaVA-NeXT's own), and one config per other command. The command line is generat
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from transformers import TrainingArguments
 
-from crossgraft.llava.configuration import XATTN_MODES
+from crossgraft.images import MAX_PIXELS_HELP
+from crossgraft.llava.configuration import SUPPORTED_ASPECT_RATIOS, XATTN_MODES, LlavaConfigError
 from crossgraft.llava.loading import DEFAULT_SKIP_PREFIXES
 from crossgraft.llava.modeling import SUPPORTED_ATTENTION
 from crossgraft.llava.sample import TINY_TYPES
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."  # LLaVA-NeXT's qwen_1_5 template
+TUNABLE_PARTS = ("mm_vision_tower", "mm_mlp_adapter", "mm_language_model")  # LLaVA-NeXT's names
 
 
 @dataclass
@@ -110,6 +113,24 @@ class ModelArguments:
         },
     )
 
+    def __post_init__(self) -> None:
+        variants = ("auto", "alternating", "alternating_cross", "base")
+        if self.variant not in variants:
+            raise LlavaConfigError(f"--variant must be one of {', '.join(variants)}, got {self.variant!r}")
+        if self.xattn_mode not in XATTN_MODES:
+            raise LlavaConfigError(f"--xattn_mode must be one of {', '.join(XATTN_MODES)}, got {self.xattn_mode!r}")
+        if self.xattn_every_n_layers < 1:
+            raise LlavaConfigError(f"--xattn_every_n_layers must be at least 1, got {self.xattn_every_n_layers}")
+        unknown = set(self.tunable_parts) - set(TUNABLE_PARTS)
+        if unknown:
+            raise LlavaConfigError(
+                f"unknown --mm_tunable_parts {', '.join(sorted(unknown))}; choose from {', '.join(TUNABLE_PARTS)}"
+            )
+
+    @property
+    def tunable_parts(self) -> list[str]:
+        return [part.strip() for part in self.mm_tunable_parts.split(",") if part.strip()]
+
 
 @dataclass
 class AlternatingTrainingArguments(TrainingArguments):
@@ -126,6 +147,17 @@ class AlternatingTrainingArguments(TrainingArguments):
     model_max_length: int = field(
         default=2048, metadata={"help": "spliced sequences (text + image features) are cut to this length"}
     )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.throughput_log_steps < 0:
+            raise LlavaConfigError(f"--throughput_log_steps must be >= 0 (0: off), got {self.throughput_log_steps}")
+        if not (math.isfinite(self.xattn_gate_lr) and self.xattn_gate_lr > 0):
+            raise LlavaConfigError(f"--xattn_gate_lr must be a positive number, got {self.xattn_gate_lr}")
+        if not (math.isfinite(self.learning_rate) and self.learning_rate >= 0):
+            raise LlavaConfigError(f"--learning_rate must be a finite number >= 0, got {self.learning_rate}")
+        if self.model_max_length < 1:
+            raise LlavaConfigError(f"--model_max_length must be at least 1, got {self.model_max_length}")
 
 
 @dataclass
@@ -158,6 +190,16 @@ class DataArguments:
         default=DEFAULT_SYSTEM_PROMPT, metadata={"help": "system turn of the Qwen chat template"}
     )
     data_sampling_seed: int = field(default=0, metadata={"help": "seed of 'random:N' sampling in yaml lists"})
+    max_image_pixels: int | None = field(default=None, metadata={"help": MAX_PIXELS_HELP})
+
+    def __post_init__(self) -> None:
+        if self.image_aspect_ratio is not None and self.image_aspect_ratio not in SUPPORTED_ASPECT_RATIOS:
+            raise LlavaConfigError(
+                f"--image_aspect_ratio {self.image_aspect_ratio!r} is not supported; use one of "
+                f"{', '.join(SUPPORTED_ASPECT_RATIOS)} (anyres tiling is not implemented yet)"
+            )
+        if self.max_image_pixels is not None and self.max_image_pixels < 1:
+            raise LlavaConfigError(f"--max_image_pixels must be positive, got {self.max_image_pixels}")
 
 
 @dataclass

@@ -14,11 +14,12 @@ from typing import Any
 
 import torch
 import yaml
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
-from crossgraft.errors import CrossgraftError
+from crossgraft.errors import DataError
+from crossgraft.files import read_text
+from crossgraft.images import read_rgb, set_max_pixels
 from crossgraft.llava.config import DEFAULT_SYSTEM_PROMPT, DataArguments
 from crossgraft.llava.configuration import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from crossgraft.llava.vision import SquareImageProcessor
@@ -27,7 +28,7 @@ IMAGE_PLACEHOLDER = "<image>"
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
-class LlavaDataError(CrossgraftError, ValueError):
+class LlavaDataError(DataError):
     """Data that cannot be used as given. The message names the file and the record."""
 
 
@@ -64,7 +65,7 @@ def expand_braces(path: str) -> list[str]:
 def _read_file(path: Path) -> list[Record]:
     if not path.is_file():
         raise LlavaDataError(f"data file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    text = read_text(path, "data file")
     if path.suffix == ".jsonl":
         records = []
         for line_number, line in enumerate(text.splitlines(), start=1):
@@ -110,7 +111,7 @@ def _sample(records: list[Record], strategy: str, rng: random.Random, where: str
 
 def _read_yaml(path: Path, seed: int) -> list[Record]:
     try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+        spec = yaml.safe_load(read_text(path, "data file"))
     except yaml.YAMLError as error:
         raise LlavaDataError(f"{path}: not valid YAML ({error})") from error
     if not isinstance(spec, dict) or not isinstance(spec.get("datasets"), list):
@@ -272,11 +273,10 @@ class LazySupervisedDataset(Dataset):
         if not path.is_file():
             raise LlavaDataError(f"{record.where}: image not found: {path}")
         try:
-            with Image.open(path) as image:
-                image.load()
-                return self.image_processor(image)  # (3, S, S)
-        except (UnidentifiedImageError, OSError) as error:
-            raise LlavaDataError(f"{record.where}: cannot read image {path} ({error})") from error
+            image = read_rgb(path)
+        except DataError as error:
+            raise LlavaDataError(f"{record.where}: {error}") from error
+        return self.image_processor(image)  # (3, S, S)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         record = self.records[index]
@@ -315,6 +315,7 @@ def make_supervised_data_module(
     through the model's `image_processor`."""
     if not data_args.data_path:
         raise LlavaDataError("--data_path is required")
+    set_max_pixels(data_args.max_image_pixels)
 
     def dataset(path: str) -> LazySupervisedDataset:
         records = load_records(path, data_args.data_sampling_seed)

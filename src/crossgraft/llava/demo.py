@@ -12,6 +12,7 @@ import torch
 import yaml
 from transformers import AutoTokenizer
 
+from crossgraft.files import atomic_write, write_text_atomic
 from crossgraft.llava.config import AlternatingTrainingArguments, DataArguments, DemoConfig, ModelArguments
 from crossgraft.llava.data import (
     DataCollatorForSupervisedDataset,
@@ -50,8 +51,10 @@ def write_splits(data_dir: Path, count: int, seed: int) -> tuple[Path, Path]:
     """One generated sample, split by yaml sampling: the first 75% to train on, the last 25% held out."""
     sample = make_sample(data_dir, count, seed)
     train_yaml, eval_yaml = data_dir / "train.yaml", data_dir / "eval.yaml"
-    train_yaml.write_text(yaml.safe_dump({"datasets": [{"json_path": sample.name, "sampling_strategy": "first:75%"}]}))
-    eval_yaml.write_text(yaml.safe_dump({"datasets": [{"json_path": sample.name, "sampling_strategy": "end:25%"}]}))
+    for path, sampling in ((train_yaml, "first:75%"), (eval_yaml, "end:25%")):
+        write_text_atomic(
+            path, yaml.safe_dump({"datasets": [{"json_path": sample.name, "sampling_strategy": sampling}]})
+        )
     return train_yaml, eval_yaml
 
 
@@ -148,7 +151,7 @@ def caption_held_out(model_dir: Path, eval_path: Path, max_new_tokens: int = 64)
     )
     captions = tokenizer.batch_decode(answers, skip_special_tokens=True)
     references = [record.data["conversations"][1]["value"] for record in records]
-    with open(Path(model_dir) / "captions.jsonl", "w", encoding="utf-8") as file:
+    with atomic_write(Path(model_dir) / "captions.jsonl") as file:
         for record, caption, reference in zip(records, captions, references):
             file.write(
                 json.dumps({"image": record.image_paths[0], "generated": caption, "reference": reference}) + "\n"
@@ -171,5 +174,5 @@ def format_results(results: list[DemoResult]) -> str:
 
 
 def write_results(out: Path, results: list[DemoResult]) -> None:
-    (out / "results.json").write_text(json.dumps([asdict(r) for r in results], indent=2))
-    (out / "results.md").write_text(format_results(results) + "\n")
+    write_text_atomic(out / "results.json", json.dumps([asdict(r) for r in results], indent=2))
+    write_text_atomic(out / "results.md", format_results(results) + "\n")

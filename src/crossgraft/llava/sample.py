@@ -22,6 +22,8 @@ from transformers import (
 
 from crossgraft.bpe import byte_symbols
 from crossgraft.errors import ConfigError
+from crossgraft.files import ensure_folder, write_text_atomic
+from crossgraft.images import save_image
 from crossgraft.llava import MODEL_CLASSES
 from crossgraft.llava.configuration import (
     ALTERNATING_CROSS_MODEL_TYPE,
@@ -99,7 +101,7 @@ def make_tiny_model(out: Path | str, model_type: str = BASE_MODEL_TYPE, seed: in
     ('qwen2', a backbone for --init_from_backbone) or a SigLIP tower ('siglip', for --vision_tower)."""
     if model_type not in TINY_TYPES:
         raise ConfigError(f"unknown tiny model type {model_type!r}; choose one of {', '.join(TINY_TYPES)}")
-    out = Path(out)
+    out = ensure_folder(out)
     tokenizer = build_tiny_tokenizer()
     torch.manual_seed(seed)
     if model_type == "siglip":
@@ -159,14 +161,14 @@ def make_sample(out: Path, count: int = 12, seed: int = 0) -> Path:
     Layout: OUT/images/NNNN.png and OUT/sample.json (records with `id`, `image`, `conversations`).
     """
     out = Path(out)
-    (out / "images").mkdir(parents=True, exist_ok=True)
+    ensure_folder(out / "images")
     rng = random.Random(seed)
     records = []
     for index in range(count):
         shape, colour, background = rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(list(BACKGROUNDS))
         size = rng.choice([(64, 64), (64, 48), (48, 64)])
         name = f"images/{index:04d}.png"
-        _draw(shape, COLOURS[colour], BACKGROUNDS[background], size, rng).save(out / name)
+        save_image(_draw(shape, COLOURS[colour], BACKGROUNDS[background], size, rng), out / name)
         caption = f"A {colour} {shape} on a {background} background."
         records.append(
             {
@@ -179,5 +181,5 @@ def make_sample(out: Path, count: int = 12, seed: int = 0) -> Path:
             }
         )
     path = out / "sample.json"
-    path.write_text(json.dumps(records, indent=1), encoding="utf-8")
+    write_text_atomic(path, json.dumps(records, indent=1))
     return path

@@ -44,7 +44,6 @@ from crossgraft.llava.vision import SquareImageProcessor
 from crossgraft.runlog import setup_run_logging
 
 LOG_FILE = "train_alternating.log"
-TUNABLE_PARTS = ("mm_vision_tower", "mm_mlp_adapter", "mm_language_model")
 GATE_SUFFIXES = ("attn_gate", "ff_gate")
 
 
@@ -147,14 +146,8 @@ class AlternatingTrainer(Trainer):
         return self.optimizer
 
 
-def set_trainable_parts(model: LlavaQwenForCausalLM, parts: str) -> dict[str, int]:
+def set_trainable_parts(model: LlavaQwenForCausalLM, parts: list[str]) -> dict[str, int]:
     """requires_grad per LLaVA-NeXT's mm_tunable_parts; returns trainable parameter counts per part."""
-    wanted = {part.strip() for part in parts.split(",") if part.strip()}
-    unknown = wanted - set(TUNABLE_PARTS)
-    if unknown:
-        raise LlavaConfigError(
-            f"unknown --mm_tunable_parts {', '.join(sorted(unknown))}; choose from {', '.join(TUNABLE_PARTS)}"
-        )
     counts = {"mm_vision_tower": 0, "mm_mlp_adapter": 0, "mm_language_model": 0, "xattn": 0}
     for name, parameter in model.named_parameters():
         if ".vision_tower." in name:
@@ -165,7 +158,7 @@ def set_trainable_parts(model: LlavaQwenForCausalLM, parts: str) -> dict[str, in
             part = "xattn"
         else:
             part = "mm_language_model"
-        parameter.requires_grad_(part == "xattn" or part in wanted)
+        parameter.requires_grad_(part == "xattn" or part in parts)
         counts[part] += parameter.numel() if parameter.requires_grad else 0
     return counts
 
@@ -297,7 +290,7 @@ def train(
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
     model.config.tokenizer_model_max_length = training_args.model_max_length
     model.config.tokenizer_padding_side = "right"
-    counts = set_trainable_parts(model, model_args.mm_tunable_parts)
+    counts = set_trainable_parts(model, model_args.tunable_parts)
     logger.info("trainable parameters: %s", ", ".join(f"{part} {count:,}" for part, count in counts.items()))
 
     image_processor = SquareImageProcessor.from_config(

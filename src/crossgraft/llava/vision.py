@@ -12,6 +12,7 @@ from PIL import Image
 from torch import nn
 from transformers import SiglipVisionModel
 
+from crossgraft.images import to_rgb
 from crossgraft.llava.configuration import SUPPORTED_ASPECT_RATIOS, LlavaConfigError, LlavaQwenConfig
 
 
@@ -93,7 +94,7 @@ class SquareImageProcessor:
         return cls(size, tuple(mean), tuple(std), aspect_ratio)  # type: ignore[arg-type]
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        image = image.convert("RGB")
+        image = to_rgb(image)  # 16-bit grey scaled, not clipped
         if self.aspect_ratio == "pad":
             image = self._expand_to_square(image)
         image = image.resize((self.size, self.size), Image.Resampling.BICUBIC)

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from crossgraft.images import save_image
 from crossgraft.llava.masks import RULES, allowed_keys
 
 TEXT_COLOUR, IMAGE_COLOUR, PAD_COLOUR = (70, 110, 200), (230, 140, 40), (40, 40, 40)
@@ -41,6 +42,5 @@ def draw_attention_rules(key_is_real: torch.Tensor, key_is_image: torch.Tensor, 
         canvas.paste(block, (left + strip, top + strip))
         draw.text((left + strip, 1), rule, fill=(0, 0, 0))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
+    save_image(canvas, path)
     return path

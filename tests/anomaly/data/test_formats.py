@@ -226,3 +226,79 @@ def test_bad_jsonl_lines_name_the_line(tmp_path):
     path.write_text("{not json\n")
     with pytest.raises(DataError, match=r"meta.jsonl:1: not valid json"):
         read_jsonl(path)
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("3", r"meta.jsonl:2: expected a json object, found int"),
+        ("null", r"meta.jsonl:2: expected a json object, found NoneType"),
+        ('{"image_path": 5, "label": 0, "class_name": "x"}', r"meta.jsonl:2: 'image_path' must be a path"),
+        ('{"image_path": "b.png", "label": 1, "class_name": "x", "mask_path": ["m"]}', r"'mask_path' must be a path"),
+    ],
+)
+def test_jsonl_records_of_the_wrong_type_name_the_line(tmp_path, line, message):
+    path = tmp_path / "meta.jsonl"
+    path.write_text('{"image_path": "a.png", "label": 0, "class_name": "x"}\n' + line + "\n")
+    with pytest.raises(DataError, match=message):
+        read_jsonl(path)
+
+
+def test_meta_json_of_the_wrong_shape_and_files_that_are_not_utf8(tmp_path):
+    path = tmp_path / "meta.json"
+    path.write_text(json.dumps({"test": [{"img_path": "a.png"}]}))
+    with pytest.raises(DataError, match=r"meta.json: the 'test' split must map class names to lists of records"):
+        read_meta_json(path)
+    path.write_text(json.dumps({"test": {"x": [3]}}))
+    with pytest.raises(DataError, match=r"meta.json: test/x\[0\]: expected a json object, found int"):
+        read_meta_json(path)
+    path.write_text(json.dumps({"test": {"x": [{"img_path": None}]}}))
+    with pytest.raises(DataError, match=r"test/x\[0\]: 'img_path' must be a path"):
+        read_meta_json(path)
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes('{"image_path": "caf\xe9.png", "label": 0, "class_name": "x"}\n'.encode("latin-1"))
+    with pytest.raises(
+        DataError, match=r"latin.jsonl: not utf-8 text \(byte 19: invalid continuation byte\); save it as utf-8"
+    ):
+        read_jsonl(latin)
+
+
+def test_broken_links_among_the_images_are_named_not_skipped(mvtec_root, tmp_path):
+    good = mvtec_root / "bottle" / "test" / "good"
+    (good / "002.png").symlink_to(good / "nowhere.png")
+    with pytest.raises(DataError, match=r"1 broken link\(s\) among the images: .*002.png \(a link to nothing"):
+        load_samples("MVTec", mvtec_root)
+    (good / "002.png").unlink()
+    (good / "002.png").symlink_to(good / "002.png")  # a link to itself
+    with pytest.raises(DataError, match=r"002.png \(a link to nothing, or a link loop\)"):
+        read_folder(mvtec_root / "bottle")
+    (good / "002.png").unlink()
+    (good / "back").symlink_to(mvtec_root / "bottle")  # a folder loop
+    with pytest.raises(DataError, match=r"good/back \(a link back to a folder already read: a loop\)"):
+        read_folder(mvtec_root / "bottle")
+    (good / "back").unlink()
+    elsewhere = write_image(tmp_path / "elsewhere" / "x.png")
+    (good / "linked").symlink_to(elsewhere.parent)  # a linked folder is followed
+    assert elsewhere.name in [p.image_path.name for p in read_folder(mvtec_root / "bottle")]
+
+
+def test_a_truncated_jpeg_fails_the_up_front_check(mvtec_root):
+    image = mvtec_root / "screw" / "test" / "good" / "001.png"
+    noisy = Image.fromarray(np.random.default_rng(0).integers(0, 255, (SIZE * 4, SIZE * 4, 3), dtype=np.uint8))
+    noisy.save(image.with_suffix(".jpg"))
+    image.unlink()
+    data = image.with_suffix(".jpg").read_bytes()
+    image.with_suffix(".jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"cannot read image .*001.jpg: the file is corrupt, truncated"):
+        load_samples("MVTec", mvtec_root)
+
+
+def test_an_rgba_mask_with_an_opaque_alpha_marks_only_its_region(mvtec_root):
+    mask_path = mvtec_root / "bottle" / "ground_truth" / "crack" / "000_mask.png"
+    rgba = np.zeros((SIZE, SIZE, 4), np.uint8)
+    rgba[..., 3] = 255
+    rgba[4:8, 4:8, :3] = 255
+    Image.fromarray(rgba, mode="RGBA").save(mask_path)
+    sample = next(s for s in load_samples("MVTec", mvtec_root, classes=["bottle"]) if s.mask_path == mask_path)
+    item = AnomalyDataset([sample], EvalTransform(SIZE))[0]
+    assert item["mask"].sum() == 16  # 4x4, not the whole image

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 
@@ -12,9 +13,11 @@ from crossgraft.anomaly.data.records import (
     NORMAL,
     DataError,
     Sample,
+    find_images,
     is_image_file,
     list_images,
 )
+from crossgraft.files import read_text
 
 NORMAL_DIR_NAMES = {"good", "ok"}  # MVTec / MPDD say "good", BTAD says "ok"
 MASK_SUFFIXES = ("_mask", "")  # MVTec: 000_mask.png; BTAD: 0000.png beside 0000.bmp
@@ -77,7 +80,7 @@ def read_visa(root: Path, split: str = "test", classes: list[str] | None = None)
     if not csv_path.is_file():
         raise DataError(f"VisA split file not found: {csv_path} (VisA needs split_csv/1cls.csv under the data root)")
     samples = []
-    with csv_path.open(newline="", encoding="utf-8") as handle:
+    with io.StringIO(read_text(csv_path, "VisA split file"), newline="") as handle:
         reader = csv.DictReader(handle)
         missing = {"object", "split", "label", "image", "mask"} - set(reader.fieldnames or [])
         if missing:
@@ -142,7 +145,7 @@ def read_jsonl(path: Path, root: Path | None = None, classes: list[str] | None =
         raise DataError(f"metadata file not found: {path}")
     root = Path(root) if root is not None else path.parent
     samples = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_text(path, "metadata file").splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}:{number}"
@@ -150,11 +153,14 @@ def read_jsonl(path: Path, root: Path | None = None, classes: list[str] | None =
             record = json.loads(line)
         except json.JSONDecodeError as error:
             raise DataError(f"{where}: not valid json ({error.msg})") from error
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: expected a json object, found {type(record).__name__} ({line.strip()[:40]})")
         for key in ("image_path", "label", "class_name"):
             if key not in record:
                 raise DataError(f"{where}: record has no {key!r} (keys: {sorted(record)})")
         label = _parse_label(record["label"], where)
-        mask = record.get("mask_path") or None
+        mask = _optional_path(record.get("mask_path"), "mask_path", where)
+        _require_path(record["image_path"], "image_path", where)
         samples.append(
             Sample(
                 image_path=root / record["image_path"],
@@ -176,29 +182,50 @@ def read_meta_json(
         raise DataError(f"metadata file not found: {path}")
     root = Path(root) if root is not None else path.parent
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        meta = json.loads(read_text(path, "metadata file"))
     except json.JSONDecodeError as error:
-        raise DataError(f"{path}: not valid json ({error.msg})") from error
+        raise DataError(f"{path}: not valid json ({error.msg} at line {error.lineno})") from error
+    if not isinstance(meta, dict):
+        raise DataError(f"{path}: expected a json object of splits, found {type(meta).__name__}")
     if split not in meta:
         raise DataError(f"{path}: no {split!r} split (has {sorted(meta)})")
+    if not isinstance(meta[split], dict):
+        raise DataError(
+            f"{path}: the {split!r} split must map class names to lists of records, found {type(meta[split]).__name__}"
+        )
     samples = []
     for class_name, records in meta[split].items():
+        if not isinstance(records, list):
+            raise DataError(f"{path}: {split}/{class_name} must be a list of records, found {type(records).__name__}")
         for index, record in enumerate(records):
             where = f"{path}: {split}/{class_name}[{index}]"
+            if not isinstance(record, dict):
+                raise DataError(f"{where}: expected a json object, found {type(record).__name__}")
             if "img_path" not in record:
                 raise DataError(f"{where}: record has no 'img_path'")
+            _require_path(record["img_path"], "img_path", where)
             label = _parse_label(record.get("anomaly", 0), where)
-            mask = record.get("mask_path") or None
+            mask = _optional_path(record.get("mask_path"), "mask_path", where)
             samples.append(
                 Sample(
                     image_path=root / record["img_path"],
                     label=label,
-                    class_name=record.get("cls_name", class_name),
+                    class_name=str(record.get("cls_name", class_name)),
                     defect_type=record.get("specie_name") or (GOOD if label == NORMAL else "anomaly"),
                     mask_path=root / mask if mask and label == ANOMALOUS else None,
                 )
             )
     return _filter_classes(samples, classes, str(path))
+
+
+def _require_path(value: object, key: str, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise DataError(f"{where}: {key!r} must be a path (a non-empty string), found {value!r}")
+    return value
+
+
+def _optional_path(value: object, key: str, where: str) -> str | None:
+    return None if value in (None, "") else _require_path(value, key, where)
 
 
 def read_folder(path: Path, class_name: str = "object") -> list[Sample]:
@@ -209,7 +236,7 @@ def read_folder(path: Path, class_name: str = "object") -> list[Sample]:
             raise DataError(f"not an image file (by its suffix): {path}")
         images = [path]
     elif path.is_dir():
-        images = sorted(p for p in path.rglob("*") if is_image_file(p))
+        images = find_images(path)
         if not images:
             raise DataError(f"no image files under {path}")
     else:

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
-
-from crossgraft.errors import CrossgraftError
+from crossgraft.errors import DataError
 from crossgraft.files import atomic_write
+from crossgraft.images import image_size
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 NORMAL, ANOMALOUS = 0, 1
 GOOD = "good"
-
-
-class DataError(CrossgraftError, ValueError):
-    """Bad or missing input data. The message names the file or record at fault."""
 
 
 @dataclass(frozen=True)
@@ -56,8 +52,47 @@ def is_image_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
 
 
+def _broken_links(paths: list[Path]) -> list[Path]:
+    """Image-named links that lead to no file: dangling, or a loop."""
+    return [p for p in paths if p.suffix.lower() in IMAGE_SUFFIXES and p.is_symlink() and not p.exists()]
+
+
+def _refuse_broken(broken: list[Path], loops: list[Path] | None = None) -> None:
+    problems = [f"{p} (a link to nothing, or a link loop)" for p in broken]
+    problems += [f"{p} (a link back to a folder already read: a loop)" for p in loops or []]
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; … and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise DataError(f"{len(problems)} broken link(s) among the images: {shown}. Fix or remove them")
+
+
 def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if is_image_file(p)) if folder.is_dir() else []
+    """The image files of one folder, sorted; broken links among them are an error, not skipped."""
+    if not folder.is_dir():
+        return []
+    entries = sorted(folder.iterdir())
+    _refuse_broken(_broken_links(entries))
+    return [p for p in entries if is_image_file(p)]
+
+
+def find_images(root: Path) -> list[Path]:
+    """Every image file under `root`, sorted, following linked folders (each real folder once); broken links and
+    folder loops are an error, not skipped."""
+    images: list[Path] = []
+    broken: list[Path] = []
+    loops: list[Path] = []
+    seen: set[str] = set()
+    for folder, subfolders, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            loops.append(Path(folder))
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        entries = [Path(folder) / name for name in files]
+        broken += _broken_links(entries)
+        images += [p for p in entries if is_image_file(p)]
+    _refuse_broken(broken, loops)
+    return sorted(images)
 
 
 def check_samples(samples: list[Sample], *, allow_missing_masks: bool = False, where: str = "") -> None:
@@ -76,27 +111,17 @@ def check_samples(samples: list[Sample], *, allow_missing_masks: bool = False, w
 
 
 def verify_image_files(samples: list[Sample]) -> None:
-    """Open every image and mask header: unreadable files and mask/image size mismatches fail here, up front."""
+    """Decode every image and mask: unreadable or truncated files and mask/image size mismatches fail here, up
+    front, naming the file."""
     for sample in samples:
-        image_size = _header_size(sample.image_path)
+        width, height = image_size(sample.image_path)
         if sample.mask_path is not None:
-            mask_size = _header_size(sample.mask_path)
-            if mask_size != image_size:
+            mask_width, mask_height = image_size(sample.mask_path, "mask")
+            if (mask_width, mask_height) != (width, height):
                 raise DataError(
-                    f"mask {sample.mask_path} is {mask_size[0]}x{mask_size[1]} but its image "
-                    f"{sample.image_path} is {image_size[0]}x{image_size[1]}"
+                    f"mask {sample.mask_path} is {mask_width}x{mask_height} but its image {sample.image_path} is "
+                    f"{width}x{height}"
                 )
-
-
-def _header_size(path: Path) -> tuple[int, int]:
-    try:
-        with Image.open(path) as image:
-            image.verify()
-            return image.size
-    except FileNotFoundError as error:
-        raise DataError(f"file not found: {path}") from error
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise DataError(f"cannot read image {path}: the file is corrupt or not an image ({error})") from error
 
 
 def write_jsonl(samples: list[Sample], path: Path, root: Path | None = None) -> Path:

@@ -18,6 +18,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from crossgraft.errors import ConfigError
+from crossgraft.files import write_text_atomic
+from crossgraft.images import save_image
 
 ARCHETYPES = ("stripes", "checker", "dots", "rings", "weave", "disc", "plate", "waves")
 OBJECT_ARCHETYPES = {"disc", "plate"}
@@ -189,10 +191,9 @@ def make_synthetic_dataset(out: Path, config: SyntheticConfig = SyntheticConfig(
             _save((mask * 255).astype(np.uint8), class_dir / "ground_truth" / defect / f"{number:03d}_mask.png")
             per_defect[defect] = number + 1
         counts[name] = {"train_good": config.train_per_class, "test_good": n_good, **per_defect}
-    (out / "synthetic.json").write_text(json.dumps({"config": asdict(config), "counts": counts}, indent=2))
+    write_text_atomic(out / "synthetic.json", json.dumps({"config": asdict(config), "counts": counts}, indent=2))
     return counts
 
 
 def _save(array: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path)
+    save_image(Image.fromarray(array), path)

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageEnhance, UnidentifiedImageError
+from PIL import Image, ImageEnhance
 
-from crossgraft.anomaly.data.records import DataError
+from crossgraft.errors import DataError
+from crossgraft.images import read_mask_values, read_rgb
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -35,33 +36,19 @@ class AugmentConfig:
 
 
 def load_image(path: Path) -> Image.Image:
-    """Read an image as RGB; a missing or unreadable file raises DataError naming it."""
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except FileNotFoundError as error:
-        raise DataError(f"image not found: {path}") from error
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise DataError(f"cannot read image {path}: the file is corrupt or not an image ({error})") from error
+    """Read an image as 8-bit RGB; a missing, unreadable or truncated file raises DataError naming it."""
+    return read_rgb(path)
 
 
 def load_mask(path: Path | None, size: tuple[int, int], image_path: Path | None = None) -> Image.Image:
-    """Read a mask as a binary 'L' image (0/255, `!= 0` is anomalous); all zeros when there is none."""
+    """Read a mask as a binary 'L' image (0/255, `!= 0` is anomalous, alpha ignored); all zeros when there is none."""
     if path is None:
         return Image.new("L", size, 0)
-    try:
-        with Image.open(path) as mask:
-            values = np.asarray(mask)
-    except FileNotFoundError as error:
-        raise DataError(f"mask not found: {path}") from error
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise DataError(f"cannot read mask {path}: the file is corrupt or not an image ({error})") from error
-    if values.ndim == 3:
-        values = values.max(axis=2)
+    values = read_mask_values(path)
     if (values.shape[1], values.shape[0]) != tuple(size):
         raise DataError(
-            f"mask {path} is {values.shape[1]}x{values.shape[0]} but its image "
-            f"{image_path or ''} is {size[0]}x{size[1]}"
+            f"mask {path} is {values.shape[1]}x{values.shape[0]} but its image {image_path or ''} is "
+            f"{size[0]}x{size[1]}"
         )
     return Image.fromarray(((values != 0) * 255).astype(np.uint8), mode="L")
 
