@@ -67,9 +67,10 @@ def load_strict(
     what: str,
     source: Path | str,
     explain: Explain | None = None,
+    check_only: bool = False,
 ) -> None:
     """Load `state` into `module` only if every key and shape matches; else raise naming key, both shapes and
-    the likely cause (from `explain`). Nothing is changed when it fails."""
+    the likely cause (from `explain`). Nothing is changed when it fails, nor with `check_only`."""
     expected = module.state_dict()
     missing = [key for key in expected if key not in state]
     unexpected = [key for key in state if key not in expected]
@@ -90,7 +91,8 @@ def load_strict(
         if cause:
             lines.append(f"  likely cause: {cause}")
         raise CheckpointError("\n".join(lines))
-    module.load_state_dict(state, strict=True)
+    if not check_only:
+        module.load_state_dict(state, strict=True)
 
 
 def mean_abs_weight(module: nn.Module) -> float:

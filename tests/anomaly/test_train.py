@@ -3,6 +3,7 @@ warnings, and data-parallel training equal to one process on the same global bat
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -15,6 +16,8 @@ from crossgraft.anomaly.config import RUN_CONFIG, AdapterConfig, CrossAttentionC
 from crossgraft.anomaly.data import DataError
 from crossgraft.anomaly.train import TrainingError, train
 from crossgraft.errors import ConfigError
+from crossgraft.graft import CheckpointError
+from crossgraft.lock import RunFolderInUse
 
 
 def test_the_run_folder_records_the_config_and_what_it_resolved(trained_run, synthetic_root):
@@ -83,7 +86,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(synthe
 
 def test_bad_training_input(synthetic_root, tmp_path):
     with pytest.raises(DataError, match=r"--shot 20 needs 10 normal images"):
-        train(quick_config(synthetic_root, tmp_path / "a", shot=20))
+        train(quick_config(synthetic_root, tmp_path / "a", full_shot=False, shot=20))
     with pytest.raises(DataError, match=r"unknown class\(es\) \['bottle'\]"):
         train(quick_config(synthetic_root, tmp_path / "b", classes=["bottle"]))
     empty = tmp_path / "empty"
@@ -218,3 +221,77 @@ def test_two_processes_train_like_one_on_the_same_global_batch(synthetic_root, t
     for key, value in single4.items():
         torch.testing.assert_close(ddp[key], value, atol=2e-6, rtol=1e-4, msg=key)
     assert max((single2[key] - value).abs().max().item() for key, value in single4.items()) > 1e-4
+
+
+def hold_lock(folder):
+    """A process that holds the run folder's lock until it is killed."""
+    code = (
+        "import sys, time; from crossgraft.lock import RunLock; lock = RunLock(sys.argv[1]).acquire(); "
+        "print('held', flush=True); time.sleep(120)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(folder)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_one_writer_per_run_folder_and_a_killed_holder_frees_it(synthetic_root, tmp_path):
+    run = tmp_path / "run"
+    holder = hold_lock(run)
+    try:
+        with pytest.raises(RunFolderInUse, match=rf"run is in use by another run \(pid {holder.pid} on .*, started 20"):
+            train(quick_config(synthetic_root, run))
+        assert [p.name for p in run.iterdir()] == [".crossgraft.lock"]  # nothing of the refused run
+    finally:
+        holder.kill()
+        holder.wait()
+    train(quick_config(synthetic_root, run, image_epoch=1))  # kill -9 released the lock
+    assert (run / "image_adapter.pth").is_file()
+    assert f"pid {os.getpid()}" in (run / ".crossgraft.lock").read_text()  # the last holder is named
+
+
+def test_a_resume_from_a_broken_checkpoint_fails_before_anything_is_written(trained_run, synthetic_root, tmp_path):
+    run = tmp_path / "copy"
+    shutil.copytree(trained_run, run)
+    (run / "image_adapter.pth").write_bytes((run / "image_adapter.pth").read_bytes()[:100])  # cut short
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != ".crossgraft.lock"}
+    with pytest.raises(CheckpointError, match=r"image_adapter.pth: not a readable PyTorch checkpoint"):
+        train(quick_config(synthetic_root, run, image_epoch=3, resume=True))
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name in before} == before
+    checkpoint = torch.load(run / "text_adapter.pth")
+    del checkpoint["text_optimizer"]  # a public-code file has no optimizer state to resume
+    torch.save(checkpoint, run / "text_adapter.pth")
+    shutil.copy(trained_run / "image_adapter.pth", run / "image_adapter.pth")
+    with pytest.raises(
+        CheckpointError, match=r"text_adapter.pth: no 'text_optimizer' entry, so training cannot resume"
+    ):
+        train(quick_config(synthetic_root, run, image_epoch=3, resume=True))
+
+
+def test_a_learning_rate_that_breaks_the_weights_stops_the_run_in_the_log_too(synthetic_root, tmp_path):
+    run = tmp_path / "huge"
+    with pytest.raises(TrainingError) as info:
+        train(quick_config(synthetic_root, run, text_epoch=0, image_epoch=3, image_lr=1e30))
+    message = str(info.value)
+    assert any(
+        reason in message
+        for reason in ("weights became non-finite", "no gradient reached the image side's weights", "loss became")
+    ), message
+    assert "training stopped" in message
+    assert message in (run / "train.log").read_text()  # the reason is in the run's log, not only on stderr
+    saved = sorted(p.name for p in run.glob("image_adapter_*.pth"))
+    for name in saved:  # whatever was saved before the stop is finite
+        state = torch.load(run / name)["image_adapter"]
+        assert all(torch.isfinite(value).all() for value in state.values()), name
+
+
+def test_an_epoch_without_any_gradient_stops_the_run(synthetic_root, tmp_path, monkeypatch):
+    def no_gradient(stage, epoch, last_checkpoint):
+        for parameter in stage.parameters:
+            parameter.grad = None
+        return 1.0, dict.fromkeys(stage.groups, 0.0)
+
+    monkeypatch.setattr(train_module.StageRunner, "run_epoch", lambda self, *a: no_gradient(*a))
+    with pytest.raises(TrainingError, match=r"no gradient reached the text side's weights in a whole epoch"):
+        train(quick_config(synthetic_root, tmp_path / "flat"))
+    assert "every gradient norm is exactly 0" in (tmp_path / "flat" / "train.log").read_text()
+    assert not (tmp_path / "flat" / "text_adapter.pth").exists()

@@ -90,22 +90,30 @@ def _explain_image(model: AdaptedCLIP, state: dict[str, torch.Tensor]) -> Explai
 
 def _load_entry(
     module: nn.Module,
+    checkpoint: dict[str, Any],
     path: Path,
     key: str,
     other: str,
     what: str,
     explain: Callable[[dict[str, torch.Tensor]], Explain],
-) -> dict[str, Any]:
-    checkpoint = read_checkpoint(path)
+    check_only: bool,
+) -> None:
     if key not in checkpoint:
         hint = f" (this is a {other.replace('_', ' ')} checkpoint)" if other in checkpoint else ""
         raise CheckpointError(f"{path}: no {key!r} entry{hint}; keys: {sorted(checkpoint)}")
-    load_strict(module, checkpoint[key], what=what, source=path, explain=explain(checkpoint[key]))
-    return checkpoint
+    state = checkpoint[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: the {key!r} entry is not a state dict of tensors")
+    load_strict(module, state, what=what, source=path, explain=explain(state), check_only=check_only)
 
 
 def _load_cross(
-    module: nn.Module | None, checkpoint: dict[str, Any], key: str, path: Path, adapters_only: bool
+    module: nn.Module | None,
+    checkpoint: dict[str, Any],
+    key: str,
+    path: Path,
+    adapters_only: bool,
+    check_only: bool = False,
 ) -> None:
     """The cross-attention entry must be there exactly when the model has the module."""
     if module is None or adapters_only:
@@ -118,36 +126,56 @@ def _load_cross(
         return
     if key not in checkpoint:
         raise CheckpointError(f"{path}: no {key!r} entry, but this variant has {key}; keys: {sorted(checkpoint)}")
-    load_strict(module, checkpoint[key], what=key, source=path)
+    load_strict(module, checkpoint[key], what=key, source=path, check_only=check_only)
 
 
-def load_text_adapter(model: AdaptedCLIP, path: Path, adapters_only: bool = False) -> dict[str, Any]:
+def _load_side(model: AdaptedCLIP, path: Path, side: str, adapters_only: bool, check_only: bool) -> dict[str, Any]:
+    """Load the `side` ("text" or "image") of a checkpoint strictly: every check passes before any weight
+    changes; `check_only` changes nothing. Returns the checkpoint dict."""
+    other = "image" if side == "text" else "text"
+    explain = _explain_text if side == "text" else _explain_image
+    checkpoint = read_checkpoint(path)
+    for check in (True,) if check_only else (True, False):
+        _load_entry(
+            getattr(model, f"{side}_adapter"),
+            checkpoint,
+            path,
+            f"{side}_adapter",
+            f"{other}_adapter",
+            f"the {side} adapter",
+            lambda state: explain(model, state),
+            check,
+        )
+        _load_cross(getattr(model, f"{side}_cross_attn"), checkpoint, f"{side}_cross_attn", path, adapters_only, check)
+    return checkpoint
+
+
+def load_text_adapter(
+    model: AdaptedCLIP, path: Path, adapters_only: bool = False, check_only: bool = False
+) -> dict[str, Any]:
     """Load a text checkpoint (ours or the public code's) strictly; returns the checkpoint dict.
-    `adapters_only`: load just the adapters (a base model's, for fair comparison)."""
-    checkpoint = _load_entry(
-        model.text_adapter,
-        path,
-        "text_adapter",
-        "image_adapter",
-        "the text adapter",
-        lambda state: _explain_text(model, state),
-    )
-    _load_cross(model.text_cross_attn, checkpoint, "text_cross_attn", path, adapters_only)
-    return checkpoint
+    `adapters_only`: load just the adapters (a base model's, for fair comparison); `check_only`: load nothing,
+    only check that it would load."""
+    return _load_side(model, path, "text", adapters_only, check_only)
 
 
-def load_image_adapter(model: AdaptedCLIP, path: Path, adapters_only: bool = False) -> dict[str, Any]:
+def load_image_adapter(
+    model: AdaptedCLIP, path: Path, adapters_only: bool = False, check_only: bool = False
+) -> dict[str, Any]:
     """Load an image checkpoint (ours or the public code's) strictly; returns the checkpoint dict."""
-    checkpoint = _load_entry(
-        model.image_adapter,
-        path,
-        "image_adapter",
-        "text_adapter",
-        "the image adapter",
-        lambda state: _explain_image(model, state),
-    )
-    _load_cross(model.image_cross_attn, checkpoint, "image_cross_attn", path, adapters_only)
-    return checkpoint
+    return _load_side(model, path, "image", adapters_only, check_only)
+
+
+def check_text_adapter(model: AdaptedCLIP, path: Path) -> None:
+    """A checkpoint to resume stage 1 from: it loads into `model`, and has the optimizer state."""
+    if "text_optimizer" not in load_text_adapter(model, path, check_only=True):
+        raise CheckpointError(f"{path}: no 'text_optimizer' entry, so training cannot resume from it")
+
+
+def check_image_adapter(model: AdaptedCLIP, path: Path) -> None:
+    """A checkpoint to resume stage 2 from: it loads into `model`, and has the optimizer state."""
+    if "image_optimizer" not in load_image_adapter(model, path, check_only=True):
+        raise CheckpointError(f"{path}: no 'image_optimizer' entry, so training cannot resume from it")
 
 
 def save_text_adapter(model: AdaptedCLIP, optimizer: Optimizer, epoch: int, save_path: Path) -> Path:

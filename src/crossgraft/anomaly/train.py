@@ -26,6 +26,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from crossgraft.anomaly.checkpoints import (
+    check_image_adapter,
+    check_text_adapter,
     image_file,
     load_image_adapter,
     load_text_adapter,
@@ -67,6 +69,7 @@ from crossgraft.anomaly.prompts import (
 )
 from crossgraft.args import flatten_config
 from crossgraft.errors import CrossgraftError
+from crossgraft.lock import RunLock
 from crossgraft.runlog import setup_run_logging
 
 TRAIN_SAMPLES = "train_samples.jsonl"
@@ -175,8 +178,32 @@ class StageRunner:
                         stage.name,
                         epoch,
                     )
+            self.check_learning(stage, epoch, norms, last_checkpoint)
             if self.accelerator.is_main_process:
                 stage.save(epoch + 1)
+
+    def stop(self, reason: str, last_checkpoint: Path) -> None:
+        """End training: the reason goes to the run's log and to the error; the last good checkpoint stays."""
+        kept = last_checkpoint if last_checkpoint.exists() else "none yet"
+        message = f"{reason}; training stopped. The last good checkpoint is kept ({kept})."
+        self.logger.error(message)
+        raise TrainingError(message)
+
+    def check_learning(self, stage: Stage, epoch: int, norms: dict[str, float], last_checkpoint: Path) -> None:
+        """After an epoch, before its checkpoint: the weights are finite, and some gradient reached them."""
+        for name, group in stage.groups.items():
+            if not all(torch.isfinite(p).all() for p in group):
+                self.stop(
+                    f"the {name} weights became non-finite in {stage.name} epoch {epoch + 1} (learning rate too high?)",
+                    last_checkpoint,
+                )
+        if all(norm == 0.0 for norm in norms.values()):
+            self.stop(
+                f"no gradient reached the {stage.name} side's weights in a whole epoch ({stage.name} epoch "
+                f"{epoch + 1}: every gradient norm is exactly 0); they cannot learn (saturated by a too-high "
+                "learning rate?)",
+                last_checkpoint,
+            )
 
     def run_epoch(self, stage: Stage, epoch: int, last_checkpoint: Path) -> tuple[float, dict[str, float]]:
         """One epoch; returns the mean loss and the mean gradient norm of each module group."""
@@ -192,11 +219,10 @@ class StageRunner:
             with self.accelerator.autocast():
                 loss = stage.loss(batch)
             if not torch.isfinite(loss):
-                kept = last_checkpoint if last_checkpoint.exists() else "none yet"
-                raise TrainingError(
-                    f"the stage-{stage.number} loss became {loss.item()} at epoch {epoch + 1}, step {step}; training "
-                    f"stopped. The last good checkpoint is kept ({kept}). Try a lower learning rate, or "
-                    "--mixed_precision no."
+                self.stop(
+                    f"the stage-{stage.number} loss became {loss.item()} at epoch {epoch + 1}, step {step} (try a "
+                    "lower learning rate, or --mixed_precision no)",
+                    last_checkpoint,
                 )
             stage.optimizer.zero_grad()
             self.accelerator.backward(loss)
@@ -232,6 +258,24 @@ def trainable_groups(model: AdaptedCLIP, side: str) -> dict[str, list[torch.nn.P
 
 
 # ================================================================================================ a run
+def round_folders(config: TrainConfig) -> list[Path]:
+    """Where each feedback round writes its checkpoints (the run folder itself with one round)."""
+    if config.num_feedback_loops == 1:
+        return [config.save_path]
+    return [config.save_path / f"loop_{index}" for index in range(1, config.num_feedback_loops + 1)]
+
+
+def check_resume_checkpoints(model: AdaptedCLIP, config: TrainConfig) -> None:
+    """Every checkpoint a resume would continue from reads and fits the model, before anything is written."""
+    for folder in round_folders(config):
+        for path, check in (
+            (folder / text_file(config.variant), check_text_adapter),
+            (folder / image_file(config.variant), check_image_adapter),
+        ):
+            if path.exists():
+                check(model, path)
+
+
 def check_run_folder(config: TrainConfig) -> None:
     """A folder holds one run: training into a folder that holds another run, or resuming with settings that
     change what the run learns, is refused before anything is written."""
@@ -264,11 +308,25 @@ def check_run_folder(config: TrainConfig) -> None:
 
 
 def train(config: TrainConfig) -> AdaptedCLIP:
-    """Train a run: N feedback rounds (1 = plain AA-CLIP) of stage 1 then stage 2. Returns the trained model."""
-    check_run_folder(config)
-    save_path = config.save_path
+    """Train a run: N feedback rounds (1 = plain AA-CLIP) of stage 1 then stage 2. Returns the trained model.
+
+    The run folder has one writer (an OS lock the main process holds for the whole run), and everything is checked
+    (settings against a run already there, data, backbone, base and resume checkpoints) before anything is written.
+    """
     accelerator = Accelerator(cpu=resolve_device(config.device) == "cpu", mixed_precision=config.mixed_precision)
+    lock = RunLock(config.save_path)
+    try:
+        return _train(config, accelerator, lock)
+    finally:
+        lock.release()
+
+
+def _train(config: TrainConfig, accelerator: Accelerator, lock: RunLock) -> AdaptedCLIP:
+    save_path = config.save_path
     main = accelerator.is_main_process
+    if main and save_path.is_dir():  # a folder in use is named before anything else is said about it
+        lock.acquire()
+    check_run_folder(config)
     data = config.data.resolved()
     samples = data.load("test")
     if config.k_shot is not None:
@@ -281,7 +339,11 @@ def train(config: TrainConfig) -> AdaptedCLIP:
     torch.manual_seed(config.seed)  # adapter init: a resumed run re-creates the same untrained adapters
     model = AdaptedCLIP(backbone, config.adapter, config.cross, quirks.vv_mode).to(accelerator.device)
     base = load_base_adapters(model, config.load_base_text_adapter, config.load_base_image_adapter)
-    # everything above is checked before anything is written
+    if config.resume:
+        check_resume_checkpoints(model, config)
+    if main:  # everything above is checked before anything is written; from here on the folder is ours
+        lock.acquire()
+        check_run_folder(config)  # again, under the lock: no other run has started here since
     logger = setup_run_logging(
         save_path, "train.log" if config.variant == "base" else "train_cross_attention.log", name="crossgraft.train"
     )
@@ -310,8 +372,7 @@ def train(config: TrainConfig) -> AdaptedCLIP:
     texts = {name: class_text(name, descriptions) for name in class_names}
     runner = StageRunner(accelerator, samples, config, logger)
     rounds = config.num_feedback_loops
-    for round_index in range(1, rounds + 1):
-        round_dir = save_path if rounds == 1 else save_path / f"loop_{round_index}"
+    for round_index, round_dir in enumerate(round_folders(config), start=1):
         if rounds > 1:
             if main:
                 save_run_config(round_dir, SavedRun(**{**run.__dict__, "loop": round_index}))
