@@ -183,9 +183,9 @@ class StageRunner:
                 stage.save(epoch + 1)
 
     def stop(self, reason: str, last_checkpoint: Path) -> None:
-        """End training: the reason goes to the run's log and to the error; the last good checkpoint stays."""
-        kept = last_checkpoint if last_checkpoint.exists() else "none yet"
-        message = f"{reason}; training stopped. The last good checkpoint is kept ({kept})."
+        """End training: the reason goes to the run's log and to the error; the checkpoints before it stay."""
+        kept = f"the latest is {last_checkpoint}" if last_checkpoint.exists() else "there are none yet"
+        message = f"{reason}; training stopped, nothing of this epoch was saved ({kept})."
         self.logger.error(message)
         raise TrainingError(message)
 
