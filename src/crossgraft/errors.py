@@ -24,3 +24,7 @@ class DataError(CrossgraftError, ValueError):
 
 class OutputError(CrossgraftError):
     """An output folder or file that cannot be written (no permission, a file where a folder should be, …)."""
+
+
+class TrainingError(CrossgraftError, RuntimeError):
+    """Training cannot go on (a NaN loss, a run folder that holds another run, …); the message says why."""

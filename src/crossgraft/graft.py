@@ -4,14 +4,17 @@ summaries."""
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
+import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from crossgraft.errors import CrossgraftError
@@ -170,3 +173,26 @@ def selective_copy(
         else:
             report.missing.append(key)
     return matched, report
+
+
+# ----------------------------------------------------------------------------------------- file integrity
+def file_problem(path: Path) -> str | None:
+    """What is wrong with a saved file, judged by its kind (json, safetensors, torch.save zip), or None when it
+    reads as complete: a write cut short (an empty, truncated or half-renamed file) is found here."""
+    path = Path(path)
+    if not path.is_file():
+        return "missing"
+    if path.stat().st_size == 0:
+        return "empty"
+    try:
+        if path.suffix == ".json":
+            json.loads(path.read_text(encoding="utf-8"))
+        elif path.suffix == ".safetensors":
+            with safe_open(str(path), "pt") as handle:
+                handle.keys()
+        elif path.suffix in (".pt", ".pth", ".bin"):
+            with zipfile.ZipFile(path) as archive:  # torch.save writes a zip; its directory is at the end
+                archive.namelist()
+    except (OSError, ValueError, zipfile.BadZipFile, SafetensorError) as error:
+        return f"incomplete or corrupt ({str(error).splitlines()[0][:120]})"
+    return None

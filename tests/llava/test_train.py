@@ -2,8 +2,10 @@
 record, the gates' optimizer group, learning, resuming and building from a backbone."""
 
 import json
+import shutil
 
 import pytest
+import torch
 
 from crossgraft.cli import main as crossgraft_main
 from crossgraft.cli import train_alternating as train_main
@@ -359,3 +361,97 @@ def test_values_that_cannot_work_are_refused_before_anything_is_loaded(flags, me
     assert train_main([*args, *flags]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def short_run(tiny_models, llava_sample, output_dir, *extra):
+    return [
+        "--model_name_or_path",
+        str(tiny_models[ALT]),
+        "--data_path",
+        str(llava_sample),
+        "--output_dir",
+        str(output_dir),
+        "--per_device_train_batch_size",
+        "4",
+        "--learning_rate",
+        "3e-3",
+        "--lr_scheduler_type",
+        "constant",
+        "--seed",
+        "0",
+        *QUIET,
+        *extra,
+    ]
+
+
+def test_a_learning_rate_that_breaks_training_stops_it_and_keeps_the_last_checkpoint(
+    tiny_models, llava_sample, tmp_path, capsys
+):
+    from safetensors.torch import load_file
+
+    output_dir = tmp_path / "huge"
+    broken = short_run(tiny_models, llava_sample, output_dir, "--max_steps", "6", "--save_steps", "1")
+    assert train_main([*broken, "--learning_rate", "1e30"]) == 2
+    err = capsys.readouterr().err
+    assert "training stopped before applying" in err and ("loss became" in err or "gradients became" in err)
+    assert "training stopped before applying" in (output_dir / LOG_FILE).read_text()
+    assert not (output_dir / "model.safetensors").exists()  # the broken model was not written
+    for checkpoint in output_dir.glob("checkpoint-*"):  # whatever the guard let through is finite
+        state = load_file(checkpoint / "model.safetensors")
+        assert all(torch.isfinite(t).all() for t in state.values()), checkpoint.name
+
+
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        ("trainer_state.json", "trainer_state.json is incomplete or corrupt"),  # a kill while it was written
+        ("model.safetensors", "model.safetensors is incomplete or corrupt"),
+        ("optimizer.pt", "optimizer.pt is empty"),
+    ],
+)
+def test_an_incomplete_checkpoint_is_skipped_for_the_one_before(damage, problem, tiny_models, llava_sample, tmp_path):
+    output_dir = tmp_path / "run"
+    assert train_main(short_run(tiny_models, llava_sample, output_dir, "--max_steps", "4", "--save_steps", "2")) == 0
+    target = output_dir / "checkpoint-4" / damage
+    data = target.read_bytes()
+    target.write_bytes(b"" if damage == "optimizer.pt" else data[: len(data) // 2])
+    assert train_main(short_run(tiny_models, llava_sample, output_dir, "--max_steps", "5", "--save_steps", "100")) == 0
+    log_text = (output_dir / LOG_FILE).read_text()
+    assert f"skipping {output_dir / 'checkpoint-4'}: {problem}" in log_text
+    assert f"resuming from {output_dir / 'checkpoint-2'}" in log_text
+
+
+def test_missing_or_truncated_inputs_are_named(tiny_models, llava_sample, tmp_path, capsys):
+    args = short_run(tiny_models, llava_sample, tmp_path / "out", "--max_steps", "1")
+    assert train_main([*args, "--resume_from_checkpoint", str(tmp_path / "nowhere")]) == 2
+    assert (
+        f"--resume_from_checkpoint {tmp_path / 'nowhere'} cannot be resumed: no such folder" in capsys.readouterr().err
+    )
+    broken = tmp_path / "broken_model"
+    shutil.copytree(tiny_models[ALT], broken)
+    data = (broken / "model.safetensors").read_bytes()
+    (broken / "model.safetensors").write_bytes(data[: len(data) // 3])
+    args = short_run(tiny_models, llava_sample, tmp_path / "out2", "--max_steps", "1")
+    args[args.index("--model_name_or_path") + 1] = str(broken)
+    assert train_main(args) == 2
+    assert f"{broken / 'model.safetensors'} is incomplete or corrupt" in capsys.readouterr().err
+
+
+def test_one_writer_per_output_folder(tiny_models, llava_sample, tmp_path, capsys):
+    import subprocess
+    import sys
+
+    output_dir = tmp_path / "shared"
+    code = (
+        "import sys, time; from crossgraft.lock import RunLock; lock = RunLock(sys.argv[1]).acquire(); "
+        "print('held', flush=True); time.sleep(120)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(output_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert train_main(short_run(tiny_models, llava_sample, output_dir, "--max_steps", "1")) == 2
+        assert f"is in use by another run (pid {holder.pid}" in capsys.readouterr().err
+        assert [p.name for p in output_dir.iterdir()] == [".crossgraft.lock"]
+    finally:
+        holder.kill()
+        holder.wait()

@@ -68,7 +68,7 @@ from crossgraft.anomaly.prompts import (
     public_prompts_warning,
 )
 from crossgraft.args import flatten_config
-from crossgraft.errors import CrossgraftError
+from crossgraft.errors import TrainingError
 from crossgraft.lock import RunLock
 from crossgraft.runlog import setup_run_logging
 
@@ -98,10 +98,6 @@ RESUMABLE_CHANGES = frozenset(
 )
 
 Batch = dict[str, Any]  # what AnomalyDataset yields, collated: image, mask, label, class_name, image_path, index
-
-
-class TrainingError(CrossgraftError, RuntimeError):
-    """Training cannot go on (a NaN loss, a save path that holds another run, …)."""
 
 
 def epoch_seed(seed: int, stage: int, epoch: int) -> int:

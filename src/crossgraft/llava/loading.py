@@ -18,7 +18,7 @@ from transformers import SiglipConfig, SiglipVisionConfig
 from transformers.utils import cached_file
 from transformers.utils import logging as hf_logging
 
-from crossgraft.graft import CheckpointError, CopyReport, selective_copy
+from crossgraft.graft import CheckpointError, CopyReport, file_problem, selective_copy
 from crossgraft.llava import MODEL_CLASSES
 from crossgraft.llava.configuration import (
     ALTERNATING_CROSS_MODEL_TYPE,
@@ -188,14 +188,28 @@ def load_model(
     model_type = target_model_type(kind, variant)
     config = build_config(raw, model_type)
     model_class = MODEL_CLASSES[model_type]
+    check_weight_files(name_or_path)
     return model_class.from_pretrained(
         name_or_path, config=config, attn_implementation=attn_implementation, dtype=dtype
     )
 
 
+def check_weight_files(name_or_path: str) -> None:
+    """In a local checkpoint folder every weight file must read as complete (a copy or save cut short names
+    itself here, not deep inside the loader)."""
+    folder = Path(name_or_path)
+    if not folder.is_dir():
+        return
+    for path in sorted([*folder.glob("*.safetensors"), *folder.glob("*.bin"), *folder.glob("*.index.json")]):
+        problem = file_problem(path)
+        if problem:
+            raise CheckpointError(f"{path} is {problem}: the checkpoint cannot be loaded")
+
+
 def read_state_dict(name_or_path: str) -> dict[str, torch.Tensor]:
     """Every tensor of a checkpoint (safetensors or .bin, single or sharded; local or Hub) on the CPU."""
     folder = Path(name_or_path)
+    check_weight_files(name_or_path)
 
     def resolve(filename: str) -> Path | None:
         if folder.is_dir():

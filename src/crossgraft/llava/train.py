@@ -27,6 +27,8 @@ from transformers import (
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from crossgraft.errors import TrainingError
+from crossgraft.graft import CheckpointError, file_problem
 from crossgraft.llava.config import AlternatingTrainingArguments, DataArguments, ModelArguments
 from crossgraft.llava.configuration import SUPPORTED_ASPECT_RATIOS, LlavaConfigError, LlavaQwenConfig
 from crossgraft.llava.data import LlavaDataError, Record, make_supervised_data_module, read_records, validate_record
@@ -41,6 +43,7 @@ from crossgraft.llava.loading import (
 )
 from crossgraft.llava.modeling import LlavaQwenForCausalLM
 from crossgraft.llava.vision import SquareImageProcessor
+from crossgraft.lock import RunLock
 from crossgraft.runlog import setup_run_logging
 
 LOG_FILE = "train_alternating.log"
@@ -117,7 +120,26 @@ class RunLogCallback(TrainerCallback):
 
 
 class AlternatingTrainer(Trainer):
-    """The Trainer with one more optimizer group: the tanh gates, at --xattn_gate_lr, without weight decay."""
+    """The Trainer with one more optimizer group (the tanh gates, at --xattn_gate_lr, without weight decay), and a
+    guard: a non-finite loss or gradient stops training before the optimizer step that would apply it."""
+
+    def training_step(
+        self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        step = self.state.global_step + 1
+        if not torch.isfinite(loss).all():
+            raise TrainingError(
+                f"the training loss became {loss.item()} at step {step}; training stopped before applying it, the "
+                "last checkpoint is kept (try a lower --learning_rate)"
+            )
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        if grads and not torch.isfinite(torch.stack([g.norm() for g in grads])).all():  # one sync per step
+            raise TrainingError(
+                f"the gradients became non-finite at step {step}; training stopped before applying them, the last "
+                "checkpoint is kept (try a lower --learning_rate, or --max_grad_norm)"
+            )
+        return loss
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
         model = cast(PreTrainedModel, self.model if model is None else model)
@@ -176,18 +198,42 @@ def choose_aspect_ratio(data_args: DataArguments, config: LlavaQwenConfig, logge
     return "pad"
 
 
+CHECKPOINT_FILE_SUFFIXES = (".json", ".safetensors", ".pt", ".pth", ".bin")
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """What keeps a Trainer checkpoint folder from being resumed, or None: the trainer state, the config and the
+    weights must be there, and every file must read as complete (a save cut short by a kill leaves a file that
+    does not)."""
+    if not folder.is_dir():
+        return "no such folder"
+    required = [TRAINER_STATE_NAME, "config.json"]
+    if not any(folder.glob("*.safetensors")) and not (folder / "pytorch_model.bin").exists():
+        return "no model weights (*.safetensors)"
+    for name in required:
+        if not (folder / name).is_file():
+            return f"no {name}"
+    for path in sorted(folder.iterdir()):
+        if path.suffix in CHECKPOINT_FILE_SUFFIXES:
+            problem = file_problem(path)
+            if problem:
+                return f"{path.name} is {problem}"
+    return None
+
+
 def last_complete_checkpoint(output_dir: Path, logger: logging.Logger) -> str | None:
-    """The newest `checkpoint-N` whose trainer_state.json (the Trainer writes it last) exists. A folder left
-    half-written by an interrupted save is skipped with a warning instead of crashing the resume."""
+    """The newest `checkpoint-N` that can be resumed; a newer one that a kill left incomplete is skipped with a
+    warning that says what is wrong with it, instead of crashing every rerun."""
     folders = sorted(
         (p for p in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
         key=lambda p: int(p.name.split("-")[-1]),
         reverse=True,
     )
     for folder in folders:
-        if (folder / TRAINER_STATE_NAME).is_file():
+        problem = checkpoint_problem(folder)
+        if problem is None:
             return str(folder)
-        logger.warning("skipping %s: no %s, so its save was interrupted", folder, TRAINER_STATE_NAME)
+        logger.warning("skipping %s: %s (its save was interrupted?)", folder, problem)
     return None
 
 
@@ -277,13 +323,34 @@ class TrainResult:
 def train(
     model_args: ModelArguments, data_args: DataArguments, training_args: AlternatingTrainingArguments
 ) -> TrainResult:
-    """Train one LLaVA variant with the Hugging Face Trainer; a folder holding checkpoints resumes from its
-    last complete one. The model, tokenizer and trainer state are written to --output_dir."""
+    """Train one LLaVA variant with the Hugging Face Trainer; a folder holding checkpoints resumes from its last
+    complete one. The model, tokenizer and trainer state are written to --output_dir, which has one writer (an OS
+    lock the main process holds). A non-finite loss or gradient stops the run before the step that would apply
+    it: the last checkpoint stays as it was, and the reason goes to stderr and to the run's log."""
     if not data_args.data_path:
         raise LlavaDataError("--data_path is required to train")
     if not training_args.output_dir or training_args.output_dir == "trainer_output":
         raise LlavaConfigError("--output_dir is required to train")
     output_dir = Path(training_args.output_dir)
+    resume = training_args.resume_from_checkpoint
+    if resume is not None and (problem := checkpoint_problem(Path(resume))):
+        raise CheckpointError(f"--resume_from_checkpoint {resume} cannot be resumed: {problem}")
+    lock = RunLock(output_dir)
+    try:
+        if training_args.process_index == 0:
+            lock.acquire()
+        return _train(model_args, data_args, training_args, output_dir, resume)
+    finally:
+        lock.release()
+
+
+def _train(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: AlternatingTrainingArguments,
+    output_dir: Path,
+    resume: str | None,
+) -> TrainResult:
     logger = setup_run_logging(output_dir, LOG_FILE, "crossgraft.llava")
     model = prepare_model(model_args, logger)
     tokenizer_source = model_args.tokenizer_name_or_path or model_args.model_name_or_path or model_args.backbone_model
@@ -293,9 +360,8 @@ def train(
     counts = set_trainable_parts(model, model_args.tunable_parts)
     logger.info("trainable parameters: %s", ", ".join(f"{part} {count:,}" for part, count in counts.items()))
 
-    image_processor = SquareImageProcessor.from_config(
-        model.config, choose_aspect_ratio(data_args, model.config, logger)
-    )
+    aspect_ratio = choose_aspect_ratio(data_args, model.config, logger)
+    image_processor = SquareImageProcessor.from_config(model.config, aspect_ratio)
     data_module = make_supervised_data_module(tokenizer, data_args, image_processor)
     logger.info("%d training records from %s", len(data_module["train_dataset"]), data_args.data_path)
 
@@ -306,12 +372,15 @@ def train(
         # First in line, so every reporter (console, log file, integrations) sees the merged record.
         trainer.callback_handler.callbacks.insert(0, ThroughputCallback(training_args.throughput_log_steps))
 
-    resume = training_args.resume_from_checkpoint
     if resume is None:
         resume = last_complete_checkpoint(output_dir, logger)
-        if resume:
-            logger.info("resuming from %s", resume)
-    result = trainer.train(resume_from_checkpoint=resume)
+    if resume:
+        logger.info("resuming from %s", resume)
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    except TrainingError as error:
+        logger.error("%s", error)
+        raise
     trainer.save_model(str(output_dir))
     trainer.save_state()
     if trainer.is_world_process_zero():
