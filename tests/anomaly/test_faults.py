@@ -1,0 +1,98 @@
+"""Kill a tiny anomaly training at chosen and at random points (inside checkpoint and run-config writes too), then
+rerun the same command: the weights equal the uninterrupted run's, bit for bit."""
+
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+RUNNER = Path(__file__).parents[1] / "fault_runner.py"
+KILLED = -9
+
+
+def run(plan, args, timeout=300):
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, str(RUNNER), plan, *args], capture_output=True, text=True, timeout=timeout)
+    assert result.returncode in (0, KILLED), result.stderr[-2000:]
+    return result.returncode, time.perf_counter() - started
+
+
+def until_done(args, plan):
+    """The interrupted run, then the same command again until it finishes (a kill can come before any save).
+    Returns the first run's exit code (-9: it was killed)."""
+    first, _ = run(plan, args)
+    code = first
+    for _ in range(3):
+        if code == 0:
+            return first
+        code, _ = run("none", args)
+    raise AssertionError(f"{plan}: the run did not finish after its interruption")
+
+
+def anomaly_args(synthetic_root, save_path):
+    return [
+        "anomaly",
+        "train",
+        "--dataset",
+        "synthetic",
+        "--data_root",
+        str(synthetic_root),
+        "--classes",
+        "dots",
+        "stripes",
+        "--full_shot",
+        "--clip",
+        "tiny",
+        "--img_size",
+        "64",
+        "--text_epoch",
+        "2",
+        "--image_epoch",
+        "3",
+        "--text_batch_size",
+        "4",
+        "--image_batch_size",
+        "4",
+        "--save_path",
+        str(save_path),
+        "--device",
+        "cpu",
+        "--resume",
+    ]
+
+
+def anomaly_weights(run_dir):
+    return {
+        f"{name}:{key}": value
+        for name, entry in (("text_adapter.pth", "text_adapter"), ("image_adapter.pth", "image_adapter"))
+        for key, value in torch.load(run_dir / name)[entry].items()
+    }
+
+
+@pytest.fixture(scope="module")
+def anomaly_reference(synthetic_root, tmp_path_factory):
+    path = tmp_path_factory.mktemp("uninterrupted")
+    _, seconds = run("none", anomaly_args(synthetic_root, path))
+    return anomaly_weights(path), seconds
+
+
+@pytest.mark.parametrize(
+    "plan",
+    ["write:2:mid", "write:4:rename", "write:9:mid", "random:1", "random:2"],  # run_config, checkpoints, at random
+)
+def test_an_anomaly_run_killed_anywhere_resumes_to_the_same_weights(plan, anomaly_reference, synthetic_root, tmp_path):
+    reference, seconds = anomaly_reference
+    if plan.startswith("random"):
+        plan = f"after:{random.Random(plan).uniform(0.3, 0.95) * seconds:.2f}"
+    first = until_done(anomaly_args(synthetic_root, tmp_path / "run"), plan)
+    assert first == KILLED or plan.startswith("after"), f"{plan} did not interrupt the run"
+    weights = anomaly_weights(tmp_path / "run")
+    assert weights.keys() == reference.keys()
+    for key, value in reference.items():
+        assert torch.equal(weights[key], value), f"{plan}: {key}"
+    train_log = (tmp_path / "run" / "train.log").read_text()
+    assert train_log.count("training image epoch 2:") >= 1

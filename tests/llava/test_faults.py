@@ -1,0 +1,93 @@
+"""Kill a tiny LLaVA training at a chosen point (inside a checkpoint's save) and at a random one, then rerun the
+same command: it resumes from the last complete checkpoint to the uninterrupted run's weights, bit for bit."""
+
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+RUNNER = Path(__file__).parents[1] / "fault_runner.py"
+KILLED = -9
+
+
+def run(plan, args, timeout=300):
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, str(RUNNER), plan, *args], capture_output=True, text=True, timeout=timeout)
+    assert result.returncode in (0, KILLED), result.stderr[-2000:]
+    return result.returncode, time.perf_counter() - started
+
+
+def until_done(args, plan):
+    """The interrupted run, then the same command again until it finishes (a kill can come before any save).
+    Returns the first run's exit code (-9: it was killed)."""
+    first, _ = run(plan, args)
+    code = first
+    for _ in range(3):
+        if code == 0:
+            return first
+        code, _ = run("none", args)
+    raise AssertionError(f"{plan}: the run did not finish after its interruption")
+
+
+def llava_args(model, sample, output_dir):
+    return [
+        "llava",
+        "train",
+        "--model_name_or_path",
+        str(model),
+        "--data_path",
+        str(sample),
+        "--output_dir",
+        str(output_dir),
+        "--per_device_train_batch_size",
+        "4",
+        "--learning_rate",
+        "3e-3",
+        "--lr_scheduler_type",
+        "constant",
+        "--max_steps",
+        "6",
+        "--save_steps",
+        "2",
+        "--seed",
+        "0",
+        "--report_to",
+        "none",
+        "--dataloader_pin_memory",
+        "false",
+        "--disable_tqdm",
+        "true",
+    ]
+
+
+@pytest.fixture(scope="module")
+def llava_reference(tiny_models, llava_sample, tmp_path_factory):
+    path = tmp_path_factory.mktemp("llava_uninterrupted")
+    _, seconds = run("none", llava_args(tiny_models["llava_qwen_with_alternating_attn"], llava_sample, path))
+    return load_file(path / "model.safetensors"), seconds
+
+
+@pytest.mark.parametrize("plan", ["trainer_state:2", "random:1"])
+def test_a_llava_run_killed_anywhere_resumes_to_the_same_weights(
+    plan, llava_reference, tiny_models, llava_sample, tmp_path
+):
+    reference, seconds = llava_reference
+    if plan.startswith("random"):
+        plan = f"after:{random.Random(plan).uniform(0.5, 0.95) * seconds:.2f}"
+    output_dir = tmp_path / "run"
+    first = until_done(llava_args(tiny_models["llava_qwen_with_alternating_attn"], llava_sample, output_dir), plan)
+    assert first == KILLED or plan.startswith("after"), f"{plan} did not interrupt the run"
+    weights = load_file(output_dir / "model.safetensors")
+    for key, value in reference.items():
+        torch.testing.assert_close(weights[key], value, rtol=0, atol=0, msg=f"{plan}: {key}")
+    if plan == "trainer_state:2":  # checkpoint-4's state was cut: the rerun skipped it for checkpoint-2
+        log_text = (output_dir / "train_alternating.log").read_text()
+        assert "checkpoint-4: trainer_state.json is incomplete or corrupt" in log_text
+        assert f"resuming from {output_dir / 'checkpoint-2'}" in log_text
+    assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == 6
