@@ -5,15 +5,19 @@ from bisect import bisect
 import numpy as np
 import pytest
 from scipy import ndimage
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from crossgraft.anomaly.metrics import (
+    MAX_CURVE_POINTS,
     ClassMetricsAccumulator,
     MetricsInputError,
     PixelAccumulator,
     compute_metrics,
+    curve_area,
+    mean_curve,
     mean_metrics,
     ordered_bits,
+    score_of_bits,
 )
 
 TOL = 1e-9
@@ -233,3 +237,99 @@ def test_accumulator_holds_keys_not_float_maps(expected_pixels):
     assert sum(block.nbytes for block in accumulator._blocks) == 8 * masks.size  # one 64-bit key a pixel
     result = accumulator.compute()
     assert abs(result.auroc - roc_auc_score(masks.ravel(), scores.ravel())) <= TOL
+
+
+# ------------------------------------------------------------------------------------------------ curves
+def tied_class(seed=3, images=6, size=24):
+    """Maps with many ties (scores rounded) and blob masks; image scores with ties too."""
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((images, size, size), dtype=bool)
+    for i in range(1, images):
+        r, c = rng.integers(2, size - 8, size=2)
+        masks[i, r : r + rng.integers(2, 7), c : c + rng.integers(2, 7)] = True
+    scores = np.round(rng.random((images, size, size)) + 0.6 * masks, 2).astype(np.float32)
+    labels = masks.reshape(images, -1).any(1).astype(int)
+    image_scores = np.round(scores.reshape(images, -1).max(1) + rng.normal(0, 0.2, images), 1).astype(np.float32)
+    return scores, masks, image_scores, labels
+
+
+def test_curves_integrate_to_the_reported_metrics():
+    scores, masks, image_scores, labels = tied_class()
+    accumulator = ClassMetricsAccumulator()
+    accumulator.add(image_scores, labels, scores, masks)
+    result = accumulator.evaluate()
+    metrics, curves = result.metrics, result.curves
+    pairs = [
+        (curves.image_roc, metrics.image_auroc),
+        (curves.image_pr, metrics.image_ap),
+        (curves.pixel_roc, metrics.pixel_auroc),
+        (curves.pixel_pr, metrics.pixel_ap),
+        (curves.pro, metrics.aupro),
+    ]
+    for curve, value in pairs:
+        assert curve.value == value
+        assert abs(curve_area(curve) - value) < 1e-9
+        assert np.all(np.diff(curve.x) >= 0)
+    assert abs(curve_area(curves.pixel_roc) - roc_auc_score(masks.ravel(), scores.ravel())) < 1e-9
+    assert curves.pro.x_limit == 0.3 and abs(curves.pro.value - slow_aupro_mvtec(scores, masks)) < 1e-9
+    # the pixel ROC curve is sklearn's: every point of its curve lies on ours
+    fpr, tpr, _ = roc_curve(masks.ravel(), scores.ravel())
+    assert all(on_polyline(curves.pixel_roc.x, curves.pixel_roc.y, f, t) for f, t in zip(fpr, tpr))
+
+
+def on_polyline(xs, ys, x, y, tol=1e-12):
+    """Whether (x, y) lies on one of the polyline's segments."""
+    for x0, y0, x1, y1 in zip(xs[:-1], ys[:-1], xs[1:], ys[1:]):
+        if x0 - tol <= x <= x1 + tol:
+            expected = y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+            if (x1 == x0 and min(y0, y1) - tol <= y <= max(y0, y1) + tol) or abs(expected - y) <= tol:
+                return True
+    return False
+
+
+def test_the_image_threshold_is_the_f1max_point():
+    scores, masks, image_scores, labels = tied_class(seed=5, images=12)
+    evaluation = compute_class(image_scores, labels)
+    threshold = evaluation.curves.image_threshold
+    assert threshold in image_scores
+    predicted = image_scores >= threshold
+    tp = int((predicted & (labels == 1)).sum())
+    f1 = 2 * tp / (predicted.sum() + labels.sum())
+    assert abs(f1 - evaluation.metrics.image_f1max) < 1e-12
+    assert abs(f1 - slow_f1max(labels, image_scores)) < 1e-12
+
+
+def compute_class(image_scores, labels):
+    accumulator = ClassMetricsAccumulator()
+    accumulator.add_images(image_scores, labels)
+    return accumulator.evaluate()
+
+
+@pytest.mark.parametrize("value", [-2.5, -0.0, 0.0, 1e-30, 0.37, 3e8])
+def test_scores_come_back_from_their_ordered_bits(value):
+    assert score_of_bits(ordered_bits(np.array([value], np.float32))[0]) == np.float32(value)
+
+
+def test_the_mean_curve_has_the_mean_area():
+    curves = []
+    for seed in range(4):
+        scores, masks, image_scores, labels = tied_class(seed=seed)
+        accumulator = ClassMetricsAccumulator()
+        accumulator.add(image_scores, labels, scores, masks)
+        curves.append(accumulator.evaluate().curves)
+    for name in ("image_roc", "image_pr", "pixel_roc", "pro"):
+        per_class = [getattr(c, name) for c in curves]
+        mean = mean_curve(per_class)
+        assert abs(curve_area(mean) - np.mean([curve_area(c) for c in per_class])) < 1e-9
+        assert abs(mean.value - np.mean([c.value for c in per_class])) < 1e-12
+
+
+def test_long_curves_are_thinned_for_drawing_within_the_bound():
+    rng = np.random.default_rng(0)
+    scores, masks = rng.random((2, 300, 300)).astype(np.float32), rng.random((2, 300, 300)) < 0.3
+    accumulator = ClassMetricsAccumulator()
+    accumulator.add(np.array([0.2, 0.8], np.float32), np.array([1, 1]), scores, masks)
+    curve = accumulator.evaluate().curves.pixel_roc
+    assert curve.x.size <= MAX_CURVE_POINTS + 2
+    # the thinned curve's area is within length^2 / (4 max_points) of the exact metric (length <= 2 here)
+    assert abs(curve_area(curve) - curve.value) <= 4 / (4 * MAX_CURVE_POINTS)

@@ -33,6 +33,7 @@ REGION_MASK = np.uint64((1 << REGION_BITS) - 1)
 SIGN_BIT = np.int32(-(2**31))
 EIGHT_CONNECTED = np.ones((3, 3), dtype=bool)
 COMPAT_STEPS = 200
+MAX_CURVE_POINTS = 4096  # vertices kept per drawn curve (a class of a real dataset has millions)
 LITTLE_ENDIAN = sys.byteorder == "little"
 
 
@@ -54,12 +55,48 @@ class AnomalyMetrics:
 
 
 @dataclass
+class Curve:
+    """A curve exactly as its metric integrates it: a polyline with non-decreasing x (vertical steps appear as two
+    vertices at one x). The trapezoid area up to `x_limit`, divided by it, is `value` (see `curve_area`); curves
+    of more than MAX_CURVE_POINTS vertices are thinned for drawing, `value` stays the exact metric."""
+
+    x: np.ndarray  # (V,)
+    y: np.ndarray  # (V,)
+    metric: str  # "AUROC", "AP" or "AUPRO"
+    value: float  # the reported metric
+    x_limit: float = 1.0  # AUPRO integrates up to the FPR limit
+
+
+@dataclass
 class CurveMetrics:
     auroc: float | None
     ap: float | None
     f1max: float | None
     aupro: float | None = None
     aupro_compat: float | None = None
+    roc: Curve | None = None
+    pr: Curve | None = None
+    pro: Curve | None = None
+    f1_threshold: float | None = None  # the lowest score counted anomalous at the F1-max point
+
+
+@dataclass
+class ClassCurves:
+    """The curves behind one class's metrics, and the image threshold at its F1-max point (score >= threshold:
+    anomalous). None where the class has only one label."""
+
+    image_roc: Curve | None = None
+    image_pr: Curve | None = None
+    pixel_roc: Curve | None = None
+    pixel_pr: Curve | None = None
+    pro: Curve | None = None
+    image_threshold: float | None = None
+
+
+@dataclass
+class ClassEvaluation:
+    metrics: AnomalyMetrics
+    curves: ClassCurves
 
 
 class MetricsInputError(CrossgraftError, ValueError):
@@ -266,14 +303,29 @@ def _metrics_from_sorted_keys(
     auroc = float(np.sum(tp_in_group * (negatives_below + 0.5 * fp_in_group))) / (num_positive * num_negative)
     precision = tp_at / (tp_at + fp_at)
     ap = float(np.sum(tp_in_group * precision)) / num_positive
-    f1max = float(np.max(2 * tp_at / (tp_at + fp_at + num_positive)))
-    result = CurveMetrics(auroc=auroc, ap=ap, f1max=f1max)
+    f1 = 2 * tp_at / (tp_at + fp_at + num_positive)
+    best = int(np.argmax(f1))
+    result = CurveMetrics(auroc=auroc, ap=ap, f1max=float(f1[best]), f1_threshold=score_of_bits(group_bits[best]))
+
+    # the curves these sums integrate, vertex by vertex from the highest score down: within a group of tied
+    # scores TP and FP grow together (a diagonal), between groups only FP grows (a horizontal step)
+    fpr_end, tpr_end = fp_at[::-1] / num_negative, tp_at[::-1] / num_positive
+    fpr_start, tpr_start = (fp_at - fp_in_group)[::-1] / num_negative, (tp_at - tp_in_group)[::-1] / num_positive
+    result.roc = _curve(
+        np.concatenate(([0.0], _interleave(fpr_start, fpr_end), [1.0])),
+        np.concatenate(([0.0], _interleave(tpr_start, tpr_end), [1.0])),
+        "AUROC",
+        auroc,
+    )
+    result.pr = _curve(_interleave(tpr_start, tpr_end), _interleave(precision[::-1], precision[::-1]), "AP", ap)
 
     if fpr_limit is not None or compat is not None:
         cum_weights = np.concatenate(([0.0], np.cumsum(pro_weights)))  # weight of positives below index
         pro_at = np.minimum(cum_weights[-1] - cum_weights[first], 1.0)  # PRO at score >= group score
     if fpr_limit is not None:
-        result.aupro = _aupro(fp_at, fp_in_group, pro_at, num_negative, fpr_limit)
+        xs, ys = _pro_curve(fp_at, fp_in_group, pro_at, num_negative)
+        result.aupro = _area_up_to(xs, ys, fpr_limit) / fpr_limit
+        result.pro = _curve(xs, ys, "AUPRO", result.aupro, fpr_limit)
     if compat is not None:
         # pixels strictly above a float64 threshold = float32 scores >= the next float32 above it
         bounds = compat.astype(np.float32)
@@ -287,10 +339,10 @@ def _metrics_from_sorted_keys(
     return result
 
 
-def _aupro(
-    fp_at: np.ndarray, fp_in_group: np.ndarray, pro_at: np.ndarray, num_negative: int, fpr_limit: float
-) -> float:
-    """Integrate the MVTec (FPR, PRO) curve from (0, 0) to the limit, descending thresholds.
+def _pro_curve(
+    fp_at: np.ndarray, fp_in_group: np.ndarray, pro_at: np.ndarray, num_negative: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The MVTec (FPR, PRO) curve from (0, 0), descending thresholds; AUPRO integrates it up to the limit.
 
     Between two groups with anomalous pixels PRO is flat, so the curve's vertices are, per group: the
     point before it (FPR of the scores above it, PRO of the previous group) and its end point; then the
@@ -300,21 +352,85 @@ def _aupro(
     fpr_start = np.minimum((fp_at - fp_in_group)[::-1] / num_negative, 1.0)
     pro_end = pro_at[::-1]
     pro_start = np.concatenate(([0.0], pro_end[:-1]))
-    xs = np.concatenate(([0.0], np.column_stack([fpr_start, fpr_end]).ravel(), [1.0, 1.0]))
-    ys = np.concatenate(([0.0], np.column_stack([pro_start, pro_end]).ravel(), [pro_end[-1], 1.0]))
-    return _area_up_to(xs, ys, fpr_limit) / fpr_limit
+    xs = np.concatenate(([0.0], _interleave(fpr_start, fpr_end), [1.0, 1.0]))
+    ys = np.concatenate(([0.0], _interleave(pro_start, pro_end), [pro_end[-1], 1.0]))
+    return xs, ys
+
+
+def _interleave(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a0, b0, a1, b1, ..."""
+    return np.column_stack([a, b]).ravel()
+
+
+def score_of_bits(bits: np.uint64) -> float:
+    """The float32 score whose ordered bits (see `_ordered_bits32`) are `bits`."""
+    ordered = np.array([bits], dtype=np.uint64).astype(np.uint32)
+    raw = np.where(ordered & np.uint32(0x80000000), ordered ^ np.uint32(0x80000000), ~ordered)
+    return float(raw.view(np.float32)[0])
+
+
+def _curve(xs: np.ndarray, ys: np.ndarray, metric: str, value: float, x_limit: float = 1.0) -> Curve:
+    xs, ys = thin_polyline(xs, ys, MAX_CURVE_POINTS)
+    return Curve(xs, ys, metric, value, x_limit)
+
+
+def thin_polyline(xs: np.ndarray, ys: np.ndarray, max_points: int) -> tuple[np.ndarray, np.ndarray]:
+    """At most about `max_points` vertices of a polyline, spread evenly along its L1 length (first and last
+    kept). Its area then differs by at most length^2 / (4 max_points) -- far less on real curves."""
+    if xs.size <= max_points:
+        return xs, ys
+    length = np.concatenate(([0.0], np.cumsum(np.abs(np.diff(xs)) + np.abs(np.diff(ys)))))
+    bucket = np.floor(length / (length[-1] / max_points))
+    keep = np.concatenate(([True], bucket[1:] != bucket[:-1]))
+    keep[-1] = True
+    return xs[keep], ys[keep]
+
+
+def curve_area(curve: Curve) -> float:
+    """The metric a curve gives: trapezoid area up to its x limit, divided by the limit."""
+    return _area_up_to(curve.x, curve.y, curve.x_limit) / curve.x_limit
+
+
+def mean_curve(curves: list[Curve]) -> Curve:
+    """The vertical average of curves (e.g. over classes), exact: its area is the mean of their areas.
+
+    On the union of their x vertices each curve is linear between neighbours, so averaging its values from the
+    left and from the right of every vertex (they differ at vertical steps) gives the averaged polyline."""
+    grid = np.unique(np.concatenate([c.x for c in curves]))
+    lefts, rights = zip(*(_values_at(c.x, c.y, grid) for c in curves))
+    xs = np.repeat(grid, 2)
+    ys = _interleave(np.mean(lefts, axis=0), np.mean(rights, axis=0))
+    first = curves[0]
+    return Curve(xs, ys, first.metric, float(np.mean([c.value for c in curves])), first.x_limit)
+
+
+def _values_at(xs: np.ndarray, ys: np.ndarray, grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A polyline's value approaching each grid point from the left and from the right (grid within its x range)."""
+    after = np.clip(np.searchsorted(xs, grid, side="left"), 0, xs.size - 1)  # first vertex at x >= g
+    last = np.clip(np.searchsorted(xs, grid, side="right") - 1, 0, xs.size - 1)  # last vertex at x <= g
+    before = np.clip(after - 1, 0, xs.size - 1)
+    span = xs[after] - xs[before]
+    t = np.divide(grid - xs[before], span, out=np.zeros_like(grid, dtype=np.float64), where=span > 0)
+    between = ys[before] + t * (ys[after] - ys[before])
+    on_vertex = xs[after] == grid
+    return np.where(on_vertex, ys[after], between), np.where(on_vertex, ys[last], between)
 
 
 def _area_up_to(xs: np.ndarray, ys: np.ndarray, limit: float) -> float:
     """Trapezoid area of a polyline with non-decreasing x from xs[0] to `limit`, interpolating at the limit."""
+    xs, ys = clip_polyline(xs, ys, limit)
+    return float(np.sum((xs[1:] - xs[:-1]) * (ys[1:] + ys[:-1]) * 0.5))
+
+
+def clip_polyline(xs: np.ndarray, ys: np.ndarray, limit: float) -> tuple[np.ndarray, np.ndarray]:
+    """The part of a polyline with non-decreasing x up to `limit`, ending at the limit (interpolated there)."""
     inside = xs <= limit
     count = int(np.argmin(inside)) if not inside.all() else xs.size  # vertices up to the limit
-    area = float(np.sum((xs[1:count] - xs[: count - 1]) * (ys[1:count] + ys[: count - 1]) * 0.5))
     if count < xs.size and xs[count - 1] < limit:
         last_x, last_y, next_x, next_y = xs[count - 1], ys[count - 1], xs[count], ys[count]
         y_at_limit = last_y + (next_y - last_y) * (limit - last_x) / (next_x - last_x)
-        area += 0.5 * (y_at_limit + last_y) * (limit - last_x)
-    return area
+        return np.append(xs[:count], limit), np.append(ys[:count], y_at_limit)
+    return xs[:count], ys[:count]
 
 
 def _compat_aupro(fprs: np.ndarray, pros: np.ndarray, fpr_limit: float) -> float | None:
@@ -394,13 +510,17 @@ class ClassMetricsAccumulator:
         self.has_pixels = True
 
     def compute(self) -> AnomalyMetrics:
+        return self.evaluate().metrics
+
+    def evaluate(self) -> ClassEvaluation:
+        """The metrics and the curves behind them (one computation). Consumes the pixel keys."""
         image = self.images.compute()
         pixel = (
             self.pixels.compute(fpr_limit=self.fpr_limit, pro_compat=self.pro_compat)
             if self.has_pixels
             else CurveMetrics(None, None, None)
         )
-        return AnomalyMetrics(
+        metrics = AnomalyMetrics(
             image.auroc,
             image.ap,
             image.f1max,
@@ -410,6 +530,8 @@ class ClassMetricsAccumulator:
             pixel.aupro,
             pixel.aupro_compat if self.pro_compat else None,
         )
+        curves = ClassCurves(image.roc, image.pr, pixel.roc, pixel.pr, pixel.pro, image.f1_threshold)
+        return ClassEvaluation(metrics, curves)
 
 
 def mean_metrics(per_class: dict[str, AnomalyMetrics]) -> AnomalyMetrics:
