@@ -88,12 +88,16 @@ def image_size(path: Path, what: str = "image") -> tuple[int, int]:
     return _open(Path(path), what).size
 
 
+PNG_COMPRESS_LEVEL = 3  # twice as fast to write as Pillow's default 6, about 15% larger files
+
+
 def save_image(image: Image.Image, path: Path | str) -> Path:
     """Write an image atomically, in the format its suffix names (.png, .jpg, …)."""
     path = Path(path)
     image_format = Image.registered_extensions().get(path.suffix.lower())
     if image_format is None:
         raise OutputError(f"cannot write {path}: unknown image file type {path.suffix!r}")
+    options = {"compress_level": PNG_COMPRESS_LEVEL} if image_format == "PNG" else {}
     with atomic_write(path, binary=True) as handle:
-        image.save(handle, format=image_format)
+        image.save(handle, format=image_format, **options)
     return path

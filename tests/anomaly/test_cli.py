@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from PIL import Image
 
 import crossgraft.cli as top
 from crossgraft.anomaly.cli import COMMANDS, build_parser
+from crossgraft.anomaly.visualize import panel_layout
 from crossgraft.cli import main
 
 SCRIPTS = [
@@ -209,8 +211,10 @@ def test_attention_maps_command(cross_run, synthetic_root, tmp_path, capsys):
     args = ["anomaly", "attention-maps", str(images), "--save_path", str(cross_run), "--class_name", "dots"]
     assert main([*args, "--words", "damaged", "defect", "zzz", "--out", str(tmp_path), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    assert "note: zzz do not occur as whole tokens" in out and "2 attention maps" in out
+    assert "note: zzz do not occur as whole tokens" in out and "2 attention-map panels" in out
     assert sorted(p.name for p in tmp_path.glob("*.png")) == ["000_damaged.png", "000_defect.png"]
+    layout = panel_layout(64)
+    assert Image.open(tmp_path / "000_damaged.png").size == (layout.width, layout.height)
 
 
 def test_the_module_entry_point_runs():

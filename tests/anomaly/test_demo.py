@@ -11,13 +11,17 @@ def test_demo_trains_and_learns(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--device", "cpu"]) == 0
     printed = capsys.readouterr().out
-    assert "trained, held-out classes (zero-shot)" in printed and "heat maps" in printed
+    assert "trained, held-out classes (zero-shot)" in printed and "contact sheet" in printed
     heldout = json.loads((out / "heldout" / "results.json").read_text())
     untrained = json.loads((out / "untrained" / "results.json").read_text())
     assert set(heldout["classes"]) == {"checker", "rings", "disc", "waves"}
     assert heldout["mean"]["pixel_auroc"] >= 0.85  # chance is 0.5
     assert heldout["mean"]["pixel_auroc"] > untrained["mean"]["pixel_auroc"] + 0.2
-    assert len(list((out / "heldout" / "visualize").rglob("*.png"))) == 64
+    assert len(list((out / "heldout" / "visualize").glob("*/*.png"))) == 64  # a panel per image
+    assert len(list((out / "heldout" / "visualize").glob("*_sheet.png"))) == 4  # a contact sheet per class
+    plots = out / "heldout" / "plots"
+    assert (plots / "curves_mean.svg").is_file() and (plots / "metrics.png").is_file()
+    assert (out / "run" / "plots" / "training.png").is_file()
     for name in ("text_adapter.pth", "image_adapter.pth", "image_adapter_8.pth", "train.log", "run_config.json"):
         assert (out / "run" / name).is_file()
     assert main(["demo", "--out", str(out), "--device", "cpu"]) == 0  # a second run resumes: no retraining
@@ -44,3 +48,5 @@ def test_ablation_demo_trains_both_variants_per_seed_and_compares_them(tmp_path,
     comparison = json.loads((out / "compare.json").read_text())["comparisons"][0]
     assert comparison["run"].startswith("cross_attn=") and comparison["run"].count(",") == 1  # two seeds
     assert {d["metric"] for d in comparison["mean"]} >= {"pixel_auroc", "image_auroc", "aupro"}
+    for figure in ("compare_forest", "compare_classes_cross_attn"):
+        assert (out / f"{figure}.png").is_file() and (out / f"{figure}.svg").is_file()

@@ -34,9 +34,16 @@ def test_evaluation_picks_the_named_epoch_and_writes_results(trained_run, synthe
     assert saved["epoch"] == 1 and set(saved["classes"]) == set(results)
     assert "base run in" in saved["model"] and "image_adapter_1.pth (epoch 1)" in saved["model"]
     assert "image_adapter_1.pth (epoch 1)" in (tmp_path / "eval" / "test.log").read_text()
-    assert len(list((tmp_path / "eval" / "visualize").rglob("*.png"))) == 18
+    visualize = tmp_path / "eval" / "visualize"
+    assert len(list(visualize.glob("*/*.png"))) == 18  # a panel per image
+    assert sorted(p.name for p in visualize.glob("*_sheet.png")) == [f"{c}_sheet.png" for c in sorted(results)]
+    plots = tmp_path / "eval" / "plots"
+    stems = {"metrics", "curves_mean", *(f"curves_{c}" for c in results)}
+    assert {p.name for p in plots.iterdir()} == {f"{s}.{suffix}" for s in stems for suffix in ("png", "svg")}
     # a different epoch is a different model
-    other = evaluate(EvalConfig(data=synthetic(synthetic_root), save_path=trained_run, epoch=2, out=tmp_path / "e2"))
+    other = evaluate(
+        EvalConfig(data=synthetic(synthetic_root), save_path=trained_run, epoch=2, plots=False, out=tmp_path / "e2")
+    )
     assert any(other[c].pixel_auroc != results[c].pixel_auroc for c in results)
     default = EvalConfig(data=synthetic(synthetic_root), save_path=trained_run, epoch=2)
     assert default.results_dir == trained_run / "test_synthetic_epoch2"
@@ -46,7 +53,7 @@ def test_a_cross_attention_run_scores_the_same_at_batch_1_and_4(cross_run, synth
     results = {}
     for size in (1, 4):
         config = EvalConfig(
-            data=synthetic(synthetic_root), save_path=cross_run, batch_size=size, out=tmp_path / f"b{size}"
+            data=synthetic(synthetic_root), save_path=cross_run, batch_size=size, plots=False, out=tmp_path / f"b{size}"
         )
         per_class = evaluate(config)
         results[size] = {**per_class, "mean": mean_metrics(per_class)}
@@ -64,14 +71,16 @@ def test_image_level_only_evaluation_without_masks(trained_run, synthetic_root, 
     meta = write_jsonl(no_masks, tmp_path / "no_masks.jsonl", root=synthetic_root)
     data = synthetic(synthetic_root, meta=meta)
     with pytest.raises(Exception, match="anomalous image without a mask.*--allow_missing_masks"):
-        evaluate(EvalConfig(data=data, save_path=trained_run, out=tmp_path / "refused"))
+        evaluate(EvalConfig(data=data, save_path=trained_run, plots=False, out=tmp_path / "refused"))
     data = synthetic(synthetic_root, meta=meta, allow_missing_masks=True)
-    results = evaluate(EvalConfig(data=data, save_path=trained_run, out=tmp_path / "images"))
+    results = evaluate(EvalConfig(data=data, save_path=trained_run, plots=False, out=tmp_path / "images"))
     dots = results["dots"]
     assert dots.image_auroc is not None and dots.image_ap is not None
     assert dots.pixel_auroc is None and dots.aupro is None  # no masks: not applicable, not 0
     with_masks = evaluate(
-        EvalConfig(data=synthetic(synthetic_root, classes=["dots"]), save_path=trained_run, out=tmp_path / "all")
+        EvalConfig(
+            data=synthetic(synthetic_root, classes=["dots"]), save_path=trained_run, plots=False, out=tmp_path / "all"
+        )
     )
     assert dots.image_auroc == with_masks["dots"].image_auroc  # the image metrics do not need the masks
 
@@ -85,13 +94,15 @@ def test_class_descriptions_are_recorded_and_used_at_test_time(synthetic_root, t
     assert saved.descriptions == {"dots": "a grey fabric with round dots", "zipper": "a metal zipper"}
     descriptions.unlink()  # the run folder alone is enough
     data = synthetic(synthetic_root, classes=["dots"])
-    recorded = evaluate(EvalConfig(data=data, save_path=run, out=tmp_path / "recorded"))
+    recorded = evaluate(EvalConfig(data=data, save_path=run, plots=False, out=tmp_path / "recorded"))
     assert (
         "prompts of dots describe it as 'a grey fabric with round dots'"
         in (tmp_path / "recorded" / "test.log").read_text()
     )
     plain = tmp_path / "plain.json"
     plain.write_text("{}")
-    overridden = evaluate(EvalConfig(data=data, save_path=run, class_descriptions=plain, out=tmp_path / "plain"))
+    overridden = evaluate(
+        EvalConfig(data=data, save_path=run, class_descriptions=plain, plots=False, out=tmp_path / "plain")
+    )
     assert "describe it as" not in (tmp_path / "plain" / "test.log").read_text()
     assert overridden["dots"].pixel_auroc != recorded["dots"].pixel_auroc  # other prompts, other maps

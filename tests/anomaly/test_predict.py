@@ -3,10 +3,13 @@ images, and which run and epoch made them."""
 
 import json
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from crossgraft.anomaly.config import PredictConfig
 from crossgraft.anomaly.predict import predict
+from crossgraft.anomaly.visualize import EMPTY_TILE, panel_layout
 from crossgraft.errors import ConfigError
 
 
@@ -38,6 +41,12 @@ def test_predict_writes_heat_maps_and_fits_a_threshold_on_normal_images(trained_
         "scratch/000_heatmap.png",
         "spot/000_heatmap.png",
     ]
+    # a four-tile panel: no ground truth for new images, the ground-truth tile says so
+    layout = panel_layout(64)
+    panel = np.asarray(Image.open(tmp_path / "spot" / "000_heatmap.png").convert("RGB"))
+    assert panel.shape == (layout.height, layout.width, 3)
+    top, left, bottom, right = layout.tile_box(1)
+    assert (panel[top:bottom, left:right] == EMPTY_TILE).all(axis=2).mean() > 0.9
     assert sorted(p["heatmap"] for p in summary["predictions"]) == sorted(str(tmp_path / h) for h in heatmaps)
     for p in summary["predictions"]:  # each record's json lies beside its own heat map and names its image
         record = json.loads(open(p["heatmap"].replace("_heatmap.png", ".json")).read())

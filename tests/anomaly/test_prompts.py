@@ -143,7 +143,7 @@ def test_a_run_records_the_table_test_uses_it_and_the_warning_comes_exactly_when
     assert WARNING not in (described / "train.log").read_text()
     assert load_run_config(described).descriptions == load_class_descriptions(checkout)  # the whole table
     checkout.rename(tmp_path / "gone")  # the run folder alone is enough
-    result = evaluate(EvalConfig(data=as_mvtec, save_path=described, out=tmp_path / "test"))
+    result = evaluate(EvalConfig(data=as_mvtec, save_path=described, plots=False, out=tmp_path / "test"))
     log = (tmp_path / "test" / "test.log").read_text()
     assert "prompts of dots describe it as 'grey fabric with round dots'" in log and WARNING not in log
     assert "prompts of checker" not in log  # not in the table: its class name
@@ -152,12 +152,13 @@ def test_a_run_records_the_table_test_uses_it_and_the_warning_comes_exactly_when
     plain = tmp_path / "plain"
     train(quick_train_config(synthetic_root, plain, image_epoch=1, data=as_mvtec))
     assert WARNING in (plain / "train.log").read_text()  # reference preset, MVTec, no descriptions
-    evaluate(EvalConfig(data=as_mvtec, save_path=plain, out=tmp_path / "plain_test"))
+    evaluate(EvalConfig(data=as_mvtec, save_path=plain, plots=False, out=tmp_path / "plain_test"))
     assert "--class_descriptions /path/to/AA-CLIP" in (tmp_path / "plain_test" / "test.log").read_text()
     evaluate(
         EvalConfig(
             data=DataConfig(dataset="synthetic", data_root=synthetic_root),
             save_path=plain,
+            plots=False,
             out=tmp_path / "synthetic_test",
         )
     )

@@ -214,6 +214,7 @@ def test_demo_trains_all_four_variants_from_one_backbone(tmp_path, capsys):
     assert all(r["eval_loss_after"] < 0.7 * r["eval_loss_before"] for r in results), results
     assert all(0.0 <= r["attributes_right"] <= 1.0 for r in results)
     assert (tmp_path / "attention_rules.png").stat().st_size > 0
+    assert (tmp_path / "training_curves.png").is_file() and (tmp_path / "training_curves.svg").is_file()
     generated = [json.loads(line) for line in (tmp_path / "base" / "captions.jsonl").read_text().splitlines()]
     assert len(generated) == 4 and all(g["generated"] and g["reference"] for g in generated)  # 25% of 16 held out
     assert "| alternating_cross (mask) |" in capsys.readouterr().out

@@ -14,6 +14,7 @@ from crossgraft.anomaly.data.synthetic import make_synthetic_dataset
 from crossgraft.anomaly.demo import run_ablation_demo, run_demo
 from crossgraft.anomaly.diagnostics import feature_report, grad_flow, write_attention_maps
 from crossgraft.anomaly.evaluate import evaluate
+from crossgraft.anomaly.plots import plot_run
 from crossgraft.anomaly.predict import predict
 from crossgraft.anomaly.prompts import descriptions_for, load_class_descriptions
 from crossgraft.anomaly.train import train
@@ -61,12 +62,21 @@ def cmd_attention_maps(config: cfg.AttentionMapsConfig) -> int:
             f"note: {', '.join(result.missing_words)} do not occur as whole tokens in the prompts of "
             f"{result.prompt_text!r}"
         )
-    print(f"{len(result.written)} attention maps (image | text->patch attention | overlay) in {config.out_dir}")
+    print(f"{len(result.written)} attention-map panels in {config.out_dir}")
     return 0
 
 
 def cmd_compare(config: cfg.CompareConfig) -> int:
     print(compare(config.runs, out=config.out, seed=config.seed))
+    return 0
+
+
+def cmd_plot_run(config: cfg.PlotRunConfig) -> int:
+    written = plot_run(config.run, config.out)
+    print(
+        f"training curves (loss per epoch and stage, average gradient norm per module group): {written[0]}, "
+        f"{written[1]}"
+    )
     return 0
 
 
@@ -137,13 +147,15 @@ COMMANDS = {
         "evaluate one checkpoint of a trained run on a dataset's test split",
         "Reference test-time maps (per level, blurred at grid resolution, upsampled, summed) and scores (per-class "
         "min-max fusion; industrial vs medical), then image/pixel AUROC, AP, F1-max and AUPRO. Writes results.csv, "
-        "results.json, test.log and with --visualize one heat-map panel per image.",
+        "results.json, test.log, plots/ (ROC, PR and PRO curves per class and their mean, a bar chart per class; "
+        "PNG and SVG) and with --visualize a labelled panel per image and a contact sheet per class.",
     ),
     "predict": Command(
         cfg.PredictConfig,
         cmd_predict,
         "heat maps and anomaly scores for new images with a trained run",
-        "Writes IMAGE_heatmap.png (image | heat map | overlay) and IMAGE.json per image, mirroring the input tree, "
+        "Writes IMAGE_heatmap.png (image | ground-truth tile | heat map | overlay, with score, verdict and colour "
+        "scale) and IMAGE.json per image, mirroring the input tree, "
         "and a predictions.json summary. Image score = max of the level-mean anomaly map.",
     ),
     "grad-flow": Command(
@@ -159,14 +171,23 @@ COMMANDS = {
         cmd_attention_maps,
         "text->patch attention of chosen prompt words, as heat maps over the images",
         "For a run with text cross-attention: how much each chosen word of the class's 16 prompts attends to each "
-        "image patch (mean over heads and occurrences), written as image | map | overlay, mirroring the input tree.",
+        "image patch (mean over heads and occurrences), written as panels (image | ground-truth tile | map | overlay, "
+        "titled with the word and the layer), mirroring the input tree.",
     ),
     "compare": Command(
         cfg.CompareConfig,
         cmd_compare,
         "per-class and mean metric deltas between runs tested on the same data",
         "Several results separated by commas are seeds of one configuration (mean ± std, paired bootstrap 95% "
-        "interval of the mean difference). The first run is the reference.",
+        "interval of the mean difference). The first run is the reference. With --out, also a forest plot and "
+        "per-class difference maps (PNG and SVG).",
+    ),
+    "plot-run": Command(
+        cfg.PlotRunConfig,
+        cmd_plot_run,
+        "training curves of a run: loss per epoch and stage, average gradient norm per module group",
+        "Reads the run's train.log (train_cross_attention.log for the variants; feedback rounds apart) and writes "
+        "RUN/plots/training.png and .svg.",
     ),
     "ablation-demo": Command(
         cfg.AblationConfig,

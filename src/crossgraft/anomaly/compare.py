@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from crossgraft.anomaly.plots import write_comparison_figures
 from crossgraft.anomaly.report import COLUMNS, read_json
 from crossgraft.errors import ConfigError
 from crossgraft.files import write_text_atomic
@@ -33,6 +34,15 @@ class MetricDelta:
     other_std: float
     ci_low: float | None  # paired bootstrap 95% interval of the mean difference
     ci_high: float | None
+
+
+@dataclass
+class ComparedRun:
+    """One run compared with the reference."""
+
+    name: str
+    deltas: list[MetricDelta]  # mean over classes, per metric
+    per_class: dict[str, dict[str, float]]  # {metric: {class: delta}}
 
 
 def _results_file(spec_path: str) -> Path:
@@ -134,21 +144,26 @@ def format_comparison(name_a: str, name_b: str, deltas: list[MetricDelta], per_c
 
 
 def compare(specs: list[str], out: Path | None = None, seed: int = 0) -> str:
-    """Compare every run with the first; returns the printed text and writes compare.json under `out`."""
+    """Compare every run with the first; returns the printed text. Under `out`: compare.txt, compare.json, the
+    forest plot of the mean differences and a per-class difference map per run (PNG and SVG)."""
     if len(specs) < 2:
         raise ConfigError("compare needs at least two runs")
     reference = load_run(specs[0])
+    reference_name = split_spec(specs[0])[0]
     texts: list[str] = []
+    compared: list[ComparedRun] = []
     comparisons: list[dict] = []
     document = {"reference": specs[0], "comparisons": comparisons}
     for spec in specs[1:]:
         other = load_run(spec)
         deltas, per_class = compare_runs(reference, other, seed=seed)
         seeds = max(len(reference), len(other))
-        texts.append(format_comparison(split_spec(specs[0])[0], split_spec(spec)[0], deltas, per_class, seeds))
+        texts.append(format_comparison(reference_name, split_spec(spec)[0], deltas, per_class, seeds))
         comparisons.append({"run": spec, "mean": [d.__dict__ for d in deltas], "per_class": per_class})
+        compared.append(ComparedRun(split_spec(spec)[0], deltas, per_class))
     text = "\n\n".join(texts)
     if out is not None:
         write_text_atomic(Path(out) / "compare.json", json.dumps(document, indent=2))
         write_text_atomic(Path(out) / "compare.txt", text + "\n")
+        write_comparison_figures(reference_name, compared, Path(out))
     return text

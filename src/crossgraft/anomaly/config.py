@@ -622,7 +622,20 @@ class EvalConfig:
     save_path: Path = field(metadata={"help": RUN_FOLDER_HELP})
     epoch: int | None = field(default=None, metadata={"help": EPOCH_HELP})
     batch_size: int = field(default=8, metadata={"help": "images per forward pass (results do not depend on it)"})
-    visualize: bool = field(default=False, metadata={"help": "write image | mask | heat map | overlay panels"})
+    visualize: bool = field(
+        default=False,
+        metadata={
+            "help": "write a panel per image (image | ground truth | anomaly map | overlay, with score, verdict "
+            "and colour scale) under OUT/visualize/CLASS, and a contact sheet per class (OUT/visualize/CLASS_sheet.png)"
+        },
+    )
+    plots: bool = field(
+        default=True,
+        metadata={
+            "help": "write the image/pixel ROC and PR curves and the PRO curve per class and for the mean, and a "
+            "bar chart of the metrics per class, as PNG and SVG under OUT/plots (--no_plots: skip them)"
+        },
+    )
     pro_compat: bool = field(
         default=False, metadata={"help": "also report the 200-threshold AUPRO of AnomalyCLIP papers"}
     )
@@ -745,12 +758,31 @@ class CompareConfig:
             "positional": True,
         }
     )
-    out: Path | None = field(default=None, metadata={"help": "also write compare.txt and compare.json here"})
+    out: Path | None = field(
+        default=None,
+        metadata={
+            "help": "also write here: compare.txt, compare.json, the forest plot of the mean differences with their "
+            "95%% intervals (compare_forest.png/.svg) and each run's per-class differences (compare_classes_RUN)"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "bootstrap seed"})
 
     def __post_init__(self) -> None:
         self.out = _path(self.out)
         _require(len(self.runs) >= 2, "compare needs at least two runs (the first is the reference)")
+
+
+@dataclass
+class PlotRunConfig:
+    """`plot-run`: training curves of a run from its log."""
+
+    run: Path = field(
+        metadata={"help": "a run folder (holding train.log or train_cross_attention.log)", "positional": True}
+    )
+    out: Path | None = field(default=None, metadata={"help": "where training.png/.svg go (default: RUN/plots)"})
+
+    def __post_init__(self) -> None:
+        self.run, self.out = Path(self.run), _path(self.out)
 
 
 DEMO_SYNTHETIC = SyntheticConfig(classes=8, train_per_class=2, test_per_class=16, size=128, seed=0)

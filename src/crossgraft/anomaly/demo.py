@@ -29,6 +29,7 @@ from crossgraft.anomaly.data.synthetic import SyntheticConfig, class_names, make
 from crossgraft.anomaly.evaluate import evaluate, evaluate_model
 from crossgraft.anomaly.metrics import AnomalyMetrics, mean_metrics
 from crossgraft.anomaly.model import AdaptedCLIP
+from crossgraft.anomaly.plots import plot_run
 from crossgraft.anomaly.report import percent
 from crossgraft.anomaly.train import train
 from crossgraft.runlog import setup_run_logging
@@ -68,12 +69,14 @@ def demo_training(config: DemoConfig, data_root: Path, classes: list[str], save_
 
 
 def heldout_eval(
-    data_root: Path, classes: list[str], run_dir: Path, out: Path, device: str, visualize: bool = False
+    data_root: Path, classes: list[str], run_dir: Path, out: Path, device: str, pictures: bool = False
 ) -> EvalConfig:
+    """Testing on some synthetic classes; `pictures`: with panels, contact sheets and curve figures."""
     return EvalConfig(
         data=DataConfig(dataset="synthetic", data_root=data_root, classes=classes),
         save_path=run_dir,
-        visualize=visualize,
+        visualize=pictures,
+        plots=pictures,
         out=out,
         device=device,
     )
@@ -90,6 +93,7 @@ def run_demo(config: DemoConfig) -> dict[str, dict[str, AnomalyMetrics]]:
 
     training = demo_training(config, data_root, train_classes, run_dir, TRAIN_SEED)
     train(training)
+    training_plots = plot_run(run_dir)
 
     torch.manual_seed(TRAIN_SEED)
     device = resolve_device(config.device)
@@ -104,10 +108,10 @@ def run_demo(config: DemoConfig) -> dict[str, dict[str, AnomalyMetrics]]:
             label="untrained (Xavier-initialised adapters)",
         ),
         "trained, held-out classes (zero-shot)": evaluate(
-            heldout_eval(data_root, heldout_classes, run_dir, out / "heldout", config.device, visualize=True)
+            heldout_eval(data_root, heldout_classes, run_dir, out / "heldout", config.device, pictures=True)
         ),
         "trained, training classes": evaluate(
-            heldout_eval(data_root, train_classes, run_dir, out / "train_domain", config.device, visualize=True)
+            heldout_eval(data_root, train_classes, run_dir, out / "train_domain", config.device)
         ),
     }
     logger.info("\nmean over classes (%%):  %-40s %8s %8s %8s", "", "P-AUROC", "I-AUROC", "AUPRO")
@@ -115,11 +119,9 @@ def run_demo(config: DemoConfig) -> dict[str, dict[str, AnomalyMetrics]]:
         mean = mean_metrics(per_class)
         cells = [percent(value) for value in (mean.pixel_auroc, mean.image_auroc, mean.aupro)]
         logger.info("  %-60s %8s %8s %8s", name, *cells)
-    logger.info(
-        "heat maps (image | ground truth | heat map | overlay): %s, %s",
-        out / "heldout" / "visualize",
-        out / "train_domain" / "visualize",
-    )
+    logger.info("held-out classes: heat-map panels and a contact sheet per class in %s", out / "heldout" / "visualize")
+    logger.info("held-out classes: ROC, PR and PRO curves and a bar chart in %s", out / "heldout" / "plots")
+    logger.info("training curves: %s", training_plots[0])
     logger.info("checkpoints: %s; logs: %s, %s", run_dir, run_dir / "train.log", out / "demo.log")
     return results
 
@@ -149,11 +151,13 @@ def run_ablation_demo(config: AblationConfig) -> str:
     logger = setup_run_logging(out, "ablation.log", name="crossgraft.demo")
     logger.info(
         "\nAblation on held-out synthetic classes (%s), seeds %s: base vs cross_attn initialised from "
-        "base\n\n%s\n\nwritten: %s, %s",
+        "base\n\n%s\n\nwritten: %s, %s; plots: %s, %s",
         ", ".join(heldout_classes),
         list(config.seeds),
         text,
         out / "compare.txt",
         out / "compare.json",
+        out / "compare_forest.png",
+        out / "compare_classes_cross_attn.png",
     )
     return text

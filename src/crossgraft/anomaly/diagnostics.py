@@ -24,7 +24,7 @@ from crossgraft.anomaly.infer import load_trained
 from crossgraft.anomaly.losses import stage2_loss
 from crossgraft.anomaly.model import AdaptedCLIP, TextSide
 from crossgraft.anomaly.prompts import class_sentences, class_text
-from crossgraft.anomaly.visualize import save_panel
+from crossgraft.anomaly.visualize import PanelText, save_panel
 from crossgraft.errors import ConfigError
 from crossgraft.images import set_max_pixels
 
@@ -133,13 +133,22 @@ def text_to_patch_attention(model: AdaptedCLIP, image: torch.Tensor, class_text:
     return maps
 
 
-def save_attention_maps(maps: dict, image_path: Path, out_stem: Path, size: int) -> list[Path]:
-    """One image | heat map | overlay panel per word, upsampled bilinearly to `size`: OUT_STEM_{word}.png."""
+ATTENTION_LAYER = "text cross-attention after text block 1"  # where AdaptedCLIP.text_side applies it
+
+
+def save_attention_maps(maps: dict, image_path: Path, out_stem: Path, size: int, class_name: str) -> list[Path]:
+    """One panel per word (the attention upsampled bilinearly to `size`): OUT_STEM_{word}.png."""
     written = []
     for word, grid in maps.items():
         up = F.interpolate(torch.from_numpy(grid)[None, None], size=(size, size), mode="bilinear", align_corners=True)
-        path = out_stem.with_name(f"{out_stem.name}_{word}.png")
-        written.append(save_panel(image_path, up[0, 0].numpy().astype(np.float32), path))
+        attention = up[0, 0].numpy().astype(np.float32)
+        text = PanelText(
+            title=f"{image_path.name}  |  {class_name}  |  word '{word}', {ATTENTION_LAYER}",
+            detail="attention of the word to the image's patches, mean over heads and the class's sentences",
+            scale=f"colours: attention weight {attention.min():.4g} to {attention.max():.4g} (this image's min-max)",
+            empty_mask="no ground truth",
+        )
+        written.append(save_panel(image_path, attention, out_stem.with_name(f"{out_stem.name}_{word}.png"), text))
     return written
 
 
@@ -189,7 +198,7 @@ def write_attention_maps(config: AttentionMapsConfig) -> AttentionMaps:
         maps = text_to_patch_attention(model, image, text, config.words)
         missing = [w for w in config.words if w not in maps]
         stem = config.out_dir / output_stem(sample.image_path, config.inputs)
-        written += save_attention_maps(maps, sample.image_path, stem, model.backbone.image_size)
+        written += save_attention_maps(maps, sample.image_path, stem, model.backbone.image_size, config.class_name)
     return AttentionMaps(written, missing, text)
 
 

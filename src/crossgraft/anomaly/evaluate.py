@@ -11,11 +11,13 @@ from tqdm import tqdm
 from crossgraft.anomaly.config import EvalConfig, resolve_device
 from crossgraft.anomaly.data import AnomalyDataset, EvalTransform, Sample, get_spec, group_by_class
 from crossgraft.anomaly.infer import anomaly_maps, batch_text, fuse_image_scores, load_trained
-from crossgraft.anomaly.metrics import AnomalyMetrics, ClassMetricsAccumulator
+from crossgraft.anomaly.metrics import AnomalyMetrics, ClassCurves, ClassEvaluation, ClassMetricsAccumulator
 from crossgraft.anomaly.model import AdaptedCLIP, TextSide
+from crossgraft.anomaly.plots import class_metrics_figure, write_curve_figures
 from crossgraft.anomaly.prompts import class_text, public_prompts_warning
 from crossgraft.anomaly.report import format_table, write_csv, write_json
-from crossgraft.anomaly.visualize import save_panel
+from crossgraft.anomaly.visualize import PanelText, save_contact_sheet, save_panel, sheet_entry, verdict
+from crossgraft.plots import save_figure
 from crossgraft.runlog import setup_run_logging
 
 
@@ -53,20 +55,29 @@ def evaluate_model(
     )
     transform = EvalTransform(model.backbone.image_size)
     results: dict[str, AnomalyMetrics] = {}
+    curves: dict[str, ClassCurves] = {}
     for class_name, class_samples in group_by_class(samples).items():
         text = class_text(class_name, descriptions)
         if class_name in descriptions:
             logger.info("prompts of %s describe it as %r", class_name, text)
-        results[class_name] = evaluate_class(
+        evaluation = evaluate_class(
             model, has_text, class_samples, text, spec.domain, transform, config, out / "visualize" / class_name
         )
+        results[class_name], curves[class_name] = evaluation.metrics, evaluation.curves
     logger.info("\n%s", format_table(results, title=f"{spec.name} test split, {label} (%)"))
     extra = {"dataset": spec.name, "model": label, "epoch": config.epoch, "batch_size": config.batch_size}
     write_csv(results, out / "results.csv")
     write_json(results, out / "results.json", extra=extra)
     logger.info("results: %s, %s", out / "results.csv", out / "results.json")
+    if config.plots:
+        write_curve_figures(curves, out / "plots", spec.name)
+        save_figure(class_metrics_figure(results, f"{spec.name} test split, {label}"), out / "plots" / "metrics")
+        logger.info("plots (ROC, PR and PRO curves per class and their mean, metrics per class): %s", out / "plots")
     if config.visualize:
-        logger.info("heat maps (image | ground truth | heat map | overlay): %s", out / "visualize")
+        logger.info(
+            "heat-map panels (image | ground truth | anomaly map | overlay) and one contact sheet per class: %s",
+            out / "visualize",
+        )
     return results
 
 
@@ -79,7 +90,7 @@ def evaluate_class(
     transform: EvalTransform,
     config: EvalConfig,
     visual_dir: Path,
-) -> AnomalyMetrics:
+) -> ClassEvaluation:
     """Maps batch by batch into the metric accumulator; image scores fused with the class-wide normalisation."""
     size = model.backbone.image_size
     pixels = ClassMetricsAccumulator(pro_compat=config.pro_compat, expected_pixels=len(samples) * size * size)
@@ -112,13 +123,41 @@ def evaluate_class(
     low, high = float(minima.min()), float(maxima.max())
     image_scores = fuse_image_scores(maxima, np.concatenate(det_scores), low, high, domain)
     pixels.add_images(image_scores, np.concatenate(labels))
-    for sample, score_map, mask in kept:  # heat maps share the class-wide range, as the scores do
-        save_panel(
-            sample.image_path,
-            score_map.astype(np.float32),
-            visual_dir / f"{sample.defect_type}_{sample.image_path.stem}.png",
-            mask=mask if sample.mask_path else None,
-            low=low,
-            high=high,
+    evaluation = pixels.evaluate()
+    if kept:
+        draw_class(kept, image_scores, low, high, evaluation.curves.image_threshold, visual_dir)
+    return evaluation
+
+
+def judged(score: float, threshold: float | None, label: int | None) -> str:
+    """The verdict against the class's F1-max threshold (the image metrics count score >= it as anomalous)."""
+    if threshold is None:
+        return "no threshold (the class has only one label)"
+    return verdict(score >= threshold, label, f"score >= the class's F1-max threshold {threshold:.4g}")
+
+
+def draw_class(
+    kept: list[tuple[Sample, np.ndarray, np.ndarray]],
+    image_scores: np.ndarray,
+    low: float,
+    high: float,
+    threshold: float | None,
+    visual_dir: Path,
+) -> None:
+    """A panel per image and the class's contact sheet. Colours share the class-wide range the image scores
+    are normalised with; the verdict is against the class's image F1-max threshold."""
+    entries = []
+    range_note = f"colours: {low:.4g} to {high:.4g}, the min-max of the class's maps (as the image scores use)"
+    for (sample, score_map, mask), score in zip(kept, image_scores.tolist()):
+        truth = mask if sample.mask_path else None
+        text = PanelText(
+            title=f"{sample.image_path.name}  |  {sample.class_name} / {sample.defect_type}",
+            detail=f"image score {score:.4g}  |  " + judged(score, threshold, sample.label),
+            scale=range_note,
         )
-    return pixels.compute()
+        name = f"{sample.defect_type}_{sample.image_path.stem}.png"
+        save_panel(sample.image_path, score_map.astype(np.float32), visual_dir / name, text, truth, low, high)
+        entries.append(sheet_entry(sample.image_path, score_map, truth, low, high, score, sample.label))
+    class_name = kept[0][0].class_name
+    title = f"{class_name}: {len(entries)} test images"
+    save_contact_sheet(entries, visual_dir.parent / f"{class_name}_sheet.png", title, threshold)

@@ -23,7 +23,7 @@ from crossgraft.anomaly.data.records import Sample
 from crossgraft.anomaly.infer import TrainedRun, anomaly_maps, batch_text, load_trained
 from crossgraft.anomaly.model import TextSide
 from crossgraft.anomaly.prompts import class_text
-from crossgraft.anomaly.visualize import save_panel
+from crossgraft.anomaly.visualize import PanelText, save_panel, verdict
 from crossgraft.files import write_text_atomic
 from crossgraft.images import set_max_pixels
 
@@ -86,12 +86,26 @@ def predict(config: PredictConfig) -> PredictionSet:
     ):
         image_path = scored.sample.image_path
         stem = out / output_stem(image_path, config.inputs)
+        low, high = float(scored.score_map.min()), max(float(scored.score_map.max()), threshold or -1e9)
+        judged = (
+            "no threshold (--threshold or --fit_on gives a verdict)"
+            if threshold is None
+            else verdict(scored.image_score > threshold, None, f"score > threshold {threshold:.4g}")
+        )
+        panel_text = PanelText(
+            title=f"{image_path.name}  |  {config.class_name}",
+            detail=f"image score {scored.image_score:.4g} (the map's maximum)  |  {judged}",
+            scale=f"colours: {low:.4g} to {high:.4g}, this image's min to max(its max, the threshold)",
+            empty_mask="no ground truth",
+        )
         heatmap = save_panel(
             image_path,
             scored.score_map.numpy(),
             stem.with_name(f"{stem.name}_heatmap.png"),
-            low=float(scored.score_map.min()),
-            high=max(float(scored.score_map.max()), threshold or -1e9),
+            panel_text,
+            None,
+            low,
+            high,
         )
         prediction = Prediction(
             str(image_path),

@@ -15,9 +15,11 @@ from crossgraft.llava.config import (
     MakeSampleConfig,
     MakeTinyConfig,
     ModelArguments,
+    PlotRunsConfig,
 )
 from crossgraft.llava.configuration import LlavaConfigError
 from crossgraft.llava.demo import format_results, run_demo
+from crossgraft.llava.plots import plot_runs
 from crossgraft.llava.sample import make_sample, make_tiny_model
 from crossgraft.llava.train import backbone_plan, describe_plan, dry_run, inspect_data, train
 
@@ -74,7 +76,15 @@ def cmd_make_tiny(config: MakeTinyConfig) -> int:
 def cmd_demo(config: DemoConfig) -> int:
     results = run_demo(config)
     print(format_results(results))
-    print(f"written to {config.out}/results.md")
+    print(f"written to {config.out}/results.md; loss curves: {config.out}/training_curves.png")
+    return 0
+
+
+def cmd_plot_runs(config: PlotRunsConfig) -> int:
+    plotted = plot_runs(config.runs, config.out)
+    if plotted.without_records:
+        print(f"note: {', '.join(plotted.without_records)} logged no loss yet (see --logging_steps)")
+    print(f"loss and throughput curves of {len(config.runs)} run(s): {plotted.written[0]}, {plotted.written[1]}")
     return 0
 
 
@@ -100,6 +110,13 @@ COMMANDS = {
         "write a tiny random model and its tokenizer (any variant, a bare Qwen2 LM or a SigLIP tower)",
         "Write a tiny random checkpoint (config.json, model.safetensors, tokenizer) to try every command offline. "
         "'qwen2' writes a bare language model, the backbone of --init_from_backbone.",
+    ),
+    "plot-runs": Command(
+        PlotRunsConfig,
+        cmd_plot_runs,
+        "loss and throughput curves of one or several runs on one figure (PNG and SVG)",
+        "Reads each run's trainer_state.json: training loss and eval_loss, samples per second and time per step "
+        "(logged with --throughput_log_steps) against the optimizer step, one colour per run.",
     ),
     "demo": Command(
         DemoConfig,

@@ -221,6 +221,20 @@ class MakeTinyConfig:
 
 
 @dataclass
+class PlotRunsConfig:
+    """`plot-runs`: loss and throughput curves of one or several runs on one figure."""
+
+    runs: list[str] = field(
+        metadata={
+            "help": "[NAME=]PATH of each run: its --output_dir (the finished run's trainer_state.json, else its latest "
+            "checkpoint's) or a trainer_state.json; NAME labels it (default: the folder's name)",
+            "positional": True,
+        }
+    )
+    out: Path = field(default=Path("training_curves"), metadata={"help": "file stem: writes OUT.png and OUT.svg"})
+
+
+@dataclass
 class DemoConfig:
     """`demo`: the four variants trained identically from one tiny backbone, compared on held-out captions."""
 

@@ -21,6 +21,7 @@ from crossgraft.llava.data import (
     load_records,
 )
 from crossgraft.llava.loading import load_model
+from crossgraft.llava.plots import plot_runs
 from crossgraft.llava.sample import caption_attributes, make_sample, make_tiny_model
 from crossgraft.llava.train import train
 from crossgraft.llava.vision import SquareImageProcessor
@@ -99,18 +100,21 @@ def run_demo(config: DemoConfig) -> list[DemoResult]:
     backbone = make_tiny_model(out / "backbone", "llava_qwen", seed=config.seed)
     draw_first_sequence(backbone, train_yaml, out / "attention_rules.png")
     results = []
+    output_dirs = []
     for name, model_fields in DEMO_VARIANTS:
         model_args, data_args, training_args = demo_arguments(
             name, model_fields, backbone, train_yaml, eval_yaml, config
         )
         started = time.perf_counter()
         output_dir = train(model_args, data_args, training_args).output_dir
+        output_dirs.append(f"{name}={output_dir}")
         seconds = time.perf_counter() - started
         history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
         eval_losses = [record["eval_loss"] for record in history if "eval_loss" in record]
         attributes = caption_held_out(output_dir, eval_yaml)
         results.append(DemoResult(name, eval_losses[0], eval_losses[-1], attributes, round(seconds, 1)))
     write_results(out, results)
+    plot_runs(output_dirs, out / "training_curves")
     return results
 
 
