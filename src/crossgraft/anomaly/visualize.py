@@ -211,7 +211,8 @@ def render_panel(
         heat,
         overlay_tile(picture, heat, truth, max(1, side // 256)),
     ]
-    for index, (tile, caption) in enumerate(zip(tiles, TILE_CAPTIONS)):
+    captions = TILE_CAPTIONS if truth is not None else (*TILE_CAPTIONS[:3], "overlay")
+    for index, (tile, caption) in enumerate(zip(tiles, captions)):
         top, left, bottom, right = layout.tile_box(index)
         canvas[top:bottom, left:right] = tile
         put_centered_in(canvas, caption, left, right, bottom + layout.line_height, layout.font_scale)
