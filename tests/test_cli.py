@@ -3,6 +3,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from crossgraft import __version__
 from crossgraft.cli import main
 
@@ -44,3 +46,11 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
         assert str(error) == "a bug"
     else:
         raise AssertionError("the bug was swallowed")
+
+
+def test_a_flag_that_is_on_by_default_has_a_short_off_switch(capsys):
+    with pytest.raises(SystemExit):
+        main(["anomaly", "test", "--help"])
+    lines = capsys.readouterr().out.splitlines()
+    off = next(i for i, line in enumerate(lines) if line.strip().startswith("--no_plots"))
+    assert lines[off + 1].strip() == "turn --plots off"

@@ -156,6 +156,11 @@ class ConfigArgumentParser(HfArgumentParser):
             )
             # HfArgumentParser hands argument groups to this method too; its annotation says ArgumentParser
             self._parse_dataclass_field(cast(argparse.ArgumentParser, target), plain)
+            if field_type is bool and f.default is True:  # its --no_ twin would repeat the help word for word
+                for action in self._actions:
+                    if f"--no_{f.name}" in action.option_strings:
+                        action.help = f"turn --{f.name} off"
+                        action.default = argparse.SUPPRESS
 
     @staticmethod
     def _add_positional(target: Any, f: dataclasses.Field) -> None:
