@@ -24,7 +24,7 @@ from crossgraft.anomaly.infer import load_trained
 from crossgraft.anomaly.losses import stage2_loss
 from crossgraft.anomaly.model import AdaptedCLIP, TextSide
 from crossgraft.anomaly.prompts import class_sentences, class_text
-from crossgraft.anomaly.visualize import PanelText, save_panel
+from crossgraft.anomaly.visualize import PanelText, load_rgb, save_panel
 from crossgraft.errors import ConfigError
 from crossgraft.images import set_max_pixels
 
@@ -139,6 +139,7 @@ ATTENTION_LAYER = "text cross-attention after text block 1"  # where AdaptedCLIP
 def save_attention_maps(maps: dict, image_path: Path, out_stem: Path, size: int, class_name: str) -> list[Path]:
     """One panel per word (the attention upsampled bilinearly to `size`): OUT_STEM_{word}.png."""
     written = []
+    image = load_rgb(image_path)
     for word, grid in maps.items():
         up = F.interpolate(torch.from_numpy(grid)[None, None], size=(size, size), mode="bilinear", align_corners=True)
         attention = up[0, 0].numpy().astype(np.float32)
@@ -148,7 +149,7 @@ def save_attention_maps(maps: dict, image_path: Path, out_stem: Path, size: int,
             scale=f"colours: attention weight {attention.min():.4g} to {attention.max():.4g} (this image's min-max)",
             empty_mask="no ground truth",
         )
-        written.append(save_panel(image_path, attention, out_stem.with_name(f"{out_stem.name}_{word}.png"), text))
+        written.append(save_panel(image, attention, out_stem.with_name(f"{out_stem.name}_{word}.png"), text))
     return written
 
 

@@ -16,7 +16,7 @@ from crossgraft.anomaly.model import AdaptedCLIP, TextSide
 from crossgraft.anomaly.plots import class_metrics_figure, write_curve_figures
 from crossgraft.anomaly.prompts import class_text, public_prompts_warning
 from crossgraft.anomaly.report import format_table, write_csv, write_json
-from crossgraft.anomaly.visualize import PanelText, save_contact_sheet, save_panel, sheet_entry, verdict
+from crossgraft.anomaly.visualize import PanelText, load_rgb, save_contact_sheet, save_panel, sheet_entry, verdict
 from crossgraft.plots import save_figure
 from crossgraft.runlog import setup_run_logging
 
@@ -156,8 +156,9 @@ def draw_class(
             scale=range_note,
         )
         name = f"{sample.defect_type}_{sample.image_path.stem}.png"
-        save_panel(sample.image_path, score_map.astype(np.float32), visual_dir / name, text, truth, low, high)
-        entries.append(sheet_entry(sample.image_path, score_map, truth, low, high, score, sample.label))
+        image = load_rgb(sample.image_path)
+        save_panel(image, score_map.astype(np.float32), visual_dir / name, text, truth, low, high)
+        entries.append(sheet_entry(image, sample.image_path.name, score_map, truth, low, high, score, sample.label))
     class_name = kept[0][0].class_name
     title = f"{class_name}: {len(entries)} test images"
     save_contact_sheet(entries, visual_dir.parent / f"{class_name}_sheet.png", title, threshold)

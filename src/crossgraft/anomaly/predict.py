@@ -23,7 +23,7 @@ from crossgraft.anomaly.data.records import Sample
 from crossgraft.anomaly.infer import TrainedRun, anomaly_maps, batch_text, load_trained
 from crossgraft.anomaly.model import TextSide
 from crossgraft.anomaly.prompts import class_text
-from crossgraft.anomaly.visualize import PanelText, save_panel, verdict
+from crossgraft.anomaly.visualize import PanelText, load_rgb, save_panel, verdict
 from crossgraft.files import write_text_atomic
 from crossgraft.images import set_max_pixels
 
@@ -99,7 +99,7 @@ def predict(config: PredictConfig) -> PredictionSet:
             empty_mask="no ground truth",
         )
         heatmap = save_panel(
-            image_path,
+            load_rgb(image_path),
             scored.score_map.numpy(),
             stem.with_name(f"{stem.name}_heatmap.png"),
             panel_text,

@@ -151,7 +151,7 @@ def mask_tile(mask: np.ndarray | None, side: int, label: str, layout: PanelLayou
     if mask is not None:
         return np.repeat(mask.astype(np.uint8)[..., None] * 255, 3, axis=2)
     tile = np.full((side, side, 3), EMPTY_TILE, dtype=np.uint8)
-    put_centered(tile, label, side // 2, layout.font_scale, (230, 230, 230))
+    put_centered_in(tile, label, 0, side, side // 2, layout.font_scale, (230, 230, 230))
     return tile
 
 
@@ -168,12 +168,6 @@ def fit_text(text: str, width: int, font_scale: float) -> str:
 def put_text(canvas: np.ndarray, text: str, left: int, baseline: int, font_scale: float, colour: Colour = TEXT) -> None:
     text = fit_text(ascii_text(text), canvas.shape[1] - left - 2, font_scale)
     cv2.putText(canvas, text, (left, baseline), FONT, font_scale, colour, 1, cv2.LINE_AA)
-
-
-def put_centered(canvas: np.ndarray, text: str, baseline: int, font_scale: float, colour: Colour = TEXT) -> None:
-    text = fit_text(ascii_text(text), canvas.shape[1] - 4, font_scale)
-    width = cv2.getTextSize(text, FONT, font_scale, 1)[0][0]
-    cv2.putText(canvas, text, ((canvas.shape[1] - width) // 2, baseline), FONT, font_scale, colour, 1, cv2.LINE_AA)
 
 
 def ascii_text(text: str) -> str:
@@ -241,8 +235,13 @@ def draw_colour_bar(canvas: np.ndarray, layout: PanelLayout, low: float, high: f
     put_centered_in(canvas, "scale", left, layout.width, bottom + layout.line_height, layout.font_scale)
 
 
+def load_rgb(image_path: Path) -> np.ndarray:
+    """An image file as an (H, W, 3) uint8 array, read once for all the pictures drawn of it."""
+    return np.asarray(load_image(Path(image_path)))
+
+
 def save_panel(
-    image_path: Path,
+    image: np.ndarray,
     score_map: np.ndarray,
     out_path: Path,
     text: PanelText,
@@ -250,10 +249,9 @@ def save_panel(
     low: float | None = None,
     high: float | None = None,
 ) -> Path:
-    """Write the panel of one image; the colours span [low, high] (the map's own range by default)."""
+    """Write the panel of one image (`load_rgb`); the colours span [low, high] (the map's own range by default)."""
     low = float(score_map.min()) if low is None else low
     high = float(score_map.max()) if high is None else high
-    image = np.asarray(load_image(Path(image_path)))
     return save_image(Image.fromarray(render_panel(image, score_map, mask, low, high, text)), out_path)
 
 
@@ -279,7 +277,8 @@ class SheetEntry:
 
 
 def sheet_entry(
-    image_path: Path,
+    image: np.ndarray,
+    name: str,
     score_map: np.ndarray,
     mask: np.ndarray | None,
     low: float,
@@ -287,10 +286,10 @@ def sheet_entry(
     score: float,
     label: int | None,
 ) -> SheetEntry:
-    """A thumbnail overlay on the same colour scale as the class's panels."""
-    image = cv2.resize(np.asarray(load_image(Path(image_path))), (THUMB, THUMB), interpolation=cv2.INTER_AREA)
+    """A thumbnail overlay of an image (`load_rgb`) on the same colour scale as the class's panels."""
+    thumb = cv2.resize(image, (THUMB, THUMB), interpolation=cv2.INTER_AREA)
     heat = heatmap_rgb(resize_map(score_map, THUMB), low, high)
-    return SheetEntry(Path(image_path).name, overlay_tile(image, heat, resize_mask(mask, THUMB), 1), score, label)
+    return SheetEntry(name, overlay_tile(thumb, heat, resize_mask(mask, THUMB), 1), score, label)
 
 
 def render_contact_sheet(entries: list[SheetEntry], title: str, threshold: float | None) -> np.ndarray:

@@ -9,12 +9,13 @@ from pathlib import Path
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from transformers.trainer import TRAINER_STATE_NAME
 
 from crossgraft.errors import DataError
 from crossgraft.files import read_text
+from crossgraft.llava.train import checkpoint_folders
 from crossgraft.plots import empty_axes, new_figure, save_figure
 
-STATE_FILE = "trainer_state.json"
 PANELS = (  # (log key, title, y label)
     ("loss", "training loss (solid) and eval_loss (dashed)", "loss"),
     ("samples_per_second", "throughput", "samples / s"),
@@ -42,15 +43,14 @@ def state_file(run: Path) -> Path:
     run = Path(run)
     if run.is_file():
         return run
-    if (run / STATE_FILE).is_file():
-        return run / STATE_FILE
-    checkpoints = sorted(
-        (p for p in run.glob("checkpoint-*") if p.name.split("-")[-1].isdigit() and (p / STATE_FILE).is_file()),
-        key=lambda p: int(p.name.split("-")[-1]),
-    )
+    if (run / TRAINER_STATE_NAME).is_file():
+        return run / TRAINER_STATE_NAME
+    checkpoints = [folder for folder in checkpoint_folders(run) if (folder / TRAINER_STATE_NAME).is_file()]
     if not checkpoints:
-        raise DataError(f"no {STATE_FILE} in {run} or its checkpoint-* folders (has it trained a logged step yet?)")
-    return checkpoints[-1] / STATE_FILE
+        raise DataError(
+            f"no {TRAINER_STATE_NAME} in {run} or its checkpoint-* folders (has it trained a logged step yet?)"
+        )
+    return checkpoints[0] / TRAINER_STATE_NAME
 
 
 def read_history(spec: str) -> RunHistory:

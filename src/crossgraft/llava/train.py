@@ -221,15 +221,19 @@ def checkpoint_problem(folder: Path) -> str | None:
     return None
 
 
-def last_complete_checkpoint(output_dir: Path, logger: logging.Logger) -> str | None:
-    """The newest `checkpoint-N` that can be resumed; a newer one that a kill left incomplete is skipped with a
-    warning that says what is wrong with it, instead of crashing every rerun."""
-    folders = sorted(
+def checkpoint_folders(output_dir: Path) -> list[Path]:
+    """The Trainer's `checkpoint-N` folders of a run, newest (highest N) first."""
+    return sorted(
         (p for p in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
         key=lambda p: int(p.name.split("-")[-1]),
         reverse=True,
     )
-    for folder in folders:
+
+
+def last_complete_checkpoint(output_dir: Path, logger: logging.Logger) -> str | None:
+    """The newest `checkpoint-N` that can be resumed; a newer one that a kill left incomplete is skipped with a
+    warning that says what is wrong with it, instead of crashing every rerun."""
+    for folder in checkpoint_folders(output_dir):
         problem = checkpoint_problem(folder)
         if problem is None:
             return str(folder)
