@@ -1,8 +1,19 @@
 """Small builders shared by test modules (on sys.path through pytest's `pythonpath`)."""
 
+import subprocess
+import sys
+import time
 from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
 
 from crossgraft.anomaly.config import BackboneConfig, DataConfig, TrainConfig
+
+FAULT_RUNNER = Path(__file__).parent / "fault_runner.py"
+KILLED = -9  # the exit code of a process killed by SIGKILL
+trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy 2 renamed it; the floor is 1.26
 
 
 def quick_train_config(root, save_path, classes=None, **changes) -> TrainConfig:
@@ -20,3 +31,47 @@ def quick_train_config(root, save_path, classes=None, **changes) -> TrainConfig:
         device="cpu",
     )
     return replace(config, **changes)
+
+
+def adapter_weights(run_dir) -> dict:
+    """Every tensor of a run's text and image adapter checkpoints, keyed `file:name`."""
+    return {
+        f"{name}:{key}": value
+        for name, entry in (("text_adapter.pth", "text_adapter"), ("image_adapter.pth", "image_adapter"))
+        for key, value in torch.load(Path(run_dir) / name, map_location="cpu")[entry].items()
+    }
+
+
+def tied_class(seed=3, images=6, size=24):
+    """One class's maps with many ties (scores rounded) and blob masks, and image scores with ties too:
+    (scores (N, S, S), masks (N, S, S), image_scores (N,), labels (N,))."""
+    rng = np.random.default_rng(seed)
+    masks = np.zeros((images, size, size), dtype=bool)
+    for i in range(1, images):
+        r, c = rng.integers(2, size - 8, size=2)
+        masks[i, r : r + rng.integers(2, 7), c : c + rng.integers(2, 7)] = True
+    scores = np.round(rng.random((images, size, size)) + 0.6 * masks, 2).astype(np.float32)
+    labels = masks.reshape(images, -1).any(1).astype(int)
+    image_scores = np.round(scores.reshape(images, -1).max(1) + rng.normal(0, 0.2, images), 1).astype(np.float32)
+    return scores, masks, image_scores, labels
+
+
+def run_with_faults(plan, args, timeout=300):
+    """`crossgraft ARGS` under tests/fault_runner.py with a kill plan; (exit code, seconds)."""
+    started = time.perf_counter()
+    command = [sys.executable, str(FAULT_RUNNER), plan, *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode in (0, KILLED), result.stderr[-2000:]
+    return result.returncode, time.perf_counter() - started
+
+
+def until_done(args, plan):
+    """The interrupted run, then the same command again until it finishes (a kill can come before any save).
+    Returns the first run's exit code (-9: it was killed)."""
+    first, _ = run_with_faults(plan, args)
+    code = first
+    for _ in range(3):
+        if code == 0:
+            return first
+        code, _ = run_with_faults("none", args)
+    raise AssertionError(f"{plan}: the run did not finish after its interruption")

@@ -2,35 +2,10 @@
 rerun the same command: the weights equal the uninterrupted run's, bit for bit."""
 
 import random
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
-
-RUNNER = Path(__file__).parents[1] / "fault_runner.py"
-KILLED = -9
-
-
-def run(plan, args, timeout=300):
-    started = time.perf_counter()
-    result = subprocess.run([sys.executable, str(RUNNER), plan, *args], capture_output=True, text=True, timeout=timeout)
-    assert result.returncode in (0, KILLED), result.stderr[-2000:]
-    return result.returncode, time.perf_counter() - started
-
-
-def until_done(args, plan):
-    """The interrupted run, then the same command again until it finishes (a kill can come before any save).
-    Returns the first run's exit code (-9: it was killed)."""
-    first, _ = run(plan, args)
-    code = first
-    for _ in range(3):
-        if code == 0:
-            return first
-        code, _ = run("none", args)
-    raise AssertionError(f"{plan}: the run did not finish after its interruption")
+from helpers import KILLED, adapter_weights, run_with_faults, until_done
 
 
 def anomaly_args(synthetic_root, save_path):
@@ -65,19 +40,11 @@ def anomaly_args(synthetic_root, save_path):
     ]
 
 
-def anomaly_weights(run_dir):
-    return {
-        f"{name}:{key}": value
-        for name, entry in (("text_adapter.pth", "text_adapter"), ("image_adapter.pth", "image_adapter"))
-        for key, value in torch.load(run_dir / name)[entry].items()
-    }
-
-
 @pytest.fixture(scope="module")
 def anomaly_reference(synthetic_root, tmp_path_factory):
     path = tmp_path_factory.mktemp("uninterrupted")
-    _, seconds = run("none", anomaly_args(synthetic_root, path))
-    return anomaly_weights(path), seconds
+    _, seconds = run_with_faults("none", anomaly_args(synthetic_root, path))
+    return adapter_weights(path), seconds
 
 
 @pytest.mark.parametrize(
@@ -90,7 +57,7 @@ def test_an_anomaly_run_killed_anywhere_resumes_to_the_same_weights(plan, anomal
         plan = f"after:{random.Random(plan).uniform(0.3, 0.95) * seconds:.2f}"
     first = until_done(anomaly_args(synthetic_root, tmp_path / "run"), plan)
     assert first == KILLED or plan.startswith("after"), f"{plan} did not interrupt the run"
-    weights = anomaly_weights(tmp_path / "run")
+    weights = adapter_weights(tmp_path / "run")
     assert weights.keys() == reference.keys()
     for key, value in reference.items():
         assert torch.equal(weights[key], value), f"{plan}: {key}"

@@ -4,6 +4,7 @@ from bisect import bisect
 
 import numpy as np
 import pytest
+from helpers import tied_class, trapezoid
 from scipy import ndimage
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
@@ -21,7 +22,6 @@ from crossgraft.anomaly.metrics import (
 )
 
 TOL = 1e-9
-trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy 2 renamed it; the floor is 1.26
 
 
 # ------------------------------------------------------------------------------------ slow references
@@ -240,19 +240,6 @@ def test_accumulator_holds_keys_not_float_maps(expected_pixels):
 
 
 # ------------------------------------------------------------------------------------------------ curves
-def tied_class(seed=3, images=6, size=24):
-    """Maps with many ties (scores rounded) and blob masks; image scores with ties too."""
-    rng = np.random.default_rng(seed)
-    masks = np.zeros((images, size, size), dtype=bool)
-    for i in range(1, images):
-        r, c = rng.integers(2, size - 8, size=2)
-        masks[i, r : r + rng.integers(2, 7), c : c + rng.integers(2, 7)] = True
-    scores = np.round(rng.random((images, size, size)) + 0.6 * masks, 2).astype(np.float32)
-    labels = masks.reshape(images, -1).any(1).astype(int)
-    image_scores = np.round(scores.reshape(images, -1).max(1) + rng.normal(0, 0.2, images), 1).astype(np.float32)
-    return scores, masks, image_scores, labels
-
-
 def test_curves_integrate_to_the_reported_metrics():
     scores, masks, image_scores, labels = tied_class()
     accumulator = ClassMetricsAccumulator()

@@ -3,6 +3,7 @@ training curves are the log's numbers."""
 
 import numpy as np
 import pytest
+from helpers import tied_class, trapezoid
 from matplotlib.collections import PolyCollection
 from PIL import Image
 
@@ -24,18 +25,10 @@ from crossgraft.cli import main
 from crossgraft.errors import DataError
 from crossgraft.plots import save_figure
 
-trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy 2 renamed it; the floor is 1.26
 
-
-def tied_class(seed, images=6, size=24):
-    rng = np.random.default_rng(seed)
-    masks = np.zeros((images, size, size), dtype=bool)
-    for i in range(1, images):
-        r, c = rng.integers(2, size - 8, size=2)
-        masks[i, r : r + rng.integers(2, 7), c : c + rng.integers(2, 7)] = True
-    scores = np.round(rng.random((images, size, size)) + 0.6 * masks, 2).astype(np.float32)
-    labels = masks.reshape(images, -1).any(1).astype(int)
-    image_scores = np.round(scores.reshape(images, -1).max(1) + rng.normal(0, 0.2, images), 1).astype(np.float32)
+def evaluated_class(seed):
+    """The metrics and curves of one tied class (helpers.tied_class)."""
+    scores, masks, image_scores, labels = tied_class(seed)
     accumulator = ClassMetricsAccumulator()
     accumulator.add(image_scores, labels, scores, masks)
     return accumulator.evaluate()
@@ -61,7 +54,7 @@ def drawn_areas(figure):
 
 
 def test_the_curves_drawn_are_the_metrics(tmp_path):
-    evaluation = tied_class(0)
+    evaluation = evaluated_class(0)
     metrics = evaluation.metrics
     figure = curve_figure(evaluation.curves, "synthetic / stripes")
     expected = [metrics.image_auroc, metrics.image_ap, metrics.pixel_auroc, metrics.pixel_ap]
@@ -80,7 +73,7 @@ def test_the_curves_drawn_are_the_metrics(tmp_path):
 
 
 def test_the_mean_curves_are_the_mean_metrics():
-    evaluations = {f"class{seed}": tied_class(seed) for seed in range(3)}
+    evaluations = {f"class{seed}": evaluated_class(seed) for seed in range(3)}
     mean = mean_metrics({name: e.metrics for name, e in evaluations.items()})
     figure = curve_figure(mean_curves({name: e.curves for name, e in evaluations.items()}), "mean")
     areas = drawn_areas(figure)
@@ -97,7 +90,7 @@ def test_a_class_with_one_label_gets_a_note_not_a_curve():
 
 
 def test_the_bars_are_the_results():
-    per_class = {f"c{seed}": tied_class(seed).metrics for seed in range(3)}
+    per_class = {f"c{seed}": evaluated_class(seed).metrics for seed in range(3)}
     per_class["c1"].aupro = None  # not applicable: no bar
     figure = class_metrics_figure(per_class, "results")
     axes = figure.axes[0]

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from helpers import adapter_weights
 from helpers import quick_train_config as quick_config
 
 import crossgraft.anomaly.train as train_module
@@ -187,14 +188,6 @@ def _train_command(synthetic_root, save_path, batch_size):
     ]
 
 
-def _weights(run):
-    return {
-        f"{name}:{key}": value
-        for name, entry in (("text_adapter.pth", "text_adapter"), ("image_adapter.pth", "image_adapter"))
-        for key, value in torch.load(run / name, map_location="cpu")[entry].items()
-    }
-
-
 def test_two_processes_train_like_one_on_the_same_global_batch(synthetic_root, tmp_path):
     """torchrun with 2 processes x batch 2 gives the weights of 1 process x batch 4: gradients are averaged
     across processes. (Without the all-reduce each process would step on its own half: the weights of 1 process
@@ -217,7 +210,7 @@ def test_two_processes_train_like_one_on_the_same_global_batch(synthetic_root, t
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.count("training on 4 images") == 1  # only the main process logs
     assert (runs["ddp"] / "train.log").read_text().count("training image epoch 1") == 1
-    single4, single2, ddp = (_weights(runs[name]) for name in ("single4", "single2", "ddp"))
+    single4, single2, ddp = (adapter_weights(runs[name]) for name in ("single4", "single2", "ddp"))
     for key, value in single4.items():
         torch.testing.assert_close(ddp[key], value, atol=2e-6, rtol=1e-4, msg=key)
     assert max((single2[key] - value).abs().max().item() for key, value in single4.items()) > 1e-4

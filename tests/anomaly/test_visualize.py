@@ -21,6 +21,7 @@ from crossgraft.anomaly.visualize import (
     SheetEntry,
     heatmap_rgb,
     jet,
+    load_rgb,
     panel_layout,
     render_contact_sheet,
     render_panel,
@@ -95,7 +96,7 @@ def test_tiles_keep_large_maps_at_their_size_and_panels_are_written(tmp_path):
     assert panel_layout(518).tile == 518
     image, score_map, mask = inputs()
     Image.fromarray(image).save(tmp_path / "a.png")
-    path = save_panel(tmp_path / "a.png", score_map, tmp_path / "out" / "a_panel.png", TEXT, mask)
+    path = save_panel(load_rgb(tmp_path / "a.png"), score_map, tmp_path / "out" / "a_panel.png", TEXT, mask)
     layout = panel_layout(64)
     assert Image.open(path).size == (layout.width, layout.height)
 

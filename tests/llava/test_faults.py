@@ -3,36 +3,11 @@ same command: it resumes from the last complete checkpoint to the uninterrupted 
 
 import json
 import random
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import KILLED, run_with_faults, until_done
 from safetensors.torch import load_file
-
-RUNNER = Path(__file__).parents[1] / "fault_runner.py"
-KILLED = -9
-
-
-def run(plan, args, timeout=300):
-    started = time.perf_counter()
-    result = subprocess.run([sys.executable, str(RUNNER), plan, *args], capture_output=True, text=True, timeout=timeout)
-    assert result.returncode in (0, KILLED), result.stderr[-2000:]
-    return result.returncode, time.perf_counter() - started
-
-
-def until_done(args, plan):
-    """The interrupted run, then the same command again until it finishes (a kill can come before any save).
-    Returns the first run's exit code (-9: it was killed)."""
-    first, _ = run(plan, args)
-    code = first
-    for _ in range(3):
-        if code == 0:
-            return first
-        code, _ = run("none", args)
-    raise AssertionError(f"{plan}: the run did not finish after its interruption")
 
 
 def llava_args(model, sample, output_dir):
@@ -69,7 +44,9 @@ def llava_args(model, sample, output_dir):
 @pytest.fixture(scope="module")
 def llava_reference(tiny_models, llava_sample, tmp_path_factory):
     path = tmp_path_factory.mktemp("llava_uninterrupted")
-    _, seconds = run("none", llava_args(tiny_models["llava_qwen_with_alternating_attn"], llava_sample, path))
+    _, seconds = run_with_faults(
+        "none", llava_args(tiny_models["llava_qwen_with_alternating_attn"], llava_sample, path)
+    )
     return load_file(path / "model.safetensors"), seconds
 
 
