@@ -49,6 +49,31 @@ def cmd_predict(config: cfg.PredictConfig) -> int:
     return 0
 
 
+def cmd_export(config: cfg.ExportConfig) -> int:
+    from crossgraft.anomaly.deploy.export import export  # the exporters load only when asked for
+
+    result = export(config)
+    metadata = result.metadata
+    print(f"exported {metadata.describe()}")
+    print(
+        f"  classes: {', '.join(metadata.classes)}; images: uint8 (B, {metadata.image_size}, {metadata.image_size}, 3)"
+    )
+    if metadata.thresholds:
+        print("  thresholds: " + ", ".join(f"{name} {value:.4g}" for name, value in metadata.thresholds.items()))
+    print(f"  check against PyTorch: largest relative difference {result.check_difference:.2e}")
+    print(f"  {result.folder / metadata.graph}, {result.folder / 'metadata.json'} ({result.seconds:.0f} s)")
+    engine = "openvino" if metadata.graph_format == "openvino" else "onnxruntime"
+    print(f"run it: crossgraft anomaly predict IMAGES --model {result.folder} --engine {engine} --class_name NAME")
+    return 0
+
+
+def cmd_serve(config: cfg.ServeConfig) -> int:
+    from crossgraft.anomaly.serve import serve  # gradio loads only when asked for
+
+    serve(config)
+    return 0
+
+
 def cmd_grad_flow(config: cfg.GradFlowConfig) -> int:
     for flow in grad_flow(config):
         print(flow.report() + "\n")
@@ -157,6 +182,24 @@ COMMANDS = {
         "Writes IMAGE_heatmap.png (image | ground-truth tile | heat map | overlay, with score, verdict and colour "
         "scale) and IMAGE.json per image, mirroring the input tree, "
         "and a predictions.json summary. Image score = max of the level-mean anomaly map.",
+    ),
+    "export": Command(
+        cfg.ExportConfig,
+        cmd_export,
+        "export a trained run as one ONNX graph or OpenVINO IR (uint8 images in, anomaly map and scores out)",
+        "Traces the test-time model (adapted ViT, the stored text side of each --class_name, the reference map "
+        "formula) into DIR/model.onnx (+ .data) or DIR/model.xml (+ .bin) with a dynamic batch axis, and writes "
+        "DIR/metadata.json (classes, image size, normalisation, thresholds fitted with --fit_on, crossgraft version, "
+        "the run's config). The new graph is checked against PyTorch before it replaces an earlier export. Needs "
+        "pip install 'crossgraft[deploy]'.",
+    ),
+    "serve": Command(
+        cfg.ServeConfig,
+        cmd_serve,
+        "a web page that runs a trained run (any class name) or an export on uploaded images",
+        "A gradio app on HOST:PORT: upload images (or pick an example), choose a trained class or type any class "
+        "name (zero-shot, with a training run), set the threshold; shows the heat-map overlay, the image score and "
+        "the verdict per image. Needs pip install 'crossgraft[serve]'.",
     ),
     "grad-flow": Command(
         cfg.GradFlowConfig,

@@ -10,7 +10,8 @@ cannot work are refused (`ConfigError`) when a config is made, before anything i
 - `AdapterConfig`, `CrossAttentionConfig`: the model around the frozen CLIP (DESIGN §3, §4).
 - `QuirkConfig`: the public code's quirks, driven by `preset` and each overridable (DESIGN §3).
 - `TrainConfig`: a training run; `save_run_config` / `load_run_config` write and read it with what it resolved.
-- one config per other command: `EvalConfig` (test), `PredictConfig`, `GradFlowConfig`, `AttentionMapsConfig`,
+- one config per other command: `EvalConfig` (test), `PredictConfig`, `ExportConfig`, `ServeConfig`,
+  `GradFlowConfig`, `AttentionMapsConfig`,
   `CompareConfig`, `DemoConfig`, `AblationConfig`, `MakeSyntheticConfig`, `InspectConfig`, `KShotConfig`,
   `FeaturesConfig`.
 """
@@ -45,6 +46,7 @@ CLASS_DESCRIPTIONS_HELP = (
     "is read as data (never run); a per-dataset table gives the --dataset's descriptions"
 )
 RUN_CONFIG = "run_config.json"
+TRAIN_SAMPLES = "train_samples.jsonl"  # the samples a run trained on, one json record per line
 RUN_CONFIG_FORMAT = "crossgraft.anomaly.run/1"
 VARIANTS = {  # variant -> (text cross-attention, image cross-attention)
     "base": (False, False),
@@ -667,7 +669,6 @@ class RunOnImagesConfig:
     inputs: Path = field(
         metadata={"help": "an image file or a folder of images (searched recursively)", "positional": True}
     )
-    save_path: Path = field(metadata={"help": RUN_FOLDER_HELP})
     class_name: str = field(default="object", metadata={"help": "what the images show (goes into the prompts)"})
     epoch: int | None = field(default=None, metadata={"help": EPOCH_HELP})
     class_descriptions: Path | None = field(
@@ -678,17 +679,36 @@ class RunOnImagesConfig:
     max_image_pixels: int | None = field(default=None, metadata={"help": MAX_PIXELS_HELP})
 
     def __post_init__(self) -> None:
-        self.inputs, self.save_path, self.out = Path(self.inputs), Path(self.save_path), _path(self.out)
+        self.inputs, self.out = Path(self.inputs), _path(self.out)
         self.class_descriptions = _path(self.class_descriptions)
         if self.max_image_pixels is not None:
             _at_least("max_image_pixels", self.max_image_pixels, 1)
 
 
+ENGINE_HELP = (
+    "what runs the model: torch (a training run, --save_path: any class name), onnxruntime or openvino (an export, "
+    "--model: its classes); auto picks torch for a run and the export's own format for an export"
+)
+MODEL_HELP = "an export folder (`crossgraft anomaly export`) instead of a training run"
+THREADS_HELP = "CPU threads of the onnxruntime / openvino engine (default: all cores)"
+
+
+def _split_names(names: list[str]) -> list[str]:
+    """--class_name a,b c: every name, commas and spaces both separating."""
+    return [name.strip() for entry in names for name in entry.split(",") if name.strip()]
+
+
 @dataclass(kw_only=True)
 class PredictConfig(RunOnImagesConfig):
-    """`predict`: heat maps and anomaly scores for new images with a trained run."""
+    """`predict`: heat maps and anomaly scores for new images with a trained run or an export."""
 
-    out: Path | None = field(default=None, metadata={"help": "output folder (default: SAVE_PATH/predictions)"})
+    save_path: Path | None = field(default=None, metadata={"help": RUN_FOLDER_HELP + " (or --model)"})
+    model: Path | None = field(default=None, metadata={"help": MODEL_HELP})
+    engine: Literal["auto", "torch", "onnxruntime", "openvino"] = field(default="auto", metadata={"help": ENGINE_HELP})
+    threads: int | None = field(default=None, metadata={"help": THREADS_HELP})
+    out: Path | None = field(
+        default=None, metadata={"help": "output folder (default: SAVE_PATH/predictions or MODEL/predictions)"}
+    )
     threshold: float | None = field(default=None, metadata={"help": "image score above which an image is anomalous"})
     fit_on: Path | None = field(
         default=None, metadata={"help": "folder of normal images: the threshold becomes their highest score"}
@@ -700,15 +720,127 @@ class PredictConfig(RunOnImagesConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.save_path, self.model = _path(self.save_path), _path(self.model)
         self.fit_on = _path(self.fit_on)
         _at_least("batch_size", self.batch_size, 1)
         _require(
             self.threshold is None or self.fit_on is None, "give --threshold or --fit_on, not both: they contradict"
         )
+        _require(
+            (self.save_path is None) != (self.model is None),
+            "give a training run (--save_path) or an export (--model), one of them",
+        )
+        if self.threads is not None:
+            _at_least("threads", self.threads, 1)
 
     @property
     def out_dir(self) -> Path:
-        return self.out or self.save_path / "predictions"
+        folder = self.save_path if self.save_path is not None else self.model
+        assert folder is not None
+        return self.out or folder / "predictions"
+
+
+@dataclass(kw_only=True)
+class ExportConfig:
+    """`export`: a trained run as one ONNX or OpenVINO graph (uint8 images in, anomaly map and scores out)."""
+
+    save_path: Path = field(metadata={"help": RUN_FOLDER_HELP})
+    class_name: list[str] = field(
+        metadata={
+            "help": "the classes the graph knows (its text side is computed now and stored in it): NAME[,NAME...]; "
+            "any name works, trained or not (zero-shot)"
+        }
+    )
+    out: Path = field(metadata={"help": "the export folder: model.onnx (or model.xml + .bin) and metadata.json"})
+    epoch: int | None = field(default=None, metadata={"help": EPOCH_HELP})
+    format: Literal["onnx", "openvino"] = field(
+        default="onnx", metadata={"help": "onnx (ONNX Runtime, OpenVINO) or openvino (OpenVINO IR)"}
+    )
+    img_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "the graph's image side (default: the run's); a multiple of the patch size. Smaller is faster "
+            "(ViT-L/14 at 336 instead of 518: about 2.5x) at some accuracy"
+        },
+    )
+    quantize: Literal["none", "int8"] = field(
+        default="none",
+        metadata={
+            "help": "int8: onnxruntime's dynamic quantisation of the matrix multiplications (weights int8, "
+            "activations quantised per call; --format onnx only); none keeps fp32"
+        },
+    )
+    fit_on: Path | None = field(
+        default=None,
+        metadata={
+            "help": "normal images that fit each class's threshold (their highest score, stored in metadata.json): "
+            "a folder of images with one --class_name, else a folder with one subfolder per class"
+        },
+    )
+    class_descriptions: Path | None = field(
+        default=None, metadata={"help": "instead of the descriptions the run recorded: " + CLASS_DESCRIPTIONS_HELP}
+    )
+    domain: Literal["industrial", "medical"] = field(
+        default="industrial", metadata={"help": "blur kernel of the maps, fixed in the graph (7/σ1, 9/σ1.5)"}
+    )
+    batch_size: int = field(default=8, metadata={"help": "images per forward pass while fitting thresholds"})
+    max_image_pixels: int | None = field(default=None, metadata={"help": MAX_PIXELS_HELP})
+
+    def __post_init__(self) -> None:
+        self.save_path, self.out = Path(self.save_path), Path(self.out)
+        self.fit_on, self.class_descriptions = _path(self.fit_on), _path(self.class_descriptions)
+        self.class_name = _split_names(self.class_name)
+        _require(bool(self.class_name), "--class_name needs at least one class")
+        repeated = sorted({name for name in self.class_name if self.class_name.count(name) > 1})
+        _require(not repeated, f"--class_name names {', '.join(repeated)} more than once")
+        _require(
+            self.quantize == "none" or self.format == "onnx",
+            "--quantize int8 is onnxruntime's dynamic quantisation: use it with --format onnx",
+        )
+        _at_least("batch_size", self.batch_size, 1)
+        if self.img_size is not None:
+            _at_least("img_size", self.img_size, 1)
+
+
+@dataclass(kw_only=True)
+class ServeConfig:
+    """`serve`: a web page (gradio) that runs a trained run or an export on uploaded images."""
+
+    save_path: Path | None = field(
+        default=None, metadata={"help": RUN_FOLDER_HELP + " (any class name: zero-shot; or --model)"}
+    )
+    model: Path | None = field(default=None, metadata={"help": MODEL_HELP + " (its classes only)"})
+    engine: Literal["auto", "torch", "onnxruntime", "openvino"] = field(default="auto", metadata={"help": ENGINE_HELP})
+    epoch: int | None = field(default=None, metadata={"help": EPOCH_HELP})
+    class_descriptions: Path | None = field(
+        default=None, metadata={"help": "instead of the descriptions the run recorded: " + CLASS_DESCRIPTIONS_HELP}
+    )
+    examples: Path | None = field(
+        default=None,
+        metadata={"help": "a folder of example images to offer on the page (default: a few of the run's test images)"},
+    )
+    threshold: float | None = field(
+        default=None, metadata={"help": "the slider's starting threshold (default: the export's fitted one, if any)"}
+    )
+    domain: Literal["industrial", "medical"] = field(
+        default="industrial", metadata={"help": "blur kernel of the maps (7/σ1 industrial, 9/σ1.5 medical)"}
+    )
+    host: str = field(default="127.0.0.1", metadata={"help": "address to listen on (0.0.0.0: every interface)"})
+    port: int = field(default=7860, metadata={"help": "port to listen on"})
+    max_upload_mb: float = field(default=20.0, metadata={"help": "larger uploads are refused with a message"})
+    max_image_pixels: int | None = field(default=None, metadata={"help": MAX_PIXELS_HELP})
+    device: Device = field(default="auto", metadata={"help": DEVICE_HELP})
+    threads: int | None = field(default=None, metadata={"help": THREADS_HELP})
+
+    def __post_init__(self) -> None:
+        self.save_path, self.model = _path(self.save_path), _path(self.model)
+        self.examples, self.class_descriptions = _path(self.examples), _path(self.class_descriptions)
+        _require(
+            (self.save_path is None) != (self.model is None),
+            "give a training run (--save_path) or an export (--model), one of them",
+        )
+        _positive("max_upload_mb", self.max_upload_mb)
+        _require(0 <= self.port <= 65535, f"--port must lie in 0..65535, got {self.port}")
 
 
 @dataclass(kw_only=True)
@@ -736,11 +868,17 @@ class GradFlowConfig:
 class AttentionMapsConfig(RunOnImagesConfig):
     """`attention-maps`: text->patch attention of chosen prompt words, as heat maps over the images."""
 
+    save_path: Path = field(metadata={"help": RUN_FOLDER_HELP})
+
     out: Path | None = field(default=None, metadata={"help": "output folder (default: SAVE_PATH/attention_maps)"})
     words: list[str] = field(
         default_factory=lambda: ["damaged", "broken", "flaw", "defect", "damage"],
         metadata={"help": "prompt words whose attention to draw"},
     )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.save_path = Path(self.save_path)
 
     @property
     def out_dir(self) -> Path:

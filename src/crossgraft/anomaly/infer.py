@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -11,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from crossgraft.anomaly.checkpoints import image_file, load_image_adapter, load_text_adapter, text_file
-from crossgraft.anomaly.config import RUN_CONFIG, SavedRun, load_run_config, resolve_device
+from crossgraft.anomaly.config import RUN_CONFIG, TRAIN_SAMPLES, SavedRun, load_run_config, resolve_device
 from crossgraft.anomaly.data.datasets import MEDICAL
 from crossgraft.anomaly.losses import LOGIT_SCALE
 from crossgraft.anomaly.model import AdaptedCLIP, TextSide
@@ -58,7 +59,7 @@ def anomaly_maps(model: AdaptedCLIP, images: torch.Tensor, text: TextSide, domai
     anchors = text.anchors
     output = model(images, text_context=text.sentences if model.image_cross_attn is not None else None)
     size = images.shape[-1]
-    maps = torch.zeros(len(images), size, size, device=images.device)  # (B, S, S)
+    maps = images.new_zeros(images.shape[0], size, size, dtype=torch.float32)  # (B, S, S); shape[0]: exportable
     for seg_tokens in output.seg_tokens:
         level = gaussian_blur(level_logit_gap(seg_tokens, anchors).float(), kernel_size, sigma)
         maps = maps + F.interpolate(level[:, None], size=(size, size), mode="bilinear", align_corners=True)[:, 0]
@@ -132,20 +133,33 @@ class TrainedRun:
             table = load_class_descriptions(self.saved.config.class_descriptions)
         return descriptions_for(table, dataset, f"the descriptions {self.saved.config.save_path} was trained with")
 
+    def trained_classes(self) -> list[str]:
+        """The classes the run was trained on (from its train_samples.jsonl; none when the file is missing)."""
+        path = self.image_checkpoint.parent / TRAIN_SAMPLES
+        if not path.is_file():
+            return []
+        names = {json.loads(line).get("class_name") for line in path.read_text().splitlines() if line.strip()}
+        return sorted(str(name) for name in names if name)
+
     def describe(self) -> str:
         text = "" if self.has_text else "; no text adapter: CLIP's own text encoder"
         checkpoint = self.image_checkpoint
         return f"{self.variant} run in {checkpoint.parent}, {checkpoint.name} (epoch {self.epoch}){text}"
 
 
-def load_trained(save_path: Path, epoch: int | None = None, device: str = "cpu") -> TrainedRun:
+def load_trained(
+    save_path: Path, epoch: int | None = None, device: str = "cpu", image_size: int | None = None
+) -> TrainedRun:
     """Rebuild the model a run trained from its run_config.json alone, and load its adapters.
 
-    `epoch` picks image_adapter_{epoch}.pth; without it the latest image_adapter.pth is used."""
+    `epoch` picks image_adapter_{epoch}.pth; without it the latest image_adapter.pth is used. `image_size` runs
+    the model at another side than it was trained at (CLIP's positions are interpolated; the adapters do not
+    depend on it)."""
     save_path = Path(save_path)
     saved = load_run_config(save_path)
     config = saved.config
-    backbone = replace(config.backbone, img_size=saved.image_size).load(saved.quirks.gelu, device)
+    size = saved.image_size if image_size is None else image_size
+    backbone = replace(config.backbone, img_size=size).load(saved.quirks.gelu, device)
     model = AdaptedCLIP(backbone, config.adapter, config.cross, saved.quirks.vv_mode).to(resolve_device(device))
     if model.surgery_from != saved.surgery_from:
         raise ConfigError(

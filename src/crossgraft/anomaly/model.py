@@ -142,36 +142,49 @@ class AdaptedCLIP(nn.Module):
         frozen block-1 output of each class's sentences is computed once and shared by all its images, and
         the 16 sentences of an image go through the cross-attention as one query sequence.
         """
-        backbone = self.backbone
         unique = sorted(set(texts))
-        index = torch.tensor([unique.index(t) for t in texts], device=backbone.device)
+        index = torch.tensor([unique.index(t) for t in texts], device=self.backbone.device)
+        if self.text_cross_attn is None:
+            ids = self.class_sentence_ids(unique)  # (C, S, T)
+            embeddings = self.encode_text(ids.flatten(0, 1)).reshape(*ids.shape[:2], -1)[index]  # (B, S, E)
+            return text_side_of(embeddings)
+        if image_context is None or len(image_context) != len(texts):
+            got = "none" if image_context is None else tuple(image_context.shape)
+            raise ShapeError(
+                f"text cross-attention needs one image context (B, N, E) per text: {len(texts)} texts but "
+                f"image context {got}"
+            )
+        block_one, ids = self.text_block_one(unique)
+        return self.attend_text(block_one[index], ids[index], image_context)
+
+    def class_sentence_ids(self, class_texts: list[str]) -> torch.Tensor:
+        """Token ids of each class's normal then abnormal sentences: (C, S, T), cut to the longest sentence."""
         sentences = []
-        for text in unique:
+        for text in class_texts:
             normal, abnormal = class_sentences(text)
             sentences += normal + abnormal
-        ids = backbone.tokenize(sentences)  # (C*S, T), cut to the longest sentence
-        per_class = len(sentences) // len(unique)
+        return self.backbone.tokenize(sentences).reshape(len(class_texts), len(sentences) // len(class_texts), -1)
+
+    def text_block_one(self, class_texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frozen first text block's output of each class's sentences as one query sequence (C, S*T, Wt)
+        (what the text cross-attention attends from), and their token ids (C, S, T)."""
+        backbone = self.backbone
+        ids = self.class_sentence_ids(class_texts)
+        x = backbone.text_block(0, backbone.embed_text(ids.flatten(0, 1)).to(backbone.dtype))  # (C*S, T, Wt)
+        return x.reshape(len(class_texts), -1, x.shape[-1]), ids
+
+    def attend_text(self, block_one: torch.Tensor, ids: torch.Tensor, image_context: torch.Tensor) -> TextSide:
+        """With text cross-attention: each image's sentences (`block_one` (B, S*T, Wt), `ids` (B, S, T)) attend to
+        that image's context (B, N, E), then run the rest of the adapted text encoder. The 16 sentences of an image
+        go through the cross-attention as one query sequence."""
         if self.text_cross_attn is None:
-            embeddings = self.encode_text(ids).reshape(len(unique), per_class, -1)[index]  # (B, S, E)
-        else:
-            if image_context is None or len(image_context) != len(texts):
-                got = "none" if image_context is None else tuple(image_context.shape)
-                raise ShapeError(
-                    f"text cross-attention needs one image context (B, N, E) per text: {len(texts)} texts but "
-                    f"image context {got}"
-                )
-            x = backbone.text_block(0, backbone.embed_text(ids).to(backbone.dtype))  # frozen, shared
-            length, width = x.shape[1:]
-            queries = x.reshape(len(unique), per_class * length, width)[index]  # (B, S*T, Wt)
-            attended = self.text_cross_attn(queries, image_context.to(queries.dtype))
-            x = (queries + self.text_cross_attn.residual_weight * attended).reshape(-1, length, width)
-            image_ids = ids.reshape(len(unique), per_class, length)[index].reshape(-1, length)
-            embeddings = self._text_after_block_one(x, image_ids).reshape(len(texts), per_class, -1)
-        embeddings = F.normalize(embeddings, dim=-1)
-        num_normal = len(NORMAL_STATES) * len(TEMPLATES)
-        normal_anchor = F.normalize(embeddings[:, :num_normal].mean(1), dim=-1)  # (B, E)
-        abnormal_anchor = F.normalize(embeddings[:, num_normal:].mean(1), dim=-1)
-        return TextSide(anchors=torch.stack([normal_anchor, abnormal_anchor], dim=-1), sentences=embeddings)
+            raise ShapeError("attend_text needs a model with text cross-attention")
+        attended = self.text_cross_attn(block_one, image_context.to(block_one.dtype))
+        x = block_one + self.text_cross_attn.residual_weight * attended
+        batch, sentences, length = ids.shape
+        x = x.reshape(batch * sentences, length, -1)  # (B*S, T, Wt)
+        embeddings = self._text_after_block_one(x, ids.reshape(-1, length)).reshape(batch, sentences, -1)
+        return text_side_of(embeddings)
 
     def image_text(self, texts: list[str], images: torch.Tensor) -> TextSide:
         """The text side of a batch of images (one class text each), as the variant uses it at test time:
@@ -227,6 +240,15 @@ class AdaptedCLIP(nn.Module):
         if self.cross.image_norm_match:
             out = out * x.norm(dim=-1, keepdim=True) / (out.norm(dim=-1, keepdim=True) + 1e-6)
         return x + cross_attn.residual_weight * out
+
+
+def text_side_of(embeddings: torch.Tensor) -> TextSide:
+    """Anchors [T_N, T_A] from each image's sentence embeddings (B, S, E), normal sentences first."""
+    embeddings = F.normalize(embeddings, dim=-1)
+    num_normal = len(NORMAL_STATES) * len(TEMPLATES)
+    normal_anchor = F.normalize(embeddings[:, :num_normal].mean(1), dim=-1)  # (B, E)
+    abnormal_anchor = F.normalize(embeddings[:, num_normal:].mean(1), dim=-1)
+    return TextSide(anchors=torch.stack([normal_anchor, abnormal_anchor], dim=-1), sentences=embeddings)
 
 
 @torch.no_grad()

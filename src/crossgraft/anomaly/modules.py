@@ -95,7 +95,7 @@ class CrossAttention(nn.Module):
                 f"{self.name}: context {tuple(context.shape)}, but the module was built for (B, N, width "
                 f"{context_width}): the embedding width of the --clip it was built with"
             )
-        if len(queries) != len(context):
+        if queries.shape[0] != context.shape[0]:  # shape[0], not len(): exportable with a dynamic batch
             raise ShapeError(
                 f"{self.name}: queries {tuple(queries.shape)} and context {tuple(context.shape)} differ in batch "
                 "size: one context per image is needed"

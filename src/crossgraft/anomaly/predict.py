@@ -13,16 +13,14 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-from torch.utils.data import DataLoader
+import numpy as np
 
 from crossgraft.anomaly.config import PredictConfig, resolve_device
-from crossgraft.anomaly.data import AnomalyDataset, EvalTransform
 from crossgraft.anomaly.data.formats import output_stem, read_folder
 from crossgraft.anomaly.data.records import Sample
-from crossgraft.anomaly.infer import TrainedRun, anomaly_maps, batch_text, load_trained
-from crossgraft.anomaly.model import TextSide
-from crossgraft.anomaly.prompts import class_text
+from crossgraft.anomaly.data.transforms import load_image
+from crossgraft.anomaly.deploy.engines import Engine, ExportedEngine, open_engine
+from crossgraft.anomaly.deploy.graph import resized_pixels
 from crossgraft.anomaly.visualize import PanelText, load_rgb, save_panel, verdict
 from crossgraft.files import write_text_atomic
 from crossgraft.images import set_max_pixels
@@ -41,25 +39,25 @@ class Prediction:
 @dataclass
 class ScoredImage:
     sample: Sample
-    score_map: torch.Tensor  # (S, S): the level-mean anomaly map
+    score_map: np.ndarray  # (S, S): the level-mean anomaly map
     image_score: float
     det_score: float
 
 
-def score_images(
-    run: TrainedRun, text: str, samples: list[Sample], domain: str, batch_size: int
-) -> Iterator[ScoredImage]:
+def score_images(engine: Engine, class_name: str, samples: list[Sample], batch_size: int) -> Iterator[ScoredImage]:
     """Maps and scores of `samples`, batch by batch (an image's result does not depend on its batch)."""
-    model = run.model
-    loader = DataLoader(AnomalyDataset(samples, EvalTransform(model.backbone.image_size)), batch_size=batch_size)
-    levels = len(model.backbone.levels)
-    text_cache: dict[str, TextSide] = {}
-    for batch in loader:
-        images = batch["image"].to(model.backbone.device)
-        output = anomaly_maps(model, images, batch_text(model, run.has_text, text, images, text_cache), domain)
-        maps = (output.maps / levels).float().cpu()
-        for j, index in enumerate(batch["index"].tolist()):
-            yield ScoredImage(samples[index], maps[j], float(maps[j].max()), float(output.det_scores[j]))
+    for first in range(0, len(samples), batch_size):
+        batch = samples[first : first + batch_size]
+        pixels = np.stack([resized_pixels(load_image(sample.image_path), engine.image_size) for sample in batch])
+        output = engine.run(pixels, class_name)  # pixels (B, S, S, 3) uint8
+        for j, sample in enumerate(batch):
+            yield ScoredImage(sample, output.anomaly_map[j], float(output.image_score[j]), float(output.det_score[j]))
+
+
+def fit_threshold(engine: Engine, class_name: str, normal_folder: Path, batch_size: int) -> float:
+    """The highest score of normal images: no image of that set is flagged."""
+    normal = read_folder(normal_folder, class_name)
+    return max(scored.image_score for scored in score_images(engine, class_name, normal, batch_size))
 
 
 @dataclass
@@ -72,18 +70,26 @@ class PredictionSet:
 
 def predict(config: PredictConfig) -> PredictionSet:
     """Heat maps, one json per image (mirroring the input tree) and predictions.json under `config.out_dir`."""
-    run = load_trained(config.save_path, config.epoch, device=resolve_device(config.device))
     set_max_pixels(config.max_image_pixels)
-    text = class_text(config.class_name, run.descriptions(config.class_descriptions))
+    engine = open_engine(
+        config.engine,
+        config.save_path,
+        config.model,
+        config.epoch,
+        resolve_device(config.device),
+        config.domain,
+        config.class_descriptions,
+        config.threads,
+    )
     threshold = config.threshold
     if config.fit_on is not None:
-        normal = read_folder(config.fit_on, config.class_name)
-        threshold = max(s.image_score for s in score_images(run, text, normal, config.domain, config.batch_size))
+        threshold = fit_threshold(engine, config.class_name, config.fit_on, config.batch_size)
+    elif threshold is None and isinstance(engine, ExportedEngine):
+        threshold = engine.metadata.thresholds.get(config.class_name)
     out = config.out_dir
     predictions = []
-    for scored in score_images(
-        run, text, read_folder(config.inputs, config.class_name), config.domain, config.batch_size
-    ):
+    inputs = read_folder(config.inputs, config.class_name)
+    for scored in score_images(engine, config.class_name, inputs, config.batch_size):
         image_path = scored.sample.image_path
         stem = out / output_stem(image_path, config.inputs)
         low, high = float(scored.score_map.min()), max(float(scored.score_map.max()), threshold or -1e9)
@@ -100,7 +106,7 @@ def predict(config: PredictConfig) -> PredictionSet:
         )
         heatmap = save_panel(
             load_rgb(image_path),
-            scored.score_map.numpy(),
+            scored.score_map,
             stem.with_name(f"{stem.name}_heatmap.png"),
             panel_text,
             None,
@@ -118,10 +124,10 @@ def predict(config: PredictConfig) -> PredictionSet:
         write_text_atomic(stem.with_name(f"{stem.name}.json"), json.dumps(asdict(prediction), indent=2))
         predictions.append(prediction)
     summary = {
-        "model": run.describe(),
+        "model": engine.describe(),
         "threshold": threshold,
         "fitted_on": str(config.fit_on) if config.fit_on else None,
         "predictions": [asdict(p) for p in predictions],
     }
     summary_path = write_text_atomic(out / "predictions.json", json.dumps(summary, indent=2))
-    return PredictionSet(run.describe(), threshold, predictions, summary_path)
+    return PredictionSet(engine.describe(), threshold, predictions, summary_path)

@@ -38,6 +38,7 @@ from crossgraft.anomaly.checkpoints import (
 from crossgraft.anomaly.config import (
     RUN_CONFIG,
     TINY_CLIP,
+    TRAIN_SAMPLES,
     DataConfig,
     EvalConfig,
     SavedRun,
@@ -72,7 +73,6 @@ from crossgraft.errors import TrainingError
 from crossgraft.lock import RunLock
 from crossgraft.runlog import setup_run_logging
 
-TRAIN_SAMPLES = "train_samples.jsonl"
 BETAS = (0.5, 0.999)
 VANISHING_GRAD_NORM = 1e-3  # seed 001: "If grad_norm < 0.001, gradients are vanishing"
 TINY_WARNING = (

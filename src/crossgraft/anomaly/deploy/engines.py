@@ -1,0 +1,273 @@
+"""Engines that run the deployable graph: eager PyTorch on a run folder, ONNX Runtime and OpenVINO on an export.
+
+Every engine takes the same input (uint8 images (B, S, S, 3), resized to the model's side) and returns the same
+`GraphOutput`. `open_engine` picks one from what the user gave: a training run folder (`--save_path`: torch, any
+class name, zero-shot) or an export folder (`--model`: its classes only).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+
+from crossgraft import __version__
+from crossgraft.anomaly.deploy.graph import INPUT_NAMES, AnomalyGraph, GraphOutput
+from crossgraft.anomaly.infer import TrainedRun, load_trained
+from crossgraft.anomaly.prompts import class_text
+from crossgraft.errors import ConfigError
+from crossgraft.graft import CheckpointError
+
+EngineName = Literal["auto", "torch", "onnxruntime", "openvino"]
+METADATA = "metadata.json"
+EXPORT_FORMAT = "crossgraft.anomaly.export"
+EXPORT_VERSION = 1
+ENGINE_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+
+
+def require_package(module: str, purpose: str, extra: str = "deploy") -> Any:
+    """Import an optional dependency, or say which extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ConfigError(
+            f"{purpose} needs the {module.split('.')[0]} package, which is not installed: "
+            f"pip install 'crossgraft[{extra}]'"
+        ) from error
+
+
+class Engine(Protocol):
+    name: str
+    image_size: int
+    classes: list[str]  # the class names it knows; a zero-shot engine takes any other too
+    zero_shot: bool
+
+    def run(self, images: np.ndarray, class_name: str) -> GraphOutput:
+        """Maps and scores of uint8 images (B, S, S, 3) of one class."""
+        ...
+
+    def describe(self) -> str: ...
+
+
+def check_images(images: np.ndarray, side: int) -> None:
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (side, side, 3):
+        raise ConfigError(f"the engine takes uint8 images (B, {side}, {side}, 3), got {images.dtype} {images.shape}")
+
+
+class TorchEngine:
+    """Eager PyTorch on a training run; any class name (the text side is built on first use and kept)."""
+
+    name = "torch"
+    zero_shot = True
+
+    def __init__(
+        self, run: TrainedRun, domain: str, descriptions: dict[str, str], require_text_adapter: bool = False
+    ) -> None:
+        if require_text_adapter and not run.has_text:
+            raise ConfigError(
+                f"{run.image_checkpoint.parent} has no text adapter (text_adapter*.pth): AA-CLIP's anchors for a "
+                "class name, zero-shot or not, come from it. Train stage 1 (the text adapters) first"
+            )
+        self.run_ = run
+        self.domain = domain
+        self.descriptions = descriptions
+        self.image_size = run.model.backbone.image_size
+        self.classes = run.trained_classes()
+        self.graphs: dict[str, AnomalyGraph] = {}
+
+    def graph(self, class_name: str) -> AnomalyGraph:
+        if class_name not in self.graphs:
+            text = class_text(class_name, self.descriptions)
+            self.graphs[class_name] = AnomalyGraph(self.run_.model, [text], self.run_.has_text, self.domain).eval()
+        return self.graphs[class_name]
+
+    @torch.no_grad()
+    def run(self, images: np.ndarray, class_name: str) -> GraphOutput:
+        check_images(images, self.image_size)
+        device = self.run_.model.backbone.device
+        pixels = torch.from_numpy(np.ascontiguousarray(images)).to(device)
+        index = torch.zeros(len(images), dtype=torch.long, device=device)
+        score_map, image_score, det_score = self.graph(class_name)(pixels, index)
+        return GraphOutput(score_map.float().cpu().numpy(), image_score.float().cpu().numpy(), det_score.cpu().numpy())
+
+    def describe(self) -> str:
+        return f"{self.run_.describe()}; backbone {self.run_.saved.config.backbone.clip}; engine torch"
+
+
+@dataclass
+class ExportMetadata:
+    """metadata.json of an export folder (see `export.py` for what each entry holds)."""
+
+    graph: str  # the graph file, relative to the folder
+    graph_format: Literal["onnx", "openvino"]
+    image_size: int
+    classes: list[str]
+    class_texts: list[str]
+    domain: str
+    variant: str
+    backbone: str
+    epoch: int
+    source: str  # the run folder and checkpoint it was exported from
+    quantization: str = "none"
+    thresholds: dict[str, float] = field(default_factory=dict)  # per class, fitted on normal images
+    thresholds_fitted_on: str | None = None
+    crossgraft_version: str = __version__
+    format: str = f"{EXPORT_FORMAT}/{EXPORT_VERSION}"
+    run_config: dict[str, Any] = field(default_factory=dict)
+    input: dict[str, str] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+    normalisation: dict[str, Any] = field(default_factory=dict)
+    check: dict[str, Any] = field(default_factory=dict)  # the export's own comparison with eager PyTorch
+
+    def describe(self) -> str:
+        quantized = "" if self.quantization == "none" else f", {self.quantization}"
+        return f"{self.variant} on {self.backbone}, epoch {self.epoch}, exported from {self.source}{quantized}"
+
+
+def read_metadata(folder: Path) -> ExportMetadata:
+    """Read and check DIR/metadata.json: written by this crossgraft's format or an older one."""
+    path = Path(folder) / METADATA
+    if not path.is_file():
+        raise ConfigError(f"{path} not found: is {folder} a folder written by `crossgraft anomaly export`?")
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path} is not readable json ({error})") from error
+    name, _, version = str(document.get("format", "")).partition("/")
+    if name != EXPORT_FORMAT or not version.isdigit():
+        raise CheckpointError(f"{path} is not crossgraft export metadata (format {document.get('format')!r})")
+    if int(version) > EXPORT_VERSION:
+        raise CheckpointError(
+            f"{folder} was exported by a newer crossgraft ({document.get('crossgraft_version')}, format version "
+            f"{version}); this crossgraft {__version__} reads format version {EXPORT_VERSION}: upgrade crossgraft"
+        )
+    try:
+        return ExportMetadata(**document)
+    except TypeError as error:
+        raise CheckpointError(f"{path} does not hold the expected entries ({error})") from error
+
+
+def class_position(metadata: ExportMetadata, class_name: str, folder: Path) -> int:
+    if class_name not in metadata.classes:
+        raise ConfigError(
+            f"{folder} was exported for the classes {', '.join(metadata.classes)}, not {class_name!r}: export it "
+            "with that class too (--class_name), or run the training run itself (--save_path), which takes any "
+            "class name"
+        )
+    return metadata.classes.index(class_name)
+
+
+def check_graph_size(graph_side: object, metadata: ExportMetadata, folder: Path) -> None:
+    if graph_side != metadata.image_size:
+        raise CheckpointError(
+            f"the graph in {folder} takes {graph_side}x{graph_side} images but its {METADATA} says "
+            f"{metadata.image_size}: the files come from different exports"
+        )
+
+
+class ExportedEngine:
+    """An export folder run by an inference engine: its classes only, the domain and thresholds it was made with."""
+
+    name = "exported"
+    zero_shot = False
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self.metadata = read_metadata(self.folder)
+        self.image_size = self.metadata.image_size
+        self.classes = self.metadata.classes
+
+    def infer(self, images: np.ndarray, class_index: np.ndarray) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def run(self, images: np.ndarray, class_name: str) -> GraphOutput:
+        check_images(images, self.image_size)
+        index = np.full(len(images), class_position(self.metadata, class_name, self.folder), dtype=np.int64)
+        score_map, image_score, det_score = self.infer(images, index)
+        return GraphOutput(score_map, image_score, det_score)
+
+    def describe(self) -> str:
+        return f"{self.metadata.describe()}; engine {self.name}"
+
+
+class OnnxRuntimeEngine(ExportedEngine):
+    """ONNX Runtime on an exported model.onnx (fp32 or dynamically quantised int8)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, folder: Path, threads: int | None = None) -> None:
+        ort = require_package("onnxruntime", "the onnxruntime engine")
+        super().__init__(folder)
+        if self.metadata.graph_format != "onnx":
+            raise ConfigError(f"{folder} holds an OpenVINO graph: run it with --engine openvino")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: its optimiser's notes are not the user's business
+        if threads:
+            options.intra_op_num_threads = threads
+        graph = str(self.folder / self.metadata.graph)
+        self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
+        check_graph_size(self.session.get_inputs()[0].shape[1], self.metadata, self.folder)
+
+    def infer(self, images: np.ndarray, class_index: np.ndarray) -> list[np.ndarray]:
+        return list(self.session.run(None, {INPUT_NAMES[0]: images, INPUT_NAMES[1]: class_index}))
+
+
+class OpenVINOEngine(ExportedEngine):
+    """OpenVINO on an export (its IR model.xml, or the ONNX graph), in fp32 unless `precision` says otherwise
+    (OpenVINO's CPU plugin would pick bf16 by itself on CPUs that have it, which moves the maps by ~1%)."""
+
+    name = "openvino"
+
+    def __init__(self, folder: Path, threads: int | None = None, precision: str = "f32") -> None:
+        ov = require_package("openvino", "the openvino engine")
+        super().__init__(folder)
+        core = ov.Core()
+        model = core.read_model(str(self.folder / self.metadata.graph))
+        check_graph_size(model.inputs[0].get_partial_shape()[1].get_length(), self.metadata, self.folder)
+        settings: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision}
+        if threads:
+            settings["INFERENCE_NUM_THREADS"] = threads
+        self.compiled = core.compile_model(model, "CPU", settings)
+
+    def infer(self, images: np.ndarray, class_index: np.ndarray) -> list[np.ndarray]:
+        outputs = self.compiled([images, class_index])
+        return [outputs[i] for i in range(len(outputs))]
+
+
+def open_engine(
+    engine: EngineName,
+    save_path: Path | None = None,
+    model: Path | None = None,
+    epoch: int | None = None,
+    device: str = "cpu",
+    domain: str = "industrial",
+    class_descriptions: Path | None = None,
+    threads: int | None = None,
+    require_text_adapter: bool = False,
+) -> Engine:
+    """The engine for a run folder (torch) or an export folder (onnxruntime or openvino; `auto` reads which)."""
+    if (save_path is None) == (model is None):
+        raise ConfigError("give a training run (--save_path) or an export (--model), one of them")
+    if model is None:
+        if engine not in ("auto", "torch"):
+            raise ConfigError(
+                f"--engine {engine} runs an exported model: export the run first (crossgraft anomaly export "
+                f"--save_path {save_path} --format {'openvino' if engine == 'openvino' else 'onnx'} --out DIR), then "
+                "give --model DIR"
+            )
+        assert save_path is not None
+        run = load_trained(save_path, epoch, device=device)
+        return TorchEngine(run, domain, run.descriptions(class_descriptions), require_text_adapter)
+    if engine == "torch":
+        raise ConfigError(f"--engine torch runs a training run (--save_path), not the export {model}")
+    if epoch is not None or class_descriptions is not None:
+        raise ConfigError("--epoch and --class_descriptions apply to a training run; an export fixed them")
+    graph_format = read_metadata(model).graph_format
+    if engine == "openvino" or (engine == "auto" and graph_format == "openvino"):
+        return OpenVINOEngine(model, threads)
+    return OnnxRuntimeEngine(model, threads)

@@ -1,0 +1,296 @@
+"""`crossgraft anomaly serve`: a web page (gradio) that runs a trained run or an export on uploaded images.
+
+The page names what it runs, takes one image (tab "Image") or several (tab "Gallery"), a class (a trained or
+exported one from the list, or, with a training run, any name typed in: zero-shot) and a threshold, and shows the
+heat map, its overlay on the image, the image score and the verdict. The pictures are drawn by the same tile code
+as `predict`'s panels (`visualize.py`), and the full panel of the last image can be downloaded.
+
+What the page does is in plain functions (`Detector`), so that it is tested without a browser; `build_app` only lays
+them out. Uploads that are not images, or larger than --max_upload_mb, are refused with a message on the page.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from crossgraft.anomaly.config import TRAIN_SAMPLES, ServeConfig, resolve_device
+from crossgraft.anomaly.data.formats import find_images
+from crossgraft.anomaly.deploy.engines import Engine, ExportedEngine, TorchEngine, open_engine, require_package
+from crossgraft.anomaly.deploy.graph import resized_pixels
+from crossgraft.anomaly.visualize import PanelText, heatmap_rgb, overlay_tile, render_panel, resize_map
+from crossgraft.errors import CrossgraftError, DataError
+from crossgraft.images import read_rgb, set_max_pixels
+
+log = logging.getLogger(__name__)
+DISPLAY_SIDE = 512  # the page's pictures are drawn at least this large
+MAX_EXAMPLES = 6
+SLIDER_DIGITS = 3
+BYTES_PER_MB = 1024 * 1024
+
+
+@dataclass
+class Scored:
+    """One uploaded image and what the model made of it."""
+
+    name: str
+    image: np.ndarray  # (H, W, 3) uint8, as uploaded
+    score_map: np.ndarray  # (S, S): the level-mean anomaly map
+    image_score: float
+    det_score: float
+    class_name: str
+
+
+@dataclass
+class Rendered:
+    heat: np.ndarray  # (D, D, 3) uint8: the map in JET colours
+    overlay: np.ndarray  # (D, D, 3) uint8: half image, half heat map
+    text: str  # markdown: score, verdict, scale
+    anomalous: bool
+
+
+class Detector:
+    """What the page does, without the page: read an upload, score it, draw it."""
+
+    def __init__(self, engine: Engine, max_upload_bytes: int, threshold: float | None = None) -> None:
+        self.engine = engine
+        self.max_upload_bytes = max_upload_bytes
+        self.threshold = threshold
+
+    def read_upload(self, path: str | Path) -> np.ndarray:
+        """An uploaded file as RGB uint8 (H, W, 3); DataError with a message for the page otherwise."""
+        path = Path(path)
+        size = path.stat().st_size
+        if size > self.max_upload_bytes:
+            raise DataError(
+                f"{path.name} is {size / BYTES_PER_MB:.1f} MB; this page takes images up to "
+                f"{self.max_upload_bytes / BYTES_PER_MB:.1f} MB"
+            )
+        try:
+            return np.asarray(read_rgb(path, "upload"))
+        except DataError as error:
+            raise DataError(f"{path.name} is not an image this page can read: {error}") from error
+
+    def check_class(self, class_name: str | None) -> str:
+        name = (class_name or "").strip()
+        if not name:
+            raise DataError("choose a class from the list" + (" or type one" if self.engine.zero_shot else ""))
+        if not self.engine.zero_shot and name not in self.engine.classes:
+            raise DataError(
+                f"this export knows the classes {', '.join(self.engine.classes)}; {name!r} needs an export with it "
+                "(or serve the training run itself, which takes any class name)"
+            )
+        return name
+
+    def score(self, paths: list[str | Path], class_name: str | None) -> list[Scored]:
+        name = self.check_class(class_name)
+        images = [self.read_upload(path) for path in paths]
+        side = self.engine.image_size
+        output = self.engine.run(np.stack([resized_pixels(Image.fromarray(image), side) for image in images]), name)
+        return [
+            Scored(
+                Path(path).name,
+                image,
+                output.anomaly_map[i],
+                float(output.image_score[i]),
+                float(output.det_score[i]),
+                name,
+            )
+            for i, (path, image) in enumerate(zip(paths, images))
+        ]
+
+    def render(self, scored: Scored, threshold: float) -> Rendered:
+        """The heat map and overlay at display size, coloured from this map's minimum to max(its maximum,
+        threshold) as `predict` does, so a map below the threshold never looks red."""
+        side = max(DISPLAY_SIDE, scored.score_map.shape[0])
+        low, high = float(scored.score_map.min()), max(float(scored.score_map.max()), threshold)
+        heat = heatmap_rgb(resize_map(scored.score_map, side), low, high)
+        image = np.asarray(Image.fromarray(scored.image).resize((side, side), Image.Resampling.BICUBIC))
+        anomalous = scored.image_score > threshold
+        verdict = "**ANOMALOUS**" if anomalous else "**normal**"
+        text = (
+            f"### {scored.name}: {verdict}\n\n"
+            f"image score **{scored.image_score:.4g}** (the map's maximum) {'>' if anomalous else '≤'} threshold "
+            f"{threshold:.4g} · detection score {scored.det_score:.3f} · class {scored.class_name!r}\n\n"
+            f"colours: {low:.4g} (blue) to {high:.4g} (red), this image's minimum to max(its maximum, the threshold)"
+        )
+        return Rendered(heat, overlay_tile(image, heat, None, 2), text, anomalous)
+
+    def panel(self, scored: Scored, threshold: float, folder: Path) -> Path:
+        """The image's four-tile panel as `predict` writes it, for download."""
+        low, high = float(scored.score_map.min()), max(float(scored.score_map.max()), threshold)
+        judged = "anomalous" if scored.image_score > threshold else "normal"
+        text = PanelText(
+            title=f"{scored.name}  |  {scored.class_name}",
+            detail=f"image score {scored.image_score:.4g}  |  {judged} (score > threshold {threshold:.4g})",
+            scale=f"colours: {low:.4g} to {high:.4g}, this image's min to max(its max, the threshold)",
+            empty_mask="no ground truth",
+        )
+        path = folder / f"{Path(scored.name).stem}_panel.png"
+        Image.fromarray(render_panel(scored.image, scored.score_map, None, low, high, text)).save(path)
+        return path
+
+
+def example_images(config: ServeConfig, engine: Engine) -> list[list[str]]:
+    """[image, class] rows for the page: --examples, else a few of the run's training images (anomalous first)."""
+    default_class = engine.classes[0] if engine.classes else "object"
+    if config.examples is not None:
+        return [[str(path), default_class] for path in find_images(config.examples)[:MAX_EXAMPLES]]
+    if not isinstance(engine, TorchEngine):
+        return []
+    folder = engine.run_.image_checkpoint.parent
+    samples_file = folder / TRAIN_SAMPLES
+    if not samples_file.is_file():
+        return []
+    root = engine.run_.saved.config.data.root
+    records = [json.loads(line) for line in samples_file.read_text().splitlines() if line.strip()]
+    records.sort(key=lambda r: (-int(r.get("label", 0)), r.get("class_name", "")))
+    chosen, seen = [], set()
+    for record in records:  # one anomalous image per class, then one normal one
+        key = (record.get("class_name"), record.get("label"))
+        path = root / record["image_path"]
+        if key in seen or not path.is_file():
+            continue
+        seen.add(key)
+        chosen.append([str(path), str(record.get("class_name"))])
+    return chosen[:MAX_EXAMPLES]
+
+
+def slider_range(detector: Detector, examples: list[list[str]], threshold: float | None) -> tuple[float, float, float]:
+    """(minimum, maximum, start) of the threshold slider, in the map's own unit: around the examples' scores (and
+    the given threshold); the start is the given threshold, else the middle of the examples' scores."""
+    scores = []
+    for path, class_name in examples:
+        try:
+            scores += [scored.image_score for scored in detector.score([path], class_name)]
+        except CrossgraftError as error:
+            log.warning("example %s left out: %s", path, error)
+    if threshold is not None:
+        scores.append(threshold)
+    if not scores:
+        return -1.0, 1.0, 0.0 if threshold is None else threshold
+    low, high = min(scores), max(scores)
+    margin = max(high - low, 1e-3)
+    start = threshold if threshold is not None else (low + high) / 2
+    return round_to_digits(low - margin), round_to_digits(high + margin), round_to_digits(start)
+
+
+def round_to_digits(value: float, digits: int = SLIDER_DIGITS) -> float:
+    """`value` with `digits` significant digits (what a slider's ends should show)."""
+    return float(f"{value:.{digits}g}")
+
+
+def serve(config: ServeConfig) -> None:
+    """Build the page and serve it until interrupted."""
+    app = build_app(config)
+    log.info("serving on http://%s:%d", config.host, config.port)
+    app.launch(server_name=config.host, server_port=config.port, show_error=True)
+
+
+def build_app(config: ServeConfig) -> Any:
+    """The gradio Blocks of the page (not yet launched)."""
+    gr = require_package("gradio", "crossgraft anomaly serve", extra="serve")
+    set_max_pixels(config.max_image_pixels)
+    engine = open_engine(
+        config.engine,
+        config.save_path,
+        config.model,
+        config.epoch,
+        resolve_device(config.device),
+        config.domain,
+        config.class_descriptions,
+        config.threads,
+        require_text_adapter=True,
+    )
+    threshold = config.threshold
+    if threshold is None and isinstance(engine, ExportedEngine) and engine.classes:
+        threshold = engine.metadata.thresholds.get(engine.classes[0])
+    detector = Detector(engine, int(config.max_upload_mb * BYTES_PER_MB), threshold)
+    examples = example_images(config, engine)
+    low, high, start = slider_range(detector, examples, threshold)
+    downloads = Path(tempfile.mkdtemp(prefix="crossgraft-serve-"))
+
+    def detect_one(path: str | None, class_name: str | None, threshold: float) -> tuple[Any, ...]:
+        if not path:
+            return None, None, None, "upload an image (or pick an example below)", None
+        try:
+            scored = detector.score([path], class_name)[0]
+        except CrossgraftError as error:
+            return None, None, None, f"**refused:** {error}", None
+        rendered = detector.render(scored, threshold)
+        return rendered.heat, rendered.overlay, str(detector.panel(scored, threshold, downloads)), rendered.text, scored
+
+    def rerender(scored: Scored | None, threshold: float) -> tuple[Any, ...]:
+        if scored is None:
+            return None, None, None, "upload an image (or pick an example below)"
+        rendered = detector.render(scored, threshold)
+        return rendered.heat, rendered.overlay, str(detector.panel(scored, threshold, downloads)), rendered.text
+
+    def detect_many(files: list[str] | None, class_name: str | None, threshold: float) -> tuple[Any, str]:
+        if not files:
+            return [], "upload one or more images"
+        try:
+            results = detector.score(list(files), class_name)
+        except CrossgraftError as error:
+            return [], f"**refused:** {error}"
+        gallery, rows = [], ["| image | score | verdict |", "|---|---|---|"]
+        for scored in results:
+            rendered = detector.render(scored, threshold)
+            verdict = "ANOMALOUS" if rendered.anomalous else "normal"
+            gallery.append((rendered.overlay, f"{scored.name}: {scored.image_score:.4g} ({verdict})"))
+            rows.append(f"| {scored.name} | {scored.image_score:.4g} | {verdict} |")
+        return gallery, "\n".join(rows)
+
+    choices = list(engine.classes)
+    class_help = "a trained class, or type any class name (zero-shot)" if engine.zero_shot else "an exported class"
+    with gr.Blocks(title="crossgraft anomaly detection") as app:
+        gr.Markdown(f"# crossgraft anomaly detection\n\nRunning **{engine.describe()}**.")
+        with gr.Tab("Image"):
+            with gr.Row():
+                with gr.Column():
+                    upload = gr.File(label="image", file_count="single", elem_id="upload")
+                    class_box = gr.Dropdown(
+                        choices,
+                        value=choices[0] if choices else None,
+                        label="class",
+                        info=class_help,
+                        allow_custom_value=engine.zero_shot,
+                        elem_id="class",
+                    )
+                    slider = gr.Slider(
+                        low, high, value=start, label="threshold (image score above it: anomalous)", elem_id="threshold"
+                    )
+                    button = gr.Button("Detect", variant="primary", elem_id="detect")
+                    if examples:
+                        gr.Examples(examples, inputs=[upload, class_box], label="examples")
+                with gr.Column():
+                    result = gr.Markdown("upload an image (or pick an example)", elem_id="result")
+                    with gr.Row():
+                        heat = gr.Image(label="heat map", type="numpy", elem_id="heatmap", format="png")
+                        overlay = gr.Image(label="overlay", type="numpy", elem_id="overlay", format="png")
+                    panel = gr.File(label="panel (PNG, as predict writes it)", elem_id="panel")
+            state = gr.State(None)
+            button.click(detect_one, [upload, class_box, slider], [heat, overlay, panel, result, state])
+            slider.release(rerender, [state, slider], [heat, overlay, panel, result])
+        with gr.Tab("Gallery"):
+            uploads = gr.File(label="images", file_count="multiple", elem_id="uploads")
+            class_many = gr.Dropdown(
+                choices,
+                value=choices[0] if choices else None,
+                label="class",
+                info=class_help,
+                allow_custom_value=engine.zero_shot,
+            )
+            slider_many = gr.Slider(low, high, value=start, label="threshold")
+            button_many = gr.Button("Detect all", variant="primary", elem_id="detect-all")
+            table = gr.Markdown()
+            gallery = gr.Gallery(label="overlays", columns=4, elem_id="gallery")
+            button_many.click(detect_many, [uploads, class_many, slider_many], [gallery, table])
+    return app
