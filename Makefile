@@ -9,14 +9,14 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.crossgraft-installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: venv demo ablation-demo llava-demo test lint bench-metrics bench-train bench-llava clean
+.PHONY: venv demo ablation-demo llava-demo serve-demo test lint bench-metrics bench-train bench-llava bench-deploy browser clean
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,deploy,serve]"
 	@touch $(STAMP)
 
 demo: venv
@@ -25,10 +25,21 @@ demo: venv
 ablation-demo: venv
 	$(PY) -m crossgraft anomaly ablation-demo --out runs/ablation
 
+# the web page on the demo's model (trained first when it is not there): http://127.0.0.1:7860
+serve-demo: venv
+	@test -f $(DEMO_OUT)/run/image_adapter.pth || $(PY) -m crossgraft anomaly demo --out $(DEMO_OUT)
+	$(PY) -m crossgraft anomaly serve --save_path $(DEMO_OUT)/run --device cpu
+
 llava-demo: venv
 	$(PY) -m crossgraft llava demo --out runs/llava-demo
 
-test: venv
+# Debian's Chromium for the web page's browser test (skipped with its reason when none can be installed)
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null || \
+		( (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+		|| echo "could not install chromium: the browser test will be skipped" )
+
+test: venv browser
 	$(PY) -m pytest
 
 # ruff (lint and format) and mypy, as .ci/run runs them before the tests
@@ -45,6 +56,9 @@ bench-train: venv
 
 bench-llava: venv
 	$(PY) benchmarks/llava_bench.py
+
+bench-deploy: venv
+	$(PY) benchmarks/deploy_bench.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

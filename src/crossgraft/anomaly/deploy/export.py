@@ -110,7 +110,7 @@ def export(config: ExportConfig) -> ExportResult:
     )
     staging = staging_folder(config.out)
     try:
-        write_graph(graph, staging, config)
+        write_graph(graph, staging, config.format, config.quantize)
         write_text_atomic(staging / METADATA, json.dumps(asdict(metadata), indent=2) + "\n")
         difference = check_export(graph, staging, engine.image_size, len(texts))
         if config.fit_on is not None:  # fitted through the new graph itself: the scores it will threshold
@@ -174,16 +174,16 @@ def example_inputs(side: int, classes: int, batch: int, seed: int) -> tuple[torc
     return images, torch.arange(batch) % classes
 
 
-def write_graph(graph: AnomalyGraph, folder: Path, config: ExportConfig) -> None:
-    """model.onnx (+ model.onnx.data, the weights), then the int8 or OpenVINO form of it when asked."""
+def write_graph(graph: AnomalyGraph, folder: Path, graph_format: str = "onnx", quantize: str = "none") -> Path:
+    """model.onnx (+ model.onnx.data, the weights), or its int8 or OpenVINO IR form; returns the graph file."""
     onnx_path = folder / ONNX_FILE
-    traced_path = folder / FP32_FILE if config.quantize == "int8" else onnx_path
+    traced_path = folder / FP32_FILE if quantize == "int8" else onnx_path
     side = graph.model.backbone.image_size
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     with quiet_exporter():
         torch.onnx.export(
             graph,
-            example_inputs(side, len(config.class_name), EXAMPLE_BATCH, CHECK_SEED),
+            example_inputs(side, graph.num_classes, EXAMPLE_BATCH, CHECK_SEED),
             str(traced_path),
             input_names=INPUT_NAMES,
             output_names=OUTPUT_NAMES,
@@ -193,7 +193,7 @@ def write_graph(graph: AnomalyGraph, folder: Path, config: ExportConfig) -> None
             optimize=True,
             verbose=False,
         )
-    if config.quantize == "int8":
+    if quantize == "int8":
         quantization = require_package("onnxruntime.quantization", "--quantize int8")
         with quiet_exporter():
             quantization.quantize_dynamic(
@@ -204,10 +204,12 @@ def write_graph(graph: AnomalyGraph, folder: Path, config: ExportConfig) -> None
                 use_external_data_format=True,
             )
         remove_graph(traced_path)
-    if config.format == "openvino":
+    if graph_format == "openvino":
         ov = require_package("openvino", "--format openvino")
         ov.save_model(ov.convert_model(str(onnx_path)), str(folder / IR_FILE), compress_to_fp16=False)
         remove_graph(onnx_path)
+        return folder / IR_FILE
+    return onnx_path
 
 
 def remove_graph(onnx_path: Path) -> None:

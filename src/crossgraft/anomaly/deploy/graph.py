@@ -59,6 +59,7 @@ class AnomalyGraph(nn.Module):
         self.model = model
         self.domain = domain
         self.attends_text = has_text and model.text_cross_attn is not None
+        self.num_classes = len(class_texts)
         self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
         with torch.no_grad():
