@@ -14,7 +14,7 @@ from PIL import Image
 
 from crossgraft.anomaly.config import ExportConfig, ServeConfig
 from crossgraft.anomaly.deploy.engines import OnnxRuntimeEngine, open_engine
-from crossgraft.anomaly.serve import Detector, build_app, slider_range
+from crossgraft.anomaly.serve import Detector, build_app, class_thresholds, slider_range, training_records
 from crossgraft.anomaly.visualize import jet
 from crossgraft.errors import ConfigError, DataError
 
@@ -108,6 +108,14 @@ def test_the_threshold_slider_spans_the_examples_scores(detector, synthetic_root
     low, high, start = slider_range(detector, examples, None)
     assert low < min(scores) and high > max(scores) and min(scores) <= start <= max(scores)
     assert slider_range(detector, examples, 123.0)[2] == 123.0
+
+
+def test_a_training_runs_thresholds_are_fitted_on_its_normal_images(detector):
+    fitted = class_thresholds(detector)
+    records = training_records(detector.engine)
+    assert sorted(fitted) == ["checker", "dots", "stripes"]
+    normal = [path for path, class_name, label in records if class_name == "dots" and label == 0]
+    assert normal and fitted["dots"] == max(s.image_score for s in detector.score(normal, "dots"))
 
 
 def test_serve_needs_a_run_or_an_export(trained_run, tmp_path):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ from crossgraft.images import read_rgb, set_max_pixels
 log = logging.getLogger(__name__)
 DISPLAY_SIDE = 512  # the page's pictures are drawn at least this large
 MAX_EXAMPLES = 6
+SCORE_BATCH = 8  # images per forward pass
+MAX_FIT_IMAGES = 32  # normal images per class that fit a training run's default thresholds
 SLIDER_DIGITS = 3
 BYTES_PER_MB = 1024 * 1024
 
@@ -89,22 +92,20 @@ class Detector:
             )
         return name
 
-    def score(self, paths: list[str | Path], class_name: str | None) -> list[Scored]:
+    def score(self, paths: Sequence[str | Path], class_name: str | None) -> list[Scored]:
+        """Every uploaded image of one class, scored in batches of SCORE_BATCH."""
         name = self.check_class(class_name)
         images = [self.read_upload(path) for path in paths]
         side = self.engine.image_size
-        output = self.engine.run(np.stack([resized_pixels(Image.fromarray(image), side) for image in images]), name)
-        return [
-            Scored(
-                Path(path).name,
-                image,
-                output.anomaly_map[i],
-                float(output.image_score[i]),
-                float(output.det_score[i]),
-                name,
-            )
-            for i, (path, image) in enumerate(zip(paths, images))
-        ]
+        scored = []
+        for first in range(0, len(images), SCORE_BATCH):
+            batch = images[first : first + SCORE_BATCH]
+            output = self.engine.run(np.stack([resized_pixels(Image.fromarray(image), side) for image in batch]), name)
+            for j, image in enumerate(batch):
+                path = Path(paths[first + j])
+                score_map, image_score, det_score = output.anomaly_map[j], output.image_score[j], output.det_score[j]
+                scored.append(Scored(path.name, image, score_map, float(image_score), float(det_score), name))
+        return scored
 
     def render(self, scored: Scored, threshold: float) -> Rendered:
         """The heat map and overlay at display size, coloured from this map's minimum to max(its maximum,
@@ -138,35 +139,58 @@ class Detector:
         return path
 
 
-def example_images(config: ServeConfig, engine: Engine) -> list[list[str]]:
-    """[image, class] rows for the page: --examples, else a few of the run's training images (anomalous first)."""
-    default_class = engine.classes[0] if engine.classes else "object"
-    if config.examples is not None:
-        return [[str(path), default_class] for path in find_images(config.examples)[:MAX_EXAMPLES]]
+def training_records(engine: Engine) -> list[tuple[Path, str, int]]:
+    """(image, class, label) of the images a training run trained on that are still on disk; none for an export."""
     if not isinstance(engine, TorchEngine):
         return []
-    folder = engine.run_.image_checkpoint.parent
-    samples_file = folder / TRAIN_SAMPLES
+    samples_file = engine.run_.image_checkpoint.parent / TRAIN_SAMPLES
     if not samples_file.is_file():
         return []
     root = engine.run_.saved.config.data.root
     records = [json.loads(line) for line in samples_file.read_text().splitlines() if line.strip()]
-    records.sort(key=lambda r: (-int(r.get("label", 0)), r.get("class_name", "")))
+    found = [(root / r["image_path"], str(r.get("class_name")), int(r.get("label", 0))) for r in records]
+    return [(path, name, label) for path, name, label in found if path.is_file()]
+
+
+def example_images(config: ServeConfig, engine: Engine) -> list[list[str]]:
+    """[image, class] rows for the page: --examples, else one anomalous training image per class, then normal ones."""
+    if config.examples is not None:
+        default_class = engine.classes[0] if engine.classes else "object"
+        return [[str(path), default_class] for path in find_images(config.examples)[:MAX_EXAMPLES]]
     chosen, seen = [], set()
-    for record in records:  # one anomalous image per class, then one normal one
-        key = (record.get("class_name"), record.get("label"))
-        path = root / record["image_path"]
-        if key in seen or not path.is_file():
-            continue
-        seen.add(key)
-        chosen.append([str(path), str(record.get("class_name"))])
+    for path, class_name, label in sorted(training_records(engine), key=lambda r: (-r[2], r[1], str(r[0]))):
+        if (class_name, label) not in seen:
+            seen.add((class_name, label))
+            chosen.append([str(path), class_name])
     return chosen[:MAX_EXAMPLES]
 
 
-def slider_range(detector: Detector, examples: list[list[str]], threshold: float | None) -> tuple[float, float, float]:
-    """(minimum, maximum, start) of the threshold slider, in the map's own unit: around the examples' scores (and
-    the given threshold); the start is the given threshold, else the middle of the examples' scores."""
-    scores = []
+def class_thresholds(detector: Detector) -> dict[str, float]:
+    """Each class's threshold: an export's fitted ones, or for a training run the highest score of the normal images
+    it trained on (as `predict --fit_on` fits it: none of them is flagged)."""
+    engine = detector.engine
+    if isinstance(engine, ExportedEngine):
+        return dict(engine.metadata.thresholds)
+    normal: dict[str, list[Path]] = {}
+    for path, class_name, label in training_records(engine):
+        if label == 0:
+            normal.setdefault(class_name, []).append(path)
+    thresholds = {}
+    for class_name, paths in normal.items():
+        try:
+            thresholds[class_name] = max(s.image_score for s in detector.score(paths[:MAX_FIT_IMAGES], class_name))
+        except CrossgraftError as error:
+            log.warning("no threshold for %s: %s", class_name, error)
+    return thresholds
+
+
+def slider_range(
+    detector: Detector, examples: list[list[str]], threshold: float | None, others: list[float] | None = None
+) -> tuple[float, float, float]:
+    """(minimum, maximum, start) of the threshold slider, in the map's own unit: around the examples' scores, the
+    given threshold and the `others` (the classes' fitted thresholds); the start is the given threshold, else the
+    middle of the examples' scores."""
+    scores = list(others or [])
     for path, class_name in examples:
         try:
             scores += [scored.image_score for scored in detector.score([path], class_name)]
@@ -209,12 +233,12 @@ def build_app(config: ServeConfig) -> Any:
         config.threads,
         require_text_adapter=True,
     )
-    threshold = config.threshold
-    if threshold is None and isinstance(engine, ExportedEngine) and engine.classes:
-        threshold = engine.metadata.thresholds.get(engine.classes[0])
-    detector = Detector(engine, int(config.max_upload_mb * BYTES_PER_MB), threshold)
+    detector = Detector(engine, int(config.max_upload_mb * BYTES_PER_MB), config.threshold)
     examples = example_images(config, engine)
-    low, high, start = slider_range(detector, examples, threshold)
+    fitted = {} if config.threshold is not None else class_thresholds(detector)
+    first_class = engine.classes[0] if engine.classes else None
+    threshold = config.threshold if config.threshold is not None else fitted.get(first_class or "")
+    low, high, start = slider_range(detector, examples, threshold, list(fitted.values()))
     downloads = Path(tempfile.mkdtemp(prefix="crossgraft-serve-"))
 
     def detect_one(path: str | None, class_name: str | None, threshold: float) -> tuple[Any, ...]:
@@ -277,6 +301,7 @@ def build_app(config: ServeConfig) -> Any:
                         overlay = gr.Image(label="overlay", type="numpy", elem_id="overlay", format="png")
                     panel = gr.File(label="panel (PNG, as predict writes it)", elem_id="panel")
             state = gr.State(None)
+            class_box.change(lambda name, current: fitted.get(name, current), [class_box, slider], slider)
             button.click(detect_one, [upload, class_box, slider], [heat, overlay, panel, result, state])
             slider.release(rerender, [state, slider], [heat, overlay, panel, result])
         with gr.Tab("Gallery"):
@@ -288,7 +313,8 @@ def build_app(config: ServeConfig) -> Any:
                 info=class_help,
                 allow_custom_value=engine.zero_shot,
             )
-            slider_many = gr.Slider(low, high, value=start, label="threshold")
+            slider_many = gr.Slider(low, high, value=start, label="threshold (image score above it: anomalous)")
+            class_many.change(lambda name, current: fitted.get(name, current), [class_many, slider_many], slider_many)
             button_many = gr.Button("Detect all", variant="primary", elem_id="detect-all")
             table = gr.Markdown()
             gallery = gr.Gallery(label="overlays", columns=4, elem_id="gallery")

@@ -295,3 +295,22 @@ def test_images_must_be_uint8_at_the_graphs_size(exports):
         engine.run(np.zeros((1, 32, 32, 3), dtype=np.uint8), "dots")
     with pytest.raises(ConfigError, match="uint8"):
         engine.run(np.zeros((1, 64, 64, 3), dtype=np.float32), "dots")
+
+
+def test_export_and_predict_from_the_command_line(trained_run, synthetic_root, tmp_path, capsys):
+    from crossgraft.cli import main
+
+    out = tmp_path / "ir"
+    args = ["anomaly", "export", "--save_path", str(trained_run), "--class_name", "dots", "--out", str(out)]
+    assert main([*args, "--format", "openvino"]) == 0
+    printed = capsys.readouterr().out
+    assert "exported base on tiny, epoch 2" in printed and "check against PyTorch" in printed
+    assert f"--model {out} --engine openvino" in printed
+    predict = ["anomaly", "predict", str(synthetic_root / "dots" / "test" / "good"), "--model", str(out)]
+    assert main([*predict, "--class_name", "dots", "--threshold", "1000"]) == 0
+    printed = capsys.readouterr().out
+    assert "engine openvino" in printed and printed.count("  normal  ") == 3
+    assert main([*predict, "--class_name", "walnut"]) == 2
+    assert "exported for the classes dots, not 'walnut'" in capsys.readouterr().err
+    assert main([*args, "--format", "openvino", "--quantize", "int8"]) == 2
+    assert main([*predict, "--class_name", "dots", "--save_path", str(trained_run)]) == 2
