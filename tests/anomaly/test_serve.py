@@ -19,6 +19,7 @@ from crossgraft.anomaly.visualize import jet
 from crossgraft.errors import ConfigError, DataError
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
+PAGE_TIMEOUT_MS = 180_000  # generous: a loaded 2-core machine (CI) is slow, a hang still ends
 SCREENSHOT_ENV = "CROSSGRAFT_SERVE_SCREENSHOT"  # also save the page's screenshot there (the README's picture)
 
 
@@ -164,6 +165,7 @@ def test_the_page_in_a_real_browser(trained_run, detector, clear_defect, tmp_pat
         with sync_api.sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=browser_path, args=["--no-sandbox"])
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.set_default_timeout(PAGE_TIMEOUT_MS)
             page.goto(f"http://127.0.0.1:{port}")
             page.wait_for_selector("#upload input[type=file]", state="attached")
             header = page.inner_text("body")
@@ -181,7 +183,6 @@ def test_the_page_in_a_real_browser(trained_run, detector, clear_defect, tmp_pat
                     " return t.includes(name) && !/^\\s*\\d+(\\.\\d+)?s/.test(t)"
                     " && (t.includes('image score') || t.includes('refused')); }",
                     arg=[path.name],
-                    timeout=60_000,
                 )
                 return page.inner_text("#result")
 

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from crossgraft.anomaly.config import PredictConfig, resolve_device
+from crossgraft.anomaly.config import PredictConfig
 from crossgraft.anomaly.data.formats import output_stem, read_folder
 from crossgraft.anomaly.data.records import Sample
 from crossgraft.anomaly.data.transforms import load_image
-from crossgraft.anomaly.deploy.engines import Engine, ExportedEngine, open_engine
+from crossgraft.anomaly.deploy.engines import Engine, ExportedEngine, engine_from
 from crossgraft.anomaly.deploy.graph import resized_pixels
 from crossgraft.anomaly.visualize import PanelText, load_rgb, save_panel, verdict
 from crossgraft.files import write_text_atomic
@@ -71,16 +71,7 @@ class PredictionSet:
 def predict(config: PredictConfig) -> PredictionSet:
     """Heat maps, one json per image (mirroring the input tree) and predictions.json under `config.out_dir`."""
     set_max_pixels(config.max_image_pixels)
-    engine = open_engine(
-        config.engine,
-        config.save_path,
-        config.model,
-        config.epoch,
-        resolve_device(config.device),
-        config.domain,
-        config.class_descriptions,
-        config.threads,
-    )
+    engine = engine_from(config)
     threshold = config.threshold
     if config.fit_on is not None:
         threshold = fit_threshold(engine, config.class_name, config.fit_on, config.batch_size)

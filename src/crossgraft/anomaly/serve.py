@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from crossgraft.anomaly.config import TRAIN_SAMPLES, ServeConfig, resolve_device
+from crossgraft.anomaly.config import TRAIN_SAMPLES, ServeConfig
 from crossgraft.anomaly.data.formats import find_images
-from crossgraft.anomaly.deploy.engines import Engine, ExportedEngine, TorchEngine, open_engine, require_package
+from crossgraft.anomaly.deploy.engines import Engine, ExportedEngine, TorchEngine, engine_from, require_package
 from crossgraft.anomaly.deploy.graph import resized_pixels
 from crossgraft.anomaly.visualize import PanelText, heatmap_rgb, overlay_tile, render_panel, resize_map
 from crossgraft.errors import CrossgraftError, DataError
@@ -222,17 +222,7 @@ def build_app(config: ServeConfig) -> Any:
     """The gradio Blocks of the page (not yet launched)."""
     gr = require_package("gradio", "crossgraft anomaly serve", extra="serve")
     set_max_pixels(config.max_image_pixels)
-    engine = open_engine(
-        config.engine,
-        config.save_path,
-        config.model,
-        config.epoch,
-        resolve_device(config.device),
-        config.domain,
-        config.class_descriptions,
-        config.threads,
-        require_text_adapter=True,
-    )
+    engine = engine_from(config, require_text_adapter=True)
     detector = Detector(engine, int(config.max_upload_mb * BYTES_PER_MB), config.threshold)
     examples = example_images(config, engine)
     fitted = {} if config.threshold is not None else class_thresholds(detector)
@@ -274,23 +264,24 @@ def build_app(config: ServeConfig) -> Any:
 
     choices = list(engine.classes)
     class_help = "a trained class, or type any class name (zero-shot)" if engine.zero_shot else "an exported class"
+
+    def class_choice(**extra: Any) -> Any:
+        first = choices[0] if choices else None
+        return gr.Dropdown(
+            choices, value=first, label="class", info=class_help, allow_custom_value=engine.zero_shot, **extra
+        )
+
+    def threshold_slider(**extra: Any) -> Any:
+        return gr.Slider(low, high, value=start, label="threshold (image score above it: anomalous)", **extra)
+
     with gr.Blocks(title="crossgraft anomaly detection") as app:
         gr.Markdown(f"# crossgraft anomaly detection\n\nRunning **{engine.describe()}**.")
         with gr.Tab("Image"):
             with gr.Row():
                 with gr.Column():
                     upload = gr.File(label="image", file_count="single", elem_id="upload")
-                    class_box = gr.Dropdown(
-                        choices,
-                        value=choices[0] if choices else None,
-                        label="class",
-                        info=class_help,
-                        allow_custom_value=engine.zero_shot,
-                        elem_id="class",
-                    )
-                    slider = gr.Slider(
-                        low, high, value=start, label="threshold (image score above it: anomalous)", elem_id="threshold"
-                    )
+                    class_box = class_choice(elem_id="class")
+                    slider = threshold_slider(elem_id="threshold")
                     button = gr.Button("Detect", variant="primary", elem_id="detect")
                     if examples:
                         gr.Examples(examples, inputs=[upload, class_box], label="examples")
@@ -306,14 +297,8 @@ def build_app(config: ServeConfig) -> Any:
             slider.release(rerender, [state, slider], [heat, overlay, panel, result])
         with gr.Tab("Gallery"):
             uploads = gr.File(label="images", file_count="multiple", elem_id="uploads")
-            class_many = gr.Dropdown(
-                choices,
-                value=choices[0] if choices else None,
-                label="class",
-                info=class_help,
-                allow_custom_value=engine.zero_shot,
-            )
-            slider_many = gr.Slider(low, high, value=start, label="threshold (image score above it: anomalous)")
+            class_many = class_choice()
+            slider_many = threshold_slider()
             class_many.change(lambda name, current: fitted.get(name, current), [class_many, slider_many], slider_many)
             button_many = gr.Button("Detect all", variant="primary", elem_id="detect-all")
             table = gr.Markdown()

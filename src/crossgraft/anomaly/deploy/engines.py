@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from crossgraft import __version__
+from crossgraft.anomaly.config import PredictConfig, ServeConfig, resolve_device
 from crossgraft.anomaly.deploy.graph import INPUT_NAMES, AnomalyGraph, GraphOutput
 from crossgraft.anomaly.infer import TrainedRun, load_trained
 from crossgraft.anomaly.prompts import class_text
@@ -237,6 +238,21 @@ class OpenVINOEngine(ExportedEngine):
     def infer(self, images: np.ndarray, class_index: np.ndarray) -> list[np.ndarray]:
         outputs = self.compiled([images, class_index])
         return [outputs[i] for i in range(len(outputs))]
+
+
+def engine_from(settings: PredictConfig | ServeConfig, require_text_adapter: bool = False) -> Engine:
+    """`open_engine` with a command's settings (`--device auto` is cuda when there is one)."""
+    return open_engine(
+        settings.engine,
+        settings.save_path,
+        settings.model,
+        settings.epoch,
+        resolve_device(settings.device),
+        settings.domain,
+        settings.class_descriptions,
+        settings.threads,
+        require_text_adapter,
+    )
 
 
 def open_engine(
