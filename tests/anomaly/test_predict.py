@@ -69,3 +69,12 @@ def test_a_single_image_and_the_batch_size_give_the_same_scores(trained_run, syn
 def test_a_threshold_and_a_fit_contradict(trained_run, tmp_path):
     with pytest.raises(ConfigError, match="give --threshold or --fit_on, not both"):
         PredictConfig(inputs=tmp_path, save_path=trained_run, threshold=1.0, fit_on=tmp_path)
+
+
+def test_the_colour_scale_reaches_the_threshold_even_when_it_is_zero():
+    from crossgraft.anomaly.predict import colour_range
+
+    score_map = np.array([[-2.0, -1.0]], dtype=np.float32)
+    assert colour_range(score_map, None) == (-2.0, -1.0)
+    assert colour_range(score_map, 0.0) == (-2.0, 0.0)  # a threshold of 0 is a threshold, not "none"
+    assert colour_range(score_map, -1.5) == (-2.0, -1.0)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from crossgraft.anomaly.config import ExportConfig, ServeConfig
 from crossgraft.anomaly.deploy.engines import OnnxRuntimeEngine, open_engine
-from crossgraft.anomaly.serve import Detector, build_app, class_thresholds, slider_range, training_records
+from crossgraft.anomaly.serve import Detector, build_app, class_thresholds, slider_range, training_samples
 from crossgraft.anomaly.visualize import jet
 from crossgraft.errors import ConfigError, DataError
 
@@ -113,9 +113,9 @@ def test_the_threshold_slider_spans_the_examples_scores(detector, synthetic_root
 
 def test_a_training_runs_thresholds_are_fitted_on_its_normal_images(detector):
     fitted = class_thresholds(detector)
-    records = training_records(detector.engine)
+    samples = training_samples(detector.engine)
     assert sorted(fitted) == ["checker", "dots", "stripes"]
-    normal = [path for path, class_name, label in records if class_name == "dots" and label == 0]
+    normal = [s.image_path for s in samples if s.class_name == "dots" and s.label == 0]
     assert normal and fitted["dots"] == max(s.image_score for s in detector.score(normal, "dots"))
 
 

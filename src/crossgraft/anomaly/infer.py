@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -14,6 +13,8 @@ import torch.nn.functional as F
 from crossgraft.anomaly.checkpoints import image_file, load_image_adapter, load_text_adapter, text_file
 from crossgraft.anomaly.config import RUN_CONFIG, TRAIN_SAMPLES, SavedRun, load_run_config, resolve_device
 from crossgraft.anomaly.data.datasets import MEDICAL
+from crossgraft.anomaly.data.formats import read_jsonl
+from crossgraft.anomaly.data.records import Sample
 from crossgraft.anomaly.losses import LOGIT_SCALE
 from crossgraft.anomaly.model import AdaptedCLIP, TextSide
 from crossgraft.anomaly.prompts import class_sentences, descriptions_for, load_class_descriptions
@@ -92,6 +93,12 @@ def clip_text_side(model: AdaptedCLIP, texts: list[str]) -> TextSide:
     return TextSide(anchors=torch.stack(anchors), sentences=torch.stack(sentences))
 
 
+def class_text_side(model: AdaptedCLIP, has_text: bool, class_texts: list[str]) -> TextSide:
+    """Each class text's side without image context (C, ...): from the text adapter, or from CLIP's own text encoder
+    for a run without one (as the public code does)."""
+    return model.text_side(class_texts) if has_text else clip_text_side(model, class_texts)
+
+
 @torch.no_grad()
 def batch_text(
     model: AdaptedCLIP, has_text: bool, text: str, images: torch.Tensor, cache: dict | None = None
@@ -103,7 +110,7 @@ def batch_text(
         return model.image_text([text] * len(images), images)
     side = cache.get(text) if cache is not None else None
     if side is None:
-        side = model.text_side([text]) if has_text else clip_text_side(model, [text])
+        side = class_text_side(model, has_text, [text])
         if cache is not None:
             cache[text] = side
     return TextSide(side.anchors.expand(len(images), -1, -1), side.sentences.expand(len(images), -1, -1))
@@ -133,13 +140,14 @@ class TrainedRun:
             table = load_class_descriptions(self.saved.config.class_descriptions)
         return descriptions_for(table, dataset, f"the descriptions {self.saved.config.save_path} was trained with")
 
-    def trained_classes(self) -> list[str]:
-        """The classes the run was trained on (from its train_samples.jsonl; none when the file is missing)."""
+    def training_samples(self) -> list[Sample]:
+        """The samples the run trained on (its train_samples.jsonl, paths under the run's data root); none when the
+        file is missing."""
         path = self.image_checkpoint.parent / TRAIN_SAMPLES
-        if not path.is_file():
-            return []
-        names = {json.loads(line).get("class_name") for line in path.read_text().splitlines() if line.strip()}
-        return sorted(str(name) for name in names if name)
+        return read_jsonl(path, self.saved.config.data.root) if path.is_file() else []
+
+    def trained_classes(self) -> list[str]:
+        return sorted({sample.class_name for sample in self.training_samples()})
 
     def describe(self) -> str:
         text = "" if self.has_text else "; no text adapter: CLIP's own text encoder"

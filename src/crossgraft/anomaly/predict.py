@@ -60,6 +60,30 @@ def fit_threshold(engine: Engine, class_name: str, normal_folder: Path, batch_si
     return max(scored.image_score for scored in score_images(engine, class_name, normal, batch_size))
 
 
+def colour_range(score_map: np.ndarray, threshold: float | None) -> tuple[float, float]:
+    """A prediction's colour scale: the image's minimum to max(its maximum, the threshold), so that a map below the
+    threshold never looks red."""
+    low, high = float(score_map.min()), float(score_map.max())
+    return low, high if threshold is None else max(high, threshold)
+
+
+def prediction_panel_text(
+    image_name: str, class_name: str, image_score: float, threshold: float | None, low: float, high: float
+) -> PanelText:
+    """The title block of a prediction's panel (predict's files, the web page's download)."""
+    judged = (
+        "no threshold (--threshold or --fit_on gives a verdict)"
+        if threshold is None
+        else verdict(image_score > threshold, None, f"score > threshold {threshold:.4g}")
+    )
+    return PanelText(
+        title=f"{image_name}  |  {class_name}",
+        detail=f"image score {image_score:.4g} (the map's maximum)  |  {judged}",
+        scale=f"colours: {low:.4g} to {high:.4g}, this image's min to max(its max, the threshold)",
+        empty_mask="no ground truth",
+    )
+
+
 @dataclass
 class PredictionSet:
     model: str  # which run, checkpoint and epoch made them
@@ -83,18 +107,8 @@ def predict(config: PredictConfig) -> PredictionSet:
     for scored in score_images(engine, config.class_name, inputs, config.batch_size):
         image_path = scored.sample.image_path
         stem = out / output_stem(image_path, config.inputs)
-        low, high = float(scored.score_map.min()), max(float(scored.score_map.max()), threshold or -1e9)
-        judged = (
-            "no threshold (--threshold or --fit_on gives a verdict)"
-            if threshold is None
-            else verdict(scored.image_score > threshold, None, f"score > threshold {threshold:.4g}")
-        )
-        panel_text = PanelText(
-            title=f"{image_path.name}  |  {config.class_name}",
-            detail=f"image score {scored.image_score:.4g} (the map's maximum)  |  {judged}",
-            scale=f"colours: {low:.4g} to {high:.4g}, this image's min to max(its max, the threshold)",
-            empty_mask="no ground truth",
-        )
+        low, high = colour_range(scored.score_map, threshold)
+        panel_text = prediction_panel_text(image_path.name, config.class_name, scored.image_score, threshold, low, high)
         heatmap = save_panel(
             load_rgb(image_path),
             scored.score_map,

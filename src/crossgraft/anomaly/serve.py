@@ -11,7 +11,6 @@ them out. Uploads that are not images, or larger than --max_upload_mb, are refus
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
 from collections.abc import Sequence
@@ -22,11 +21,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from crossgraft.anomaly.config import TRAIN_SAMPLES, ServeConfig
+from crossgraft.anomaly.config import ServeConfig
 from crossgraft.anomaly.data.formats import find_images
+from crossgraft.anomaly.data.records import NORMAL, Sample
 from crossgraft.anomaly.deploy.engines import Engine, ExportedEngine, TorchEngine, engine_from, require_package
 from crossgraft.anomaly.deploy.graph import resized_pixels
-from crossgraft.anomaly.visualize import PanelText, heatmap_rgb, overlay_tile, render_panel, resize_map
+from crossgraft.anomaly.predict import colour_range, prediction_panel_text
+from crossgraft.anomaly.visualize import heatmap_rgb, overlay_tile, resize_map, save_panel
 from crossgraft.errors import CrossgraftError, DataError
 from crossgraft.images import read_rgb, set_max_pixels
 
@@ -67,8 +68,8 @@ class Detector:
         self.max_upload_bytes = max_upload_bytes
         self.threshold = threshold
 
-    def read_upload(self, path: str | Path) -> np.ndarray:
-        """An uploaded file as RGB uint8 (H, W, 3); DataError with a message for the page otherwise."""
+    def read_upload(self, path: str | Path) -> Image.Image:
+        """An uploaded file as an RGB image; DataError with a message for the page otherwise."""
         path = Path(path)
         size = path.stat().st_size
         if size > self.max_upload_bytes:
@@ -77,7 +78,7 @@ class Detector:
                 f"{self.max_upload_bytes / BYTES_PER_MB:.1f} MB"
             )
         try:
-            return np.asarray(read_rgb(path, "upload"))
+            return read_rgb(path, "upload")
         except DataError as error:
             raise DataError(f"{path.name} is not an image this page can read: {error}") from error
 
@@ -100,18 +101,20 @@ class Detector:
         scored = []
         for first in range(0, len(images), SCORE_BATCH):
             batch = images[first : first + SCORE_BATCH]
-            output = self.engine.run(np.stack([resized_pixels(Image.fromarray(image), side) for image in batch]), name)
+            output = self.engine.run(np.stack([resized_pixels(image, side) for image in batch]), name)
             for j, image in enumerate(batch):
                 path = Path(paths[first + j])
                 score_map, image_score, det_score = output.anomaly_map[j], output.image_score[j], output.det_score[j]
-                scored.append(Scored(path.name, image, score_map, float(image_score), float(det_score), name))
+                scored.append(
+                    Scored(path.name, np.asarray(image), score_map, float(image_score), float(det_score), name)
+                )
         return scored
 
     def render(self, scored: Scored, threshold: float) -> Rendered:
         """The heat map and overlay at display size, coloured from this map's minimum to max(its maximum,
         threshold) as `predict` does, so a map below the threshold never looks red."""
         side = max(DISPLAY_SIDE, scored.score_map.shape[0])
-        low, high = float(scored.score_map.min()), max(float(scored.score_map.max()), threshold)
+        low, high = colour_range(scored.score_map, threshold)
         heat = heatmap_rgb(resize_map(scored.score_map, side), low, high)
         image = np.asarray(Image.fromarray(scored.image).resize((side, side), Image.Resampling.BICUBIC))
         anomalous = scored.image_score > threshold
@@ -126,30 +129,17 @@ class Detector:
 
     def panel(self, scored: Scored, threshold: float, folder: Path) -> Path:
         """The image's four-tile panel as `predict` writes it, for download."""
-        low, high = float(scored.score_map.min()), max(float(scored.score_map.max()), threshold)
-        judged = "anomalous" if scored.image_score > threshold else "normal"
-        text = PanelText(
-            title=f"{scored.name}  |  {scored.class_name}",
-            detail=f"image score {scored.image_score:.4g}  |  {judged} (score > threshold {threshold:.4g})",
-            scale=f"colours: {low:.4g} to {high:.4g}, this image's min to max(its max, the threshold)",
-            empty_mask="no ground truth",
-        )
+        low, high = colour_range(scored.score_map, threshold)
+        text = prediction_panel_text(scored.name, scored.class_name, scored.image_score, threshold, low, high)
         path = folder / f"{Path(scored.name).stem}_panel.png"
-        Image.fromarray(render_panel(scored.image, scored.score_map, None, low, high, text)).save(path)
-        return path
+        return save_panel(scored.image, scored.score_map, path, text, None, low, high)
 
 
-def training_records(engine: Engine) -> list[tuple[Path, str, int]]:
-    """(image, class, label) of the images a training run trained on that are still on disk; none for an export."""
+def training_samples(engine: Engine) -> list[Sample]:
+    """The samples a training run trained on that are still on disk; none for an export."""
     if not isinstance(engine, TorchEngine):
         return []
-    samples_file = engine.run_.image_checkpoint.parent / TRAIN_SAMPLES
-    if not samples_file.is_file():
-        return []
-    root = engine.run_.saved.config.data.root
-    records = [json.loads(line) for line in samples_file.read_text().splitlines() if line.strip()]
-    found = [(root / r["image_path"], str(r.get("class_name")), int(r.get("label", 0))) for r in records]
-    return [(path, name, label) for path, name, label in found if path.is_file()]
+    return [sample for sample in engine.run_.training_samples() if sample.image_path.is_file()]
 
 
 def example_images(config: ServeConfig, engine: Engine) -> list[list[str]]:
@@ -158,10 +148,10 @@ def example_images(config: ServeConfig, engine: Engine) -> list[list[str]]:
         default_class = engine.classes[0] if engine.classes else "object"
         return [[str(path), default_class] for path in find_images(config.examples)[:MAX_EXAMPLES]]
     chosen, seen = [], set()
-    for path, class_name, label in sorted(training_records(engine), key=lambda r: (-r[2], r[1], str(r[0]))):
-        if (class_name, label) not in seen:
-            seen.add((class_name, label))
-            chosen.append([str(path), class_name])
+    for sample in sorted(training_samples(engine), key=lambda s: (-(s.label or 0), s.class_name, str(s.image_path))):
+        if (sample.class_name, sample.label) not in seen:
+            seen.add((sample.class_name, sample.label))
+            chosen.append([str(sample.image_path), sample.class_name])
     return chosen[:MAX_EXAMPLES]
 
 
@@ -172,9 +162,9 @@ def class_thresholds(detector: Detector) -> dict[str, float]:
     if isinstance(engine, ExportedEngine):
         return dict(engine.metadata.thresholds)
     normal: dict[str, list[Path]] = {}
-    for path, class_name, label in training_records(engine):
-        if label == 0:
-            normal.setdefault(class_name, []).append(path)
+    for sample in training_samples(engine):
+        if sample.label == NORMAL:
+            normal.setdefault(sample.class_name, []).append(sample.image_path)
     thresholds = {}
     for class_name, paths in normal.items():
         try:

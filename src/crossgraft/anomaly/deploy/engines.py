@@ -60,6 +60,15 @@ def check_images(images: np.ndarray, side: int) -> None:
         raise ConfigError(f"the engine takes uint8 images (B, {side}, {side}, 3), got {images.dtype} {images.shape}")
 
 
+def check_text_adapter(run: TrainedRun) -> None:
+    """Exporting or serving class names needs the run's text adapter (predict alone falls back to CLIP's text)."""
+    if not run.has_text:
+        raise ConfigError(
+            f"{run.image_checkpoint.parent} has no text adapter (text_adapter*.pth): AA-CLIP's anchors for a "
+            "class name, zero-shot or not, come from it. Train stage 1 (the text adapters) first"
+        )
+
+
 class TorchEngine:
     """Eager PyTorch on a training run; any class name (the text side is built on first use and kept)."""
 
@@ -69,11 +78,8 @@ class TorchEngine:
     def __init__(
         self, run: TrainedRun, domain: str, descriptions: dict[str, str], require_text_adapter: bool = False
     ) -> None:
-        if require_text_adapter and not run.has_text:
-            raise ConfigError(
-                f"{run.image_checkpoint.parent} has no text adapter (text_adapter*.pth): AA-CLIP's anchors for a "
-                "class name, zero-shot or not, come from it. Train stage 1 (the text adapters) first"
-            )
+        if require_text_adapter:
+            check_text_adapter(run)
         self.run_ = run
         self.domain = domain
         self.descriptions = descriptions

@@ -37,7 +37,7 @@ from crossgraft.anomaly.deploy.engines import (
     ExportMetadata,
     OnnxRuntimeEngine,
     OpenVINOEngine,
-    TorchEngine,
+    check_text_adapter,
     require_package,
 )
 from crossgraft.anomaly.deploy.graph import INPUT_NAMES, OUTPUT_NAMES, AnomalyGraph
@@ -45,7 +45,7 @@ from crossgraft.anomaly.infer import load_trained
 from crossgraft.anomaly.predict import fit_threshold
 from crossgraft.anomaly.prompts import class_text
 from crossgraft.errors import ConfigError, OutputError
-from crossgraft.files import write_text_atomic
+from crossgraft.files import ensure_folder, write_text_atomic
 from crossgraft.images import set_max_pixels
 
 log = logging.getLogger(__name__)
@@ -85,13 +85,14 @@ def export(config: ExportConfig) -> ExportResult:
     require_package("onnxruntime" if config.format == "onnx" else "openvino", f"--format {config.format}")
     require_package("onnxscript", "exporting an ONNX graph")  # torch.onnx's exporter
     run = load_trained(config.save_path, config.epoch, device="cpu", image_size=config.img_size)
-    engine = TorchEngine(run, config.domain, run.descriptions(config.class_descriptions), require_text_adapter=True)
-    texts = [class_text(name, engine.descriptions) for name in config.class_name]
+    check_text_adapter(run)
+    descriptions = run.descriptions(config.class_descriptions)
+    texts = [class_text(name, descriptions) for name in config.class_name]
     graph = AnomalyGraph(run.model, texts, run.has_text, config.domain).eval()
     metadata = ExportMetadata(
         graph=IR_FILE if config.format == "openvino" else ONNX_FILE,
         graph_format=config.format,
-        image_size=engine.image_size,
+        image_size=graph.model.backbone.image_size,
         classes=list(config.class_name),
         class_texts=texts,
         domain=config.domain,
@@ -112,7 +113,7 @@ def export(config: ExportConfig) -> ExportResult:
     try:
         write_graph(graph, staging, config.format, config.quantize)
         write_text_atomic(staging / METADATA, json.dumps(asdict(metadata), indent=2) + "\n")
-        difference = check_export(graph, staging, engine.image_size, len(texts))
+        difference = check_export(graph, staging)
         if config.fit_on is not None:  # fitted through the new graph itself: the scores it will threshold
             metadata.thresholds = fit_thresholds(exported_engine(staging), config)
     except BaseException:
@@ -152,7 +153,7 @@ def staging_folder(out: Path) -> Path:
     an earlier export (it is replaced), never another folder."""
     if out.exists() and not (out / METADATA).is_file() and (not out.is_dir() or any(out.iterdir())):
         raise OutputError(f"{out} exists and is not an export folder (no {METADATA}): choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    ensure_folder(out.parent)
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
@@ -234,14 +235,13 @@ def quiet_exporter() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def check_export(graph: AnomalyGraph, folder: Path, side: int, classes: int) -> float:
+def check_export(graph: AnomalyGraph, folder: Path) -> float:
     """Largest relative difference (per output, vs its largest value) between the new graph run by its engine and
     eager PyTorch, on random images of every class."""
-    images, index = example_inputs(side, classes, CHECK_BATCH, CHECK_SEED + 1)
+    images, index = example_inputs(graph.model.backbone.image_size, graph.num_classes, CHECK_BATCH, CHECK_SEED + 1)
     with torch.no_grad():
         expected = [t.numpy() for t in graph(images, index)]
-    engine: ExportedEngine = OpenVINOEngine(folder) if (folder / IR_FILE).exists() else OnnxRuntimeEngine(folder)
-    got = engine.infer(images.numpy(), index.numpy())
+    got = exported_engine(folder).infer(images.numpy(), index.numpy())
     return max(relative_difference(a, b) for a, b in zip(expected, got))
 
 

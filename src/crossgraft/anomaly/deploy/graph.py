@@ -26,7 +26,7 @@ from PIL import Image
 from torch import nn
 
 from crossgraft.anomaly.data.transforms import CLIP_MEAN, CLIP_STD
-from crossgraft.anomaly.infer import anomaly_maps, clip_text_side
+from crossgraft.anomaly.infer import anomaly_maps, class_text_side
 from crossgraft.anomaly.model import AdaptedCLIP, TextSide
 from crossgraft.errors import ShapeError
 
@@ -68,7 +68,7 @@ class AnomalyGraph(nn.Module):
                 self.register_buffer("text_block_one", block_one, persistent=False)  # (C, S*T, Wt)
                 self.register_buffer("sentence_ids", ids, persistent=False)  # (C, S, T)
             else:
-                side = model.text_side(class_texts) if has_text else clip_text_side(model, class_texts)
+                side = class_text_side(model, has_text, class_texts)
                 self.register_buffer("anchors", side.anchors, persistent=False)  # (C, E, 2)
                 self.register_buffer("sentences", side.sentences, persistent=False)  # (C, S, E)
 
