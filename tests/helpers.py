@@ -13,6 +13,7 @@ from crossgraft.anomaly.config import BackboneConfig, DataConfig, TrainConfig
 
 FAULT_RUNNER = Path(__file__).parent / "fault_runner.py"
 KILLED = -9  # the exit code of a process killed by SIGKILL
+QUIET = ["--report_to", "none", "--dataloader_pin_memory", "false", "--disable_tqdm", "true"]  # LLaVA Trainer flags
 trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy 2 renamed it; the floor is 1.26
 
 
@@ -75,3 +76,26 @@ def until_done(args, plan):
             return first
         code, _ = run_with_faults("none", args)
     raise AssertionError(f"{plan}: the run did not finish after its interruption")
+
+
+def short_llava_run(model, sample, output_dir, *extra) -> list[str]:
+    """The flags of a short, quiet, deterministic LLaVA training (constant learning rate, seed 0); `extra` adds
+    the steps and saves."""
+    return [
+        "--model_name_or_path",
+        str(model),
+        "--data_path",
+        str(sample),
+        "--output_dir",
+        str(output_dir),
+        "--per_device_train_batch_size",
+        "4",
+        "--learning_rate",
+        "3e-3",
+        "--lr_scheduler_type",
+        "constant",
+        "--seed",
+        "0",
+        *QUIET,
+        *extra,
+    ]

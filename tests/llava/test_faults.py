@@ -6,39 +6,13 @@ import random
 
 import pytest
 import torch
-from helpers import KILLED, run_with_faults, until_done
+from helpers import KILLED, run_with_faults, short_llava_run, until_done
 from safetensors.torch import load_file
 
 
 def llava_args(model, sample, output_dir):
-    return [
-        "llava",
-        "train",
-        "--model_name_or_path",
-        str(model),
-        "--data_path",
-        str(sample),
-        "--output_dir",
-        str(output_dir),
-        "--per_device_train_batch_size",
-        "4",
-        "--learning_rate",
-        "3e-3",
-        "--lr_scheduler_type",
-        "constant",
-        "--max_steps",
-        "6",
-        "--save_steps",
-        "2",
-        "--seed",
-        "0",
-        "--report_to",
-        "none",
-        "--dataloader_pin_memory",
-        "false",
-        "--disable_tqdm",
-        "true",
-    ]
+    """`crossgraft llava train` for 6 steps with a checkpoint every 2."""
+    return ["llava", "train", *short_llava_run(model, sample, output_dir, "--max_steps", "6", "--save_steps", "2")]
 
 
 @pytest.fixture(scope="module")

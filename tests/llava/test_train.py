@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 import torch
+from helpers import QUIET, short_llava_run
 
 from crossgraft.cli import main as crossgraft_main
 from crossgraft.cli import train_alternating as train_main
@@ -13,7 +14,6 @@ from crossgraft.llava.config import AlternatingTrainingArguments, DataArguments,
 from crossgraft.llava.train import LOG_FILE, AlternatingTrainer, train
 
 BASE, ALT, CROSS = "llava_qwen", "llava_qwen_with_alternating_attn", "llava_qwen_with_alternating_cross_attn"
-QUIET = ["--report_to", "none", "--dataloader_pin_memory", "false", "--disable_tqdm", "true"]
 
 
 def log_history(output_dir):
@@ -364,34 +364,13 @@ def test_values_that_cannot_work_are_refused_before_anything_is_loaded(flags, me
     assert not (tmp_path / "o").exists()
 
 
-def short_run(tiny_models, llava_sample, output_dir, *extra):
-    return [
-        "--model_name_or_path",
-        str(tiny_models[ALT]),
-        "--data_path",
-        str(llava_sample),
-        "--output_dir",
-        str(output_dir),
-        "--per_device_train_batch_size",
-        "4",
-        "--learning_rate",
-        "3e-3",
-        "--lr_scheduler_type",
-        "constant",
-        "--seed",
-        "0",
-        *QUIET,
-        *extra,
-    ]
-
-
 def test_a_learning_rate_that_breaks_training_stops_it_and_keeps_the_last_checkpoint(
     tiny_models, llava_sample, tmp_path, capsys
 ):
     from safetensors.torch import load_file
 
     output_dir = tmp_path / "huge"
-    broken = short_run(tiny_models, llava_sample, output_dir, "--max_steps", "6", "--save_steps", "1")
+    broken = short_llava_run(tiny_models[ALT], llava_sample, output_dir, "--max_steps", "6", "--save_steps", "1")
     assert train_main([*broken, "--learning_rate", "1e30"]) == 2
     err = capsys.readouterr().err
     assert "training stopped before applying" in err and ("loss became" in err or "gradients became" in err)
@@ -412,18 +391,26 @@ def test_a_learning_rate_that_breaks_training_stops_it_and_keeps_the_last_checkp
 )
 def test_an_incomplete_checkpoint_is_skipped_for_the_one_before(damage, problem, tiny_models, llava_sample, tmp_path):
     output_dir = tmp_path / "run"
-    assert train_main(short_run(tiny_models, llava_sample, output_dir, "--max_steps", "4", "--save_steps", "2")) == 0
+    assert (
+        train_main(short_llava_run(tiny_models[ALT], llava_sample, output_dir, "--max_steps", "4", "--save_steps", "2"))
+        == 0
+    )
     target = output_dir / "checkpoint-4" / damage
     data = target.read_bytes()
     target.write_bytes(b"" if damage == "optimizer.pt" else data[: len(data) // 2])
-    assert train_main(short_run(tiny_models, llava_sample, output_dir, "--max_steps", "5", "--save_steps", "100")) == 0
+    assert (
+        train_main(
+            short_llava_run(tiny_models[ALT], llava_sample, output_dir, "--max_steps", "5", "--save_steps", "100")
+        )
+        == 0
+    )
     log_text = (output_dir / LOG_FILE).read_text()
     assert f"skipping {output_dir / 'checkpoint-4'}: {problem}" in log_text
     assert f"resuming from {output_dir / 'checkpoint-2'}" in log_text
 
 
 def test_missing_or_truncated_inputs_are_named(tiny_models, llava_sample, tmp_path, capsys):
-    args = short_run(tiny_models, llava_sample, tmp_path / "out", "--max_steps", "1")
+    args = short_llava_run(tiny_models[ALT], llava_sample, tmp_path / "out", "--max_steps", "1")
     assert train_main([*args, "--resume_from_checkpoint", str(tmp_path / "nowhere")]) == 2
     assert (
         f"--resume_from_checkpoint {tmp_path / 'nowhere'} cannot be resumed: no such folder" in capsys.readouterr().err
@@ -432,7 +419,7 @@ def test_missing_or_truncated_inputs_are_named(tiny_models, llava_sample, tmp_pa
     shutil.copytree(tiny_models[ALT], broken)
     data = (broken / "model.safetensors").read_bytes()
     (broken / "model.safetensors").write_bytes(data[: len(data) // 3])
-    args = short_run(tiny_models, llava_sample, tmp_path / "out2", "--max_steps", "1")
+    args = short_llava_run(tiny_models[ALT], llava_sample, tmp_path / "out2", "--max_steps", "1")
     args[args.index("--model_name_or_path") + 1] = str(broken)
     assert train_main(args) == 2
     assert f"{broken / 'model.safetensors'} is incomplete or corrupt" in capsys.readouterr().err
@@ -450,7 +437,7 @@ def test_one_writer_per_output_folder(tiny_models, llava_sample, tmp_path, capsy
     holder = subprocess.Popen([sys.executable, "-c", code, str(output_dir)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        assert train_main(short_run(tiny_models, llava_sample, output_dir, "--max_steps", "1")) == 2
+        assert train_main(short_llava_run(tiny_models[ALT], llava_sample, output_dir, "--max_steps", "1")) == 2
         assert f"is in use by another run (pid {holder.pid}" in capsys.readouterr().err
         assert [p.name for p in output_dir.iterdir()] == [".crossgraft.lock"]
     finally:
