@@ -207,3 +207,95 @@ def test_generation_stops_at_eos_and_pads(tiny_tokenizer):
     eos = first[0, 0].item()  # row 0's first token is made its end token
     out = model.generate(input_ids, attention_mask, max_new_tokens=4, eos_token_id=eos, pad_token_id=-1)
     assert out[0, 0].item() == eos and (out[0, 1:] == -1).all()
+
+
+def two_image_batch():
+    """Row 0: two images and right padding; row 1: one image, a longer prompt."""
+    generator = torch.Generator().manual_seed(3)
+    input_ids = torch.randint(0, 250, (2, 11), generator=generator)
+    input_ids[0, [1, 5]] = IMAGE_TOKEN_INDEX
+    input_ids[1, 3] = IMAGE_TOKEN_INDEX
+    attention_mask = torch.tensor([[1] * 8 + [0] * 3, [1] * 11])
+    images = torch.randn(3, 3, 32, 32, generator=generator)
+    return input_ids, attention_mask, images
+
+
+VARIANTS = [
+    (BASE, {}),
+    (ALT, {}),
+    (CROSS, {"xattn_mode": "gated", "xattn_every_n_layers": 2}),
+    (CROSS, {"xattn_mode": "mask"}),
+]
+
+
+def open_gates(model):
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("_gate"):
+                parameter.fill_(0.5)  # an open gate, so the blocks take part
+    return model
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("kind, overrides", VARIANTS, ids=["base", "alternating", "cross_gated", "cross_mask"])
+def test_cached_decoding_equals_full_forward_decoding(tiny_tokenizer, kind, overrides, attn):
+    model = open_gates(build(kind, tiny_tokenizer, attn, **overrides))
+    input_ids, attention_mask, images = two_image_batch()
+    options = dict(max_new_tokens=12, eos_token_id=[], pad_token_id=0, output_scores=True)
+    cached = model.decode(input_ids, attention_mask, images, **options)
+    full = model.decode(input_ids, attention_mask, images, use_cache=False, **options)
+    assert torch.equal(cached.tokens, full.tokens)
+    assert cached.scores.shape == full.scores.shape == (2, 12, model.config.vocab_size)
+    difference = (cached.scores - full.scores).abs().max().item()
+    assert difference <= 1e-5, difference
+    # The rules do act on the answer: the variant's logits differ from base's on the same weights.
+    if kind != BASE:
+        base = build(BASE, tiny_tokenizer, attn)
+        base.load_state_dict(model.state_dict(), strict=False)
+        base_scores = base.decode(input_ids, attention_mask, images, **options).scores
+        assert not torch.allclose(base_scores, cached.scores, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind, overrides", VARIANTS, ids=["base", "alternating", "cross_gated", "cross_mask"])
+def test_cached_sampling_equals_uncached_sampling(tiny_tokenizer, kind, overrides):
+    model = open_gates(build(kind, tiny_tokenizer, **overrides))
+    input_ids, attention_mask, images = two_image_batch()
+    runs = []
+    for use_cache in (True, False):
+        generator = torch.Generator().manual_seed(7)
+        runs.append(
+            model.generate(
+                input_ids, attention_mask, images, 10, eos_token_id=[], do_sample=True, temperature=1.5,
+                top_p=0.9, generator=generator, use_cache=use_cache,
+            )
+        )  # fmt: skip
+    assert torch.equal(*runs)
+    greedy = model.generate(input_ids, attention_mask, images, 10, eos_token_id=[])
+    assert not torch.equal(runs[0], greedy)  # at temperature 1.5 on random weights, sampling leaves the argmax
+
+
+def test_gated_image_keys_and_values_are_computed_once_per_generation(tiny_tokenizer, monkeypatch):
+    from crossgraft.llava.modeling import GatedCrossAttentionBlock
+
+    model = open_gates(build(CROSS, tiny_tokenizer, xattn_every_n_layers=2))
+    calls = []
+    original = GatedCrossAttentionBlock.image_keys_values
+    monkeypatch.setattr(
+        GatedCrossAttentionBlock, "image_keys_values", lambda self, c: calls.append(1) or original(self, c)
+    )
+    input_ids, attention_mask, images = two_image_batch()
+    model.generate(input_ids, attention_mask, images, 8, eos_token_id=[])
+    assert len(calls) == len(model.model.xattn) == 2  # one per block, not one per step
+
+
+def test_top_p_keeps_the_smallest_likely_set(tiny_tokenizer):
+    from crossgraft.llava.modeling import sample_token
+
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).expand(2000, 4)
+    generator = torch.Generator().manual_seed(0)
+    picked = sample_token(logits, 1.0, 0.75, generator)
+    counts = torch.bincount(picked, minlength=4)
+    assert counts[2:].sum() == 0  # 0.5 + 0.3 reaches 0.75: tokens 2 and 3 are never drawn
+    assert abs(counts[0].item() / 2000 - 0.5 / 0.8) < 0.05
+    with pytest.raises(LlavaConfigError, match="top_p"):
+        build(BASE, tiny_tokenizer).decode(torch.ones(1, 3, dtype=torch.long), top_p=0.0)

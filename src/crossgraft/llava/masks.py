@@ -1,6 +1,8 @@
 """Attention masks of the decoder layers, built once per forward pass and shared by the layers that use them.
 
-Masks have shape (B, 1, Q, K). sdpa gets booleans (True = may attend), which keep their meaning under
+Masks have shape (B, 1, Q, K): the queries are the last Q of the K positions (Q = K without a KV cache, Q = 1
+for a cached decoding step), so a cached step sees exactly the keys its row would see in a full forward.
+sdpa gets booleans (True = may attend), which keep their meaning under
 autocast; eager gets additive floats (0 or the dtype's minimum). A query that may attend to nothing (a
 padding position at the start of a left-padded row) attends to itself instead, so no softmax row is empty
 and nothing becomes NaN; such positions are never learned from.
@@ -13,8 +15,11 @@ import torch
 RULES = ("causal", "within_modality", "cross_modality")
 
 
-def allowed_keys(key_is_real: torch.Tensor, key_is_image: torch.Tensor, rule: str) -> torch.Tensor:
-    """Boolean (B, 1, L, L): may position q attend to position k? key_is_real and key_is_image are (B, L).
+def allowed_keys(
+    key_is_real: torch.Tensor, key_is_image: torch.Tensor, rule: str, queries: int | None = None
+) -> torch.Tensor:
+    """Boolean (B, 1, Q, K): may query q attend to key k? key_is_real and key_is_image are (B, K); the queries
+    are the last `queries` positions (default: all K).
 
     causal: k ≤ q and k is not padding.
     within_modality: causal AND k has q's modality (text↔text, image↔image).
@@ -22,19 +27,23 @@ def allowed_keys(key_is_real: torch.Tensor, key_is_image: torch.Tensor, rule: st
     """
     if rule not in RULES:
         raise ValueError(f"unknown attention rule {rule!r}; expected one of {', '.join(RULES)}")
-    positions = torch.arange(key_is_real.shape[1], device=key_is_real.device)  # (L,)
-    causal = positions[None, :] <= positions[:, None]  # (L, L): query rows, key columns
-    is_self = positions[None, :] == positions[:, None]  # (L, L)
-    allowed = causal[None] & key_is_real.bool()[:, None, :]  # (B, L, L)
+    keys = key_is_real.shape[1]
+    queries = keys if queries is None else queries
+    key_positions = torch.arange(keys, device=key_is_real.device)  # (K,)
+    query_positions = key_positions[keys - queries :]  # (Q,)
+    causal = key_positions[None, :] <= query_positions[:, None]  # (Q, K): query rows, key columns
+    is_self = key_positions[None, :] == query_positions[:, None]  # (Q, K)
+    allowed = causal[None] & key_is_real.bool()[:, None, :]  # (B, Q, K)
     if rule != "causal":
-        same_modality = key_is_image[:, :, None] == key_is_image[:, None, :]  # (B, L, L)
+        query_is_image = key_is_image[:, keys - queries :]  # (B, Q)
+        same_modality = query_is_image[:, :, None] == key_is_image[:, None, :]  # (B, Q, K)
         if rule == "within_modality":
             allowed = allowed & same_modality
         else:
             allowed = allowed & (~same_modality | is_self[None])
-    nothing_allowed = ~allowed.any(dim=-1, keepdim=True)  # (B, L, 1)
+    nothing_allowed = ~allowed.any(dim=-1, keepdim=True)  # (B, Q, 1)
     allowed = allowed | (nothing_allowed & is_self[None])
-    return allowed[:, None]  # (B, 1, L, L)
+    return allowed[:, None]  # (B, 1, Q, K)
 
 
 def additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -49,12 +58,16 @@ def layer_masks(
     rules: set[str],
     dtype: torch.dtype,
     attn_implementation: str | None = "sdpa",
+    queries: int | None = None,
 ) -> dict[str, torch.Tensor | None]:
-    """One mask per rule the model's layers use: boolean for sdpa, additive in `dtype` for eager.
+    """One mask per rule the model's layers use: boolean for sdpa, additive in `dtype` for eager. The queries
+    are the last `queries` of the (B, K) keys (default: all).
 
-    With sdpa, an unpadded causal layer gets None instead: sdpa then runs with is_causal=True and may
-    use its flash kernel, so base layers cost what they cost in plain Qwen2.
+    With sdpa, an unpadded causal layer gets None instead: sdpa then runs with is_causal=True (or, for one
+    query, over every key) and may use its flash kernel, so base layers cost what they cost in plain Qwen2.
     """
+    keys = key_is_real.shape[1]
+    queries = keys if queries is None else queries
     text_only = not bool(key_is_image.any())
     sdpa = attn_implementation in (None, "sdpa")
     masks: dict[str, torch.Tensor | None] = {}
@@ -62,10 +75,10 @@ def layer_masks(
         # Within one modality, text-only input is plain causal attention: the same mask object, so the same
         # kernel, which makes `alternating` equal to base bit for bit on text.
         effective = "causal" if rule == "within_modality" and text_only else rule
-        plain_causal = effective == "causal" and bool(key_is_real.all())
+        plain_causal = effective == "causal" and bool(key_is_real.all()) and queries in (1, keys)
         if plain_causal and sdpa:
             masks[rule] = None
             continue
-        allowed = allowed_keys(key_is_real, key_is_image, effective)
+        allowed = allowed_keys(key_is_real, key_is_image, effective, queries)
         masks[rule] = allowed if sdpa else additive(allowed, dtype)
     return masks

@@ -16,7 +16,9 @@ that image's projected SigLIP features (plus one `image_newline`), as LLaVA-NeXT
 
 from __future__ import annotations
 
+import inspect
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,6 +42,8 @@ from crossgraft.llava.masks import additive, layer_masks
 from crossgraft.llava.vision import SigLipVisionTower, build_projector
 
 SUPPORTED_ATTENTION = ("eager", "sdpa")
+# transformers renamed the decoder layers' cache argument (past_key_values → cache); pass it by the name it has.
+CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(Qwen2DecoderLayer.forward).parameters else "past_key_values"
 
 
 def check_attention_implementation(name: str | None) -> None:
@@ -63,6 +67,47 @@ class MultimodalInputs:
     labels: torch.Tensor | None  # (B, L), IGNORE_INDEX at images, padding and unlearned text
     image_context: torch.Tensor | None  # (B, M, D) each sample's image features, for the gated blocks
     image_context_mask: torch.Tensor | None  # (B, M) True = a real image feature
+
+
+class KeyValueCache:
+    """Keys and values of every decoder layer for cached generation, preallocated for `capacity` positions, plus
+    each gated block's image keys and values (computed once per sample, at the prompt).
+
+    The decoder layers call `update` (transformers' Cache protocol): the new keys and values are written after
+    the ones already stored, and the attention gets all of them.
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.keys: dict[int, torch.Tensor] = {}  # layer → (B, H_kv, capacity, head_dim)
+        self.values: dict[int, torch.Tensor] = {}
+        self.lengths: dict[int, int] = {}
+        self.image_keys_values: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # gated block → (B, H, M, hd) × 2
+
+    def update(
+        self, key: torch.Tensor, value: torch.Tensor, layer_index: int, *args: Any, **kwargs: Any
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if layer_index not in self.keys:
+            batch, heads, _, head_dim = key.shape
+            self.keys[layer_index] = key.new_empty(batch, heads, self.capacity, head_dim)
+            self.values[layer_index] = value.new_empty(batch, heads, self.capacity, head_dim)
+            self.lengths[layer_index] = 0
+        start = self.lengths[layer_index]
+        end = start + key.shape[2]
+        if end > self.capacity:
+            raise ShapeError(f"the KV cache holds {self.capacity} positions; {end} were asked for")
+        self.keys[layer_index][:, :, start:end] = key
+        self.values[layer_index][:, :, start:end] = value
+        self.lengths[layer_index] = end
+        return self.keys[layer_index][:, :, :end], self.values[layer_index][:, :, :end]
+
+
+@dataclass
+class Generation:
+    """What `LlavaQwenForCausalLM.decode` returns."""
+
+    tokens: torch.Tensor  # (B, T) new tokens, pad_token_id after each row's end
+    scores: torch.Tensor | None  # (B, T, vocab) the logits each token was chosen from, with output_scores
 
 
 class GatedCrossAttentionBlock(nn.Module):
@@ -91,23 +136,29 @@ class GatedCrossAttentionBlock(nn.Module):
         self.mlp = Qwen2MLP(config)
         self.ff_gate = nn.Parameter(torch.zeros(1))
 
+    def image_keys_values(self, image_context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values (B, H, M, head_dim) of the image context (B, M, D)."""
+        batch, context_length, _ = image_context.shape
+        context = self.context_norm(image_context)
+        key = self.k_proj(context).view(batch, context_length, self.num_heads, self.head_dim)
+        value = self.v_proj(context).view(batch, context_length, self.num_heads, self.head_dim)
+        return key.transpose(1, 2), value.transpose(1, 2)
+
     def forward(
         self,
         hidden_states: torch.Tensor,
         image_context: torch.Tensor,
         image_context_mask: torch.Tensor,
         text_token_mask: torch.Tensor,
+        image_keys_values: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
+        """hidden_states (B, L, D), image_context (B, M, D), image_context_mask (B, M), text_token_mask (B, L);
+        image_keys_values: the context's keys and values when already computed (cached generation)."""
         batch, length, _ = hidden_states.shape
-        context_length = image_context.shape[1]
-        context = self.context_norm(image_context)
+        key, value = image_keys_values if image_keys_values is not None else self.image_keys_values(image_context)
         query = self.q_proj(self.attn_norm(hidden_states)).view(batch, length, self.num_heads, self.head_dim)
-        key = self.k_proj(context).view(batch, context_length, self.num_heads, self.head_dim)
-        value = self.v_proj(context).view(batch, context_length, self.num_heads, self.head_dim)
         mask = additive(image_context_mask[:, None, None, :], query.dtype)  # (B, 1, 1, M)
-        attended = F.scaled_dot_product_attention(
-            query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2), attn_mask=mask
-        )  # (B, H, L, head_dim)
+        attended = F.scaled_dot_product_attention(query.transpose(1, 2), key, value, attn_mask=mask)  # (B, H, L, hd)
         attended = self.o_proj(attended.transpose(1, 2).reshape(batch, length, -1))  # (B, L, D)
 
         # where(), not a product: positions that must not change stay bit-identical.
@@ -184,8 +235,10 @@ class LlavaQwenModel(LlavaQwenPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         images: torch.Tensor | None = None,
+        padding_side: str | None = None,
     ) -> MultimodalInputs:
-        """Splice image features in at the `<image>` placeholders, then re-pad the batch.
+        """Splice image features in at the `<image>` placeholders, then re-pad the batch on `padding_side`
+        (default: the config's tokenizer_padding_side; generation pads on the left).
 
         Images are consumed in order: the k-th placeholder of the batch (row by row) takes images[k].
         """
@@ -236,7 +289,8 @@ class LlavaQwenModel(LlavaQwenPreTrainedModel):
             sequences = [s[:limit] for s in sequences]
             sequence_is_image = [m[:limit] for m in sequence_is_image]
             sequence_labels = [lab[:limit] if lab is not None else None for lab in sequence_labels]
-        return self._pad(sequences, sequence_labels, sequence_is_image, contexts, with_labels=labels is not None)
+        side = padding_side or config.tokenizer_padding_side
+        return self._pad(sequences, sequence_labels, sequence_is_image, contexts, labels is not None, side)
 
     def _pad(
         self,
@@ -245,6 +299,7 @@ class LlavaQwenModel(LlavaQwenPreTrainedModel):
         sequence_is_image: list[torch.Tensor],
         contexts: list[torch.Tensor],
         with_labels: bool,
+        padding_side: str,
     ) -> MultimodalInputs:
         batch = len(sequences)
         length = max(len(s) for s in sequences)
@@ -256,7 +311,7 @@ class LlavaQwenModel(LlavaQwenPreTrainedModel):
         labels = torch.full((batch, length), IGNORE_INDEX, dtype=torch.long, device=device) if with_labels else None
         for row, sequence in enumerate(sequences):
             n = len(sequence)
-            span = slice(length - n, length) if self.config.tokenizer_padding_side == "left" else slice(0, n)
+            span = slice(length - n, length) if padding_side == "left" else slice(0, n)
             inputs_embeds[row, span] = sequence
             attention_mask[row, span] = 1
             position_ids[row, span] = torch.arange(n, device=device)
@@ -286,26 +341,39 @@ class LlavaQwenModel(LlavaQwenPreTrainedModel):
         key_is_image: torch.Tensor,
         image_context: torch.Tensor | None = None,
         image_context_mask: torch.Tensor | None = None,
+        cache: KeyValueCache | None = None,
     ) -> BaseModelOutputWithPast:
-        """Run the decoder on already spliced embeddings: inputs_embeds (B, L, D); attention_mask,
-        position_ids and key_is_image (B, L). There is no KV cache (see `generate`)."""
+        """Run the decoder on already spliced embeddings: inputs_embeds and position_ids (B, Q, …) for the
+        queries; attention_mask and key_is_image (B, K) for every key. Without a cache Q = K. With one, the
+        queries are the last Q keys, the earlier ones come from the cache, and this call's keys are added to it."""
         check_attention_implementation(self.config._attn_implementation)
-        query_is_text = ~key_is_image  # (B, L)
+        queries = inputs_embeds.shape[1]
+        query_is_text = ~key_is_image[:, -queries:]  # (B, Q)
 
         rules = {self.layer_rule(i) for i in range(len(self.layers))}
-        masks = layer_masks(  # (B, 1, L, L) each, or None for a plain causal sdpa layer
-            attention_mask, key_is_image, rules, inputs_embeds.dtype, self.config._attn_implementation
+        masks = layer_masks(  # (B, 1, Q, K) each, or None for a plain causal sdpa layer
+            attention_mask, key_is_image, rules, inputs_embeds.dtype, self.config._attn_implementation, queries
         )
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids)
+        cache_argument = {CACHE_ARGUMENT: cache} if cache is not None else {}
         for i, decoder_layer in enumerate(self.layers):
-            if str(i) in self.xattn and image_context is not None:
-                hidden_states = self.xattn[str(i)](hidden_states, image_context, image_context_mask, query_is_text)
+            block = str(i)
+            if block in self.xattn and image_context is not None and image_context_mask is not None:
+                image_keys_values = None
+                if cache is not None:
+                    if block not in cache.image_keys_values:
+                        cache.image_keys_values[block] = self.xattn[block].image_keys_values(image_context)
+                    image_keys_values = cache.image_keys_values[block]
+                hidden_states = self.xattn[block](
+                    hidden_states, image_context, image_context_mask, query_is_text, image_keys_values
+                )
             hidden_states = decoder_layer(
                 hidden_states,
                 attention_mask=masks[self.layer_rule(i)],
                 position_embeddings=position_embeddings,
                 position_ids=position_ids,
+                **cache_argument,
             )
         hidden_states = self.norm(hidden_states)
         return BaseModelOutputWithPast(last_hidden_state=hidden_states)
@@ -382,34 +450,156 @@ class LlavaQwenForCausalLM(LlavaQwenPreTrainedModel):
         max_new_tokens: int = 32,
         eos_token_id: int | list[int] | None = None,
         pad_token_id: int | None = None,
+        **options: Any,
     ) -> torch.Tensor:
-        """Greedy decoding; returns the new tokens (B, T), pad_token_id after each row's end.
+        """The new tokens (B, T), pad_token_id after each row's end. `options` are `decode`'s: do_sample,
+        temperature, top_p, generator, use_cache."""
+        return self.decode(
+            input_ids, attention_mask, images, max_new_tokens, eos_token_id, pad_token_id, **options
+        ).tokens
 
-        There is no KV cache: every step re-runs the whole prompt, so each variant's attention rule (and the
-        gated blocks' image context) applies to the new tokens exactly as in training. Meant for evaluating
-        short answers; long generations are slow.
+    @torch.no_grad()
+    def decode(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        images: torch.Tensor | None = None,
+        max_new_tokens: int = 32,
+        eos_token_id: int | list[int] | None = None,
+        pad_token_id: int | None = None,
+        *,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        generator: torch.Generator | None = None,
+        use_cache: bool = True,
+        output_scores: bool = False,
+    ) -> Generation:
+        """Greedy decoding or sampling (temperature, nucleus top_p) until each row's end token.
+
+        input_ids (B, S) with `<image>` placeholders and any padding; images in placeholder order. With the KV
+        cache (default) the prompt runs once, left-padded, and each step adds one token: its mask row is built
+        from the row's modality segments exactly as a full forward would build it, under every layer's rule, and
+        the gated blocks' image keys and values are computed once. `use_cache=False` re-runs the whole sequence
+        at every step (the reference the cached path is tested against; cost grows with the square of the answer).
         """
+        if temperature <= 0 or not 0 < top_p <= 1:
+            raise LlavaConfigError(f"sampling needs temperature > 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
         eos = eos_token_id if eos_token_id is not None else self.config.eos_token_id
         eos_ids = {eos} if isinstance(eos, int) else set(eos or [])
         pad = pad_token_id if pad_token_id is not None else (self.config.pad_token_id or 0)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        prompts = [row[mask.bool()] for row, mask in zip(input_ids, attention_mask)]
-        answers: list[list[int]] = [[] for _ in prompts]
-        finished = [False] * len(prompts)
-        for _ in range(max_new_tokens):
-            rows = [torch.cat([prompt, prompt.new_tensor(answer)]) for prompt, answer in zip(prompts, answers)]
-            ids, mask = _right_pad(rows, pad)
-            batch, hidden = self._splice_and_decode(ids, mask, None, images)  # hidden: (B, L, D)
-            last = batch.attention_mask.shape[1] - 1 - batch.attention_mask.flip(1).argmax(dim=1)  # (B,)
-            next_tokens = self.lm_head(hidden[torch.arange(len(rows)), last]).argmax(dim=-1).tolist()  # (B,)
-            for index, token in enumerate(next_tokens):
-                if not finished[index]:
-                    answers[index].append(token)
-                    finished[index] = token in eos_ids
+
+        def choose(logits: torch.Tensor) -> torch.Tensor:  # (B, vocab) → (B,)
+            if not do_sample:
+                return logits.argmax(dim=-1)
+            return sample_token(logits, temperature, top_p, generator)
+
+        steps = _cached_steps if use_cache else _uncached_steps
+        answers: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
+        scores: list[torch.Tensor] = []
+        finished = [False] * len(answers)
+        for logits, feed in steps(self, input_ids, attention_mask, images, max_new_tokens):
+            next_tokens = choose(logits.float())  # (B,)
+            if output_scores:
+                scores.append(logits)
+            for row, token in enumerate(next_tokens.tolist()):
+                if not finished[row]:
+                    answers[row].append(token)
+                    finished[row] = token in eos_ids
             if all(finished):
                 break
-        return _right_pad([input_ids.new_tensor(answer) for answer in answers], pad)[0]
+            feed(next_tokens)
+        tokens = _right_pad([input_ids.new_tensor(answer) for answer in answers], pad)[0]
+        all_scores = torch.stack(scores, dim=1) if output_scores and scores else None  # (B, T, vocab)
+        return Generation(tokens, all_scores)
+
+
+def sample_token(
+    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    """One token per row (B,) from logits (B, vocab): softmax at `temperature`, restricted to the smallest set of
+    most likely tokens whose probability reaches `top_p` (at least one token)."""
+    probabilities = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1:
+        sorted_probabilities, order = probabilities.sort(dim=-1, descending=True)
+        before = sorted_probabilities.cumsum(dim=-1) - sorted_probabilities  # mass of the more likely tokens
+        sorted_probabilities = sorted_probabilities.masked_fill(before >= top_p, 0.0)
+        probabilities = torch.zeros_like(probabilities).scatter(-1, order, sorted_probabilities)
+    return torch.multinomial(probabilities, 1, generator=generator).squeeze(-1)
+
+
+# A decoding loop yields the logits (B, vocab) of the next token and a function that takes the chosen tokens (B,)
+# back before the next step.
+DecodingSteps = Iterator[tuple[torch.Tensor, Callable[[torch.Tensor], None]]]
+
+
+def _cached_steps(
+    model: LlavaQwenForCausalLM,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    images: torch.Tensor | None,
+    max_new_tokens: int,
+) -> DecodingSteps:
+    batch = model.model.prepare_multimodal_inputs(input_ids, attention_mask, None, images, padding_side="left")
+    cache = KeyValueCache(batch.attention_mask.shape[1] + max_new_tokens)
+    key_is_real, key_is_image = batch.attention_mask, batch.image_token_mask  # (B, K)
+    next_position = batch.attention_mask.sum(dim=1, keepdim=True)  # (B, 1): positions restart at 0 in every row
+    hidden = model.model(
+        batch.inputs_embeds,
+        key_is_real,
+        batch.position_ids,
+        key_is_image,
+        batch.image_context,
+        batch.image_context_mask,
+        cache=cache,
+    ).last_hidden_state  # (B, L, D)
+    new_token: list[torch.Tensor] = []
+
+    def feed(next_tokens: torch.Tensor) -> None:
+        new_token[:] = [next_tokens]
+
+    for step in range(max_new_tokens):
+        yield model.lm_head(hidden[:, -1]), feed
+        if step == max_new_tokens - 1:
+            return
+        key_is_real = torch.cat([key_is_real, torch.ones_like(key_is_real[:, :1])], dim=1)
+        key_is_image = torch.cat([key_is_image, torch.zeros_like(key_is_image[:, :1])], dim=1)
+        embeds = model.model.embed_tokens(new_token[0])[:, None]  # (B, 1, D)
+        hidden = model.model(
+            embeds,
+            key_is_real,
+            next_position,
+            key_is_image,
+            batch.image_context,
+            batch.image_context_mask,
+            cache=cache,
+        ).last_hidden_state  # (B, 1, D)
+        next_position = next_position + 1
+
+
+def _uncached_steps(
+    model: LlavaQwenForCausalLM,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    images: torch.Tensor | None,
+    max_new_tokens: int,
+) -> DecodingSteps:
+    prompts = [row[mask.bool()] for row, mask in zip(input_ids, attention_mask)]
+    answers: list[list[int]] = [[] for _ in prompts]
+
+    def feed(next_tokens: torch.Tensor) -> None:
+        for answer, token in zip(answers, next_tokens.tolist()):
+            answer.append(token)
+
+    pad = model.config.pad_token_id or 0
+    for _ in range(max_new_tokens):
+        rows = [torch.cat([prompt, prompt.new_tensor(answer)]) for prompt, answer in zip(prompts, answers)]
+        ids, mask = _right_pad(rows, pad)
+        batch, hidden = model._splice_and_decode(ids, mask, None, images)  # hidden: (B, L, D)
+        last = batch.attention_mask.shape[1] - 1 - batch.attention_mask.flip(1).argmax(dim=1)  # (B,)
+        yield model.lm_head(hidden[torch.arange(len(rows)), last]), feed
 
 
 def _right_pad(rows: list[torch.Tensor], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
