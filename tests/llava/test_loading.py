@@ -209,3 +209,14 @@ def test_published_onevision_config_builds_the_published_architecture():
     assert f"{tower}encoder.layers.25.mlp.fc2.weight" in keys and f"{tower}encoder.layers.26.mlp.fc2.weight" not in keys
     assert f"{tower}post_layernorm.weight" in keys and not any(key.startswith(f"{tower}head") for key in keys)
     assert model.model.vision_tower.num_patches == 729
+
+
+@pytest.mark.parametrize("kind", ["llava_qwen", "llava_qwen_with_alternating_cross_attn"])
+def test_saved_config_carries_what_llava_next_era_loaders_read(tmp_path, kind):
+    folder = make_tiny_model(tmp_path / kind, kind, rope_parameters={"rope_theta": 1e6, "rope_type": "default"})
+    saved = json.loads((folder / "config.json").read_text())
+    assert saved["rope_theta"] == 1e6  # transformers 4.x reads this key; without it RoPE would use 10000
+    assert saved["torch_dtype"] == saved["dtype"] == "float32"
+    assert saved["model_type"] == kind and saved["architectures"] == [load_model(str(folder)).__class__.__name__]
+    reloaded = load_model(str(folder)).config
+    assert reloaded.rope_parameters["rope_theta"] == 1e6

@@ -9,6 +9,7 @@ config.json and builds offline.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from huggingface_hub.dataclasses import strict
@@ -90,6 +91,22 @@ class LlavaQwenConfig(Qwen2Config):
             raise LlavaConfigError(
                 f"tokenizer_padding_side must be 'left' or 'right', not {self.tokenizer_padding_side!r}"
             )
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any) -> Any:
+        config_dict = dict(config_dict)
+        if "dtype" in config_dict:  # torch_dtype is written beside it for older loaders only
+            config_dict.pop("torch_dtype", None)
+        return super().from_dict(config_dict, **kwargs)
+
+    def to_json_string(self, use_diff: bool = True) -> str:
+        """config.json also carries the names LLaVA-NeXT-era loaders (transformers 4.x) read: `rope_theta` at the
+        top level (without it they use 10000 where Qwen2 has 1e6) and `torch_dtype`."""
+        output = json.loads(super().to_json_string(use_diff))
+        rope_theta = (output.get("rope_parameters") or {}).get("rope_theta", self.rope_parameters["rope_theta"])
+        output["rope_theta"] = rope_theta
+        output["torch_dtype"] = output.get("dtype") or str(self.dtype or "float32").removeprefix("torch.")
+        return json.dumps(output, indent=2, sort_keys=True) + "\n"
 
     def vision_tower_config(self) -> SiglipVisionConfig:
         """The SigLIP config of the full tower (before LLaVA-NeXT drops its last layers)."""
