@@ -13,15 +13,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from crossgraft.anomaly.plots import write_comparison_figures
 from crossgraft.anomaly.report import COLUMNS, read_json
+from crossgraft.bootstrap import bootstrap_interval
 from crossgraft.errors import ConfigError
 from crossgraft.files import write_text_atomic
-
-BOOTSTRAP_SAMPLES = 10_000
 
 
 @dataclass
@@ -99,9 +99,12 @@ def compare_runs(reference: list[dict], other: list[dict], *, seed: int = 0) -> 
             diff = (b[:pairs] if len(other) > 1 else b) - (a[:pairs] if len(reference) > 1 else a)  # (seeds, classes)
             valid = ~np.isnan(diff).all(axis=0)
             diff = diff[:, valid]
-            picks = rng.integers(0, diff.shape[1], size=(BOOTSTRAP_SAMPLES, diff.shape[1]))
-            means = np.nanmean(diff[:, picks], axis=(0, 2))
-            low, high = (float(v) for v in np.percentile(means, [2.5, 97.5]))
+            class_sums, class_counts = np.nansum(diff, axis=0), (~np.isnan(diff)).sum(axis=0)  # (classes,)
+
+            def resampled_mean(counts: np.ndarray, s: np.ndarray = class_sums, n: np.ndarray = class_counts) -> Any:
+                return (counts @ s) / (counts @ n)  # the mean over seeds and resampled classes
+
+            low, high = bootstrap_interval(resampled_mean, diff.shape[1], rng)
         deltas.append(
             MetricDelta(
                 metric,

@@ -242,3 +242,88 @@ class DemoConfig:
     steps: int = field(default=200, metadata={"help": "optimizer steps per variant"})
     count: int = field(default=48, metadata={"help": "records in the generated sample"})
     seed: int = field(default=0, metadata={"help": "seed of the data, the backbone and training"})
+
+
+MISSING_ANSWER_ACTIONS = ("refuse", "skip")
+
+
+@dataclass
+class EvaluateConfig:
+    """`evaluate`: generation and teacher-forced loss of one run on held-out records in LLaVA format."""
+
+    model_name_or_path: str = field(metadata={"help": "a trained run (its --output_dir) or any LLaVA checkpoint"})
+    data_path: str = field(metadata={"help": "held-out records, in any --data_path format of `train`"})
+    out: Path | None = field(
+        default=None,
+        metadata={"help": "folder to write (default: MODEL/evaluation/DATA, DATA the data file's name without suffix)"},
+    )
+    image_folder: str | None = field(
+        default=None, metadata={"help": "folder the records' relative image paths start from (default: the data's)"}
+    )
+    image_aspect_ratio: str | None = field(
+        default=None, metadata={"help": "pad or square (default: the model config's, as in training)"}
+    )
+    system_prompt: str = field(default=DEFAULT_SYSTEM_PROMPT, metadata={"help": "system turn of the chat template"})
+    batch_size: int = field(default=8, metadata={"help": "records per batch"})
+    max_new_tokens: int = field(default=64, metadata={"help": "longest generated answer"})
+    do_sample: bool = field(default=False, metadata={"help": "sample instead of greedy decoding"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (with --do_sample)"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus sampling mass (with --do_sample)"})
+    seed: int = field(default=0, metadata={"help": "sampling seed"})
+    missing_answers: str = field(
+        default="refuse",
+        metadata={
+            "help": "records without a gpt answer: refuse (stop, naming them) or skip (leave them out, named in the "
+            "summary)",
+            "choices": list(MISSING_ANSWER_ACTIONS),
+        },
+    )
+    attn_implementation: str = field(
+        default="sdpa", metadata={"help": "eager or sdpa", "choices": list(SUPPORTED_ATTENTION)}
+    )
+    max_image_pixels: int | None = field(default=None, metadata={"help": MAX_PIXELS_HELP})
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.max_new_tokens < 1:
+            raise LlavaConfigError("--batch_size and --max_new_tokens must be at least 1")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1:
+            raise LlavaConfigError(
+                f"--temperature must be > 0 and --top_p in (0, 1], got {self.temperature}, {self.top_p}"
+            )
+        if self.missing_answers not in MISSING_ANSWER_ACTIONS:
+            raise LlavaConfigError(f"--missing_answers must be refuse or skip, got {self.missing_answers!r}")
+        if self.image_aspect_ratio is not None and self.image_aspect_ratio not in SUPPORTED_ASPECT_RATIOS:
+            raise LlavaConfigError(
+                f"--image_aspect_ratio must be one of {', '.join(SUPPORTED_ASPECT_RATIOS)}, "
+                f"got {self.image_aspect_ratio!r}"
+            )
+
+    def generation_settings(self) -> dict[str, object]:
+        """What decides the generated answers besides the model; evaluations to compare must share it."""
+        return {
+            "max_new_tokens": self.max_new_tokens,
+            "do_sample": self.do_sample,
+            "temperature": self.temperature if self.do_sample else None,
+            "top_p": self.top_p if self.do_sample else None,
+            "seed": self.seed if self.do_sample else None,
+            "system_prompt": self.system_prompt,
+        }
+
+
+@dataclass
+class LlavaCompareConfig:
+    """`compare`: metric differences between runs evaluated on the same held-out records."""
+
+    runs: list[str] = field(
+        metadata={
+            "help": "NAME=PATH[,PATH…] per variant, the first is the reference. PATH: an `evaluate` folder, or a run "
+            "whose MODEL/evaluation holds one (or the one for --data_path). Several paths: seeds of one variant",
+            "positional": True,
+        }
+    )
+    data_path: str | None = field(
+        default=None,
+        metadata={"help": "held-out records: runs not yet evaluated on them are evaluated first (default settings)"},
+    )
+    out: Path | None = field(default=None, metadata={"help": "folder for compare.txt / compare.json"})
+    seed: int = field(default=0, metadata={"help": "bootstrap seed"})

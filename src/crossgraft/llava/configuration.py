@@ -103,8 +103,9 @@ class LlavaQwenConfig(Qwen2Config):
         """config.json also carries the names LLaVA-NeXT-era loaders (transformers 4.x) read: `rope_theta` at the
         top level (without it they use 10000 where Qwen2 has 1e6) and `torch_dtype`."""
         output = json.loads(super().to_json_string(use_diff))
-        rope_theta = (output.get("rope_parameters") or {}).get("rope_theta", self.rope_parameters["rope_theta"])
-        output["rope_theta"] = rope_theta
+        rope_parameters = output.get("rope_parameters") or dict(self.rope_parameters or {})
+        if "rope_theta" in rope_parameters:
+            output["rope_theta"] = rope_parameters["rope_theta"]
         output["torch_dtype"] = output.get("dtype") or str(self.dtype or "float32").removeprefix("torch.")
         return json.dumps(output, indent=2, sort_keys=True) + "\n"
 

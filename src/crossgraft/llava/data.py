@@ -236,10 +236,12 @@ def tokenize_conversation(
 
 
 def generation_prompt(
-    question: str, tokenizer: PreTrainedTokenizerBase, system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    question: str | list[dict[str, str]], tokenizer: PreTrainedTokenizerBase, system_prompt: str = DEFAULT_SYSTEM_PROMPT
 ) -> list[int]:
-    """Token ids of a one-question Qwen-template prompt that ends with the assistant header, for generate()."""
-    input_ids, _ = tokenize_conversation([{"from": "human", "value": question}], tokenizer, system_prompt)
+    """Token ids of a Qwen-template prompt that ends with the assistant header, for generate(): one question, or
+    the turns of a conversation before the answer to generate (a leading system turn replaces system_prompt)."""
+    turns = [{"from": "human", "value": question}] if isinstance(question, str) else question
+    input_ids, _ = tokenize_conversation(turns, tokenizer, system_prompt)
     return input_ids + tokenizer("<|im_start|>assistant\n", add_special_tokens=False).input_ids
 
 

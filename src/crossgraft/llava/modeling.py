@@ -20,7 +20,7 @@ import inspect
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -360,12 +360,13 @@ class LlavaQwenModel(LlavaQwenPreTrainedModel):
         for i, decoder_layer in enumerate(self.layers):
             block = str(i)
             if block in self.xattn and image_context is not None and image_context_mask is not None:
+                gated = cast(GatedCrossAttentionBlock, self.xattn[block])
                 image_keys_values = None
                 if cache is not None:
                     if block not in cache.image_keys_values:
-                        cache.image_keys_values[block] = self.xattn[block].image_keys_values(image_context)
+                        cache.image_keys_values[block] = gated.image_keys_values(image_context)
                     image_keys_values = cache.image_keys_values[block]
-                hidden_states = self.xattn[block](
+                hidden_states = gated(
                     hidden_states, image_context, image_context_mask, query_is_text, image_keys_values
                 )
             hidden_states = decoder_layer(
@@ -413,7 +414,7 @@ class LlavaQwenForCausalLM(LlavaQwenPreTrainedModel):
         if kwargs.pop("past_key_values", None) is not None:
             raise NotImplementedError("a KV cache is not supported; generate() re-runs the prompt at every step")
         kwargs.pop("use_cache", None)
-        batch, hidden_states = self._splice_and_decode(input_ids, attention_mask, labels, images)
+        batch, hidden_states = self.splice_and_decode(input_ids, attention_mask, labels, images)
         if logits_to_keep:
             hidden_states = hidden_states[:, -logits_to_keep:]
         logits = self.lm_head(hidden_states)  # (B, L, vocab)
@@ -422,7 +423,7 @@ class LlavaQwenForCausalLM(LlavaQwenPreTrainedModel):
             loss = self.loss_function(logits=logits, labels=batch.labels, vocab_size=self.config.vocab_size, **kwargs)
         return CausalLMOutputWithPast(loss=loss, logits=logits)
 
-    def _splice_and_decode(
+    def splice_and_decode(
         self,
         input_ids: torch.Tensor | None,
         attention_mask: torch.Tensor | None,
@@ -597,7 +598,7 @@ def _uncached_steps(
     for _ in range(max_new_tokens):
         rows = [torch.cat([prompt, prompt.new_tensor(answer)]) for prompt, answer in zip(prompts, answers)]
         ids, mask = _right_pad(rows, pad)
-        batch, hidden = model._splice_and_decode(ids, mask, None, images)  # hidden: (B, L, D)
+        batch, hidden = model.splice_and_decode(ids, mask, None, images)  # hidden: (B, L, D)
         last = batch.attention_mask.shape[1] - 1 - batch.attention_mask.flip(1).argmax(dim=1)  # (B,)
         yield model.lm_head(hidden[torch.arange(len(rows)), last]), feed
 

@@ -158,7 +158,8 @@ def caption_attributes(caption: str) -> tuple[str | None, str | None, str | None
 def make_sample(out: Path, count: int = 12, seed: int = 0) -> Path:
     """Write `count` generated images and their captions as a LLaVA-format json; returns the json path.
 
-    Layout: OUT/images/NNNN.png and OUT/sample.json (records with `id`, `image`, `conversations`).
+    Layout: OUT/images/NNNN.png and OUT/sample.json (records with `id`, `image`, `conversations` and the
+    `attributes` the caption names, which `evaluate` checks the generated captions against).
     """
     out = Path(out)
     ensure_folder(out / "images")
@@ -178,6 +179,7 @@ def make_sample(out: Path, count: int = 12, seed: int = 0) -> Path:
                     {"from": "human", "value": f"<image>\n{rng.choice(QUESTIONS)}"},
                     {"from": "gpt", "value": caption},
                 ],
+                "attributes": {"colour": colour, "shape": shape, "background": background},
             }
         )
     path = out / "sample.json"

@@ -185,9 +185,10 @@ def set_trainable_parts(model: LlavaQwenForCausalLM, parts: list[str]) -> dict[s
     return counts
 
 
-def choose_aspect_ratio(data_args: DataArguments, config: LlavaQwenConfig, logger: logging.Logger) -> str:
-    if data_args.image_aspect_ratio:
-        return data_args.image_aspect_ratio
+def choose_aspect_ratio(requested: str | None, config: LlavaQwenConfig, logger: logging.Logger) -> str:
+    """--image_aspect_ratio when given, else the model config's when supported, else pad."""
+    if requested:
+        return requested
     if config.image_aspect_ratio in SUPPORTED_ASPECT_RATIOS:
         return config.image_aspect_ratio
     logger.warning(
@@ -364,7 +365,7 @@ def _train(
     counts = set_trainable_parts(model, model_args.tunable_parts)
     logger.info("trainable parameters: %s", ", ".join(f"{part} {count:,}" for part, count in counts.items()))
 
-    aspect_ratio = choose_aspect_ratio(data_args, model.config, logger)
+    aspect_ratio = choose_aspect_ratio(data_args.image_aspect_ratio, model.config, logger)
     image_processor = SquareImageProcessor.from_config(model.config, aspect_ratio)
     data_module = make_supervised_data_module(tokenizer, data_args, image_processor)
     logger.info("%d training records from %s", len(data_module["train_dataset"]), data_args.data_path)

@@ -1,0 +1,296 @@
+"""`crossgraft llava evaluate`: one run on held-out LLaVA records — the generated answer to each record's first
+question, the teacher-forced loss of its reference answer, caption metrics and (when records carry
+`attributes`) how many attribute words the answer names.
+
+Files under the evaluation folder: evaluation.json (the settings), predictions.jsonl (one line per sample,
+appended batch by batch, so an interrupted evaluation resumes where it stopped), summary.json / summary.md and
+evaluate.log.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+from transformers import AutoTokenizer
+
+from crossgraft.files import atomic_write, read_text, write_text_atomic
+from crossgraft.images import set_max_pixels
+from crossgraft.llava.caption_metrics import CAPTION_METRICS, caption_statistics, mean_finalize, summed_value, words
+from crossgraft.llava.config import EvaluateConfig
+from crossgraft.llava.configuration import IGNORE_INDEX, LlavaConfigError
+from crossgraft.llava.data import (
+    ROLES,
+    DataCollatorForSupervisedDataset,
+    LazySupervisedDataset,
+    LlavaDataError,
+    Record,
+    generation_prompt,
+    read_records,
+    tokenize_conversation,
+    validate_record,
+)
+from crossgraft.llava.loading import load_model
+from crossgraft.llava.modeling import LlavaQwenForCausalLM
+from crossgraft.llava.train import choose_aspect_ratio
+from crossgraft.llava.vision import SquareImageProcessor
+from crossgraft.runlog import setup_run_logging
+
+SETTINGS_FILE = "evaluation.json"
+PREDICTIONS_FILE = "predictions.jsonl"
+SUMMARY_FILE = "summary.json"
+LOG_FILE = "evaluate.log"
+METRICS_SOURCE = "in-house, coco-caption definitions (crossgraft.llava.caption_metrics)"
+
+
+@dataclass
+class HeldOutSample:
+    sample_id: str
+    record: Record
+    prompt_turns: list[dict[str, str]]  # the turns before the first answer (system turn included)
+    answer: str  # the reference: the first gpt turn
+    attributes: list[str]  # attribute words the answer should name ([] when the record has none)
+
+
+@dataclass
+class EvaluationSummary:
+    samples: int
+    skipped: list[str]  # ids of records without an answer (--missing_answers skip)
+    loss: float  # teacher-forced loss of the reference answers, mean over their tokens (with <|im_end|>)
+    perplexity: float
+    bleu4: float
+    rouge_l: float
+    cider_d: float
+    attributes_right: float | None  # share of attribute words named in the answers; None without attributes
+    metrics_source: str = METRICS_SOURCE
+
+
+def sample_id(record: Record) -> str:
+    record_id = record.data.get("id") if isinstance(record.data, dict) else None
+    return str(record_id) if record_id is not None else f"{Path(record.source).name}:{record.index}"
+
+
+def first_answer(record: Record) -> tuple[list[dict[str, str]], str | None]:
+    """The turns before the first gpt turn, and that turn's text (None when there is no non-empty one)."""
+    turns = record.data.get("conversations") if isinstance(record.data, dict) else None
+    for number, turn in enumerate(turns if isinstance(turns, list) else []):
+        if isinstance(turn, dict) and ROLES.get(turn.get("from", "")) == "assistant":
+            value = turn.get("value")
+            return turns[:number], value if isinstance(value, str) and value.strip() else None  # type: ignore[index]
+    return list(turns) if isinstance(turns, list) else [], None
+
+
+def held_out_samples(records: list[Record], missing_answers: str) -> tuple[list[HeldOutSample], list[str]]:
+    """Samples to evaluate and the ids of records skipped for having no answer (refused unless 'skip')."""
+    samples, missing, seen = [], [], set()
+    for record in records:
+        identifier = sample_id(record)
+        if identifier in seen:
+            raise LlavaDataError(f"{record.where}: sample id {identifier!r} appears twice; ids must be unique")
+        seen.add(identifier)
+        prompt_turns, answer = first_answer(record)
+        if answer is None:
+            missing.append(identifier)
+            continue
+        validate_record(record)
+        attributes = record.data.get("attributes") or {}
+        if not isinstance(attributes, dict) or not all(isinstance(v, str) for v in attributes.values()):
+            raise LlavaDataError(f"{record.where}: 'attributes' must map names to words")
+        samples.append(HeldOutSample(identifier, record, prompt_turns, answer, list(attributes.values())))
+    if missing and missing_answers == "refuse":
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise LlavaDataError(
+            f"{len(missing)} held-out record(s) have no gpt answer to compare with: {shown}. "
+            "Add answers, or pass --missing_answers skip to leave them out (they are named in the summary)"
+        )
+    if not samples:
+        raise LlavaDataError("no held-out record has an answer to evaluate")
+    return samples, missing
+
+
+def evaluation_folder(config: EvaluateConfig) -> Path:
+    if config.out is not None:
+        return Path(config.out)
+    return Path(config.model_name_or_path) / "evaluation" / Path(config.data_path).stem
+
+
+def settings_of(config: EvaluateConfig) -> dict[str, Any]:
+    return {
+        "model_name_or_path": str(Path(config.model_name_or_path).resolve())
+        if Path(config.model_name_or_path).exists()
+        else config.model_name_or_path,
+        "data_path": str(Path(config.data_path).resolve()),
+        "generation": config.generation_settings(),
+        "image_aspect_ratio": config.image_aspect_ratio,
+    }
+
+
+def check_settings(folder: Path, settings: dict[str, Any]) -> None:
+    """A folder holding predictions made with other settings is refused rather than mixed."""
+    path = folder / SETTINGS_FILE
+    if not path.is_file():
+        write_text_atomic(path, json.dumps(settings, indent=2) + "\n")
+        return
+    saved = json.loads(read_text(path, "evaluation settings"))
+    changed = sorted(key for key in settings if saved.get(key) != settings[key])
+    if changed:
+        raise LlavaConfigError(
+            f"{folder} holds an evaluation made with other settings ({', '.join(changed)} differ): "
+            "pass another --out, or delete the folder to start over"
+        )
+
+
+def read_predictions(path: Path) -> list[dict[str, Any]]:
+    """The complete lines of predictions.jsonl (a line cut short by an interruption is dropped)."""
+    if not path.is_file():
+        return []
+    rows = []
+    for line in read_text(path, "predictions file").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+def answer_losses(model: LlavaQwenForCausalLM, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the summed negative log-likelihood of the learned tokens (B,) and their number (B,). Only the
+    learned positions go through the LM head, so the (B, L, vocab) logits are never built."""
+    spliced, hidden = model.splice_and_decode(
+        batch["input_ids"], batch["attention_mask"], batch["labels"], batch.get("images")
+    )  # hidden: (B, L, D)
+    assert spliced.labels is not None
+    targets = spliced.labels[:, 1:]  # (B, L-1): position t predicts token t+1
+    learned = targets != IGNORE_INDEX
+    logits = model.lm_head(hidden[:, :-1][learned])  # (N, vocab)
+    nll = F.cross_entropy(logits.float(), targets[learned], reduction="none")  # (N,)
+    rows = torch.arange(targets.shape[0], device=targets.device)[:, None].expand_as(targets)[learned]
+    sums = torch.zeros(targets.shape[0], device=nll.device).index_add_(0, rows, nll)
+    return sums, learned.sum(dim=1)
+
+
+def attribute_hits(prediction: str, attributes: list[str]) -> int:
+    named = set(words(prediction))
+    return sum(all(word in named for word in words(attribute)) for attribute in attributes)
+
+
+def summarize(rows: list[dict[str, Any]], skipped: list[str]) -> EvaluationSummary:
+    loss = float(mean_finalize(np.array([[sum(r["loss_sum"] for r in rows), sum(r["tokens"] for r in rows)]]))[0])
+    caption = caption_statistics([r["prediction"] for r in rows], [r["reference"] for r in rows])
+    values = {name: summed_value(CAPTION_METRICS[name].finalize, stats) for name, stats in caption.items()}
+    totals = sum(r["attributes_total"] for r in rows)
+    attributes = sum(r["attributes_right"] for r in rows) / totals if totals else None
+    return EvaluationSummary(
+        len(rows), skipped, loss, math.exp(loss), values["bleu4"], values["rouge_l"], values["cider_d"], attributes
+    )
+
+
+def format_summary(summary: EvaluationSummary) -> str:
+    lines = [
+        f"samples: {summary.samples}"
+        + (f" ({len(summary.skipped)} without an answer skipped)" if summary.skipped else ""),
+        f"loss {summary.loss:.4f}, perplexity {summary.perplexity:.2f} (reference answers, teacher-forced)",
+        f"BLEU-4 {100 * summary.bleu4:.1f}, ROUGE-L {100 * summary.rouge_l:.1f}, CIDEr-D {100 * summary.cider_d:.1f} "
+        f"({summary.metrics_source})",
+    ]
+    if summary.attributes_right is not None:
+        lines.append(f"attribute words named: {100 * summary.attributes_right:.1f}%")
+    return "\n".join(lines)
+
+
+def evaluate(config: EvaluateConfig, model: LlavaQwenForCausalLM | None = None) -> tuple[Path, EvaluationSummary]:
+    """Evaluate one run; returns the evaluation folder and its summary. Samples already in predictions.jsonl
+    (an interrupted evaluation with the same settings) are not evaluated again."""
+    set_max_pixels(config.max_image_pixels)
+    samples, skipped = held_out_samples(read_records(config.data_path), config.missing_answers)
+    folder = evaluation_folder(config)
+    logger = setup_run_logging(folder, LOG_FILE, "crossgraft.llava.evaluate")
+    check_settings(folder, settings_of(config))
+    if skipped:
+        logger.warning("skipped %d record(s) without an answer: %s", len(skipped), ", ".join(skipped))
+    predictions_path = folder / PREDICTIONS_FILE
+    done = read_predictions(predictions_path)
+    with atomic_write(predictions_path) as file:  # drop a line an interruption may have cut short
+        file.writelines(json.dumps(row) + "\n" for row in done)
+    done_ids = {row["id"] for row in done}
+    todo = [sample for sample in samples if sample.sample_id not in done_ids]
+    if done:
+        logger.info("resuming: %d of %d samples already evaluated", len(samples) - len(todo), len(samples))
+
+    if todo:
+        if model is None:
+            model = load_model(config.model_name_or_path, attn_implementation=config.attn_implementation)
+        model.eval()
+        tokenizer = AutoTokenizer.from_pretrained(config.model_name_or_path)
+        aspect_ratio = choose_aspect_ratio(config.image_aspect_ratio, model.config, logger)
+        dataset = LazySupervisedDataset(
+            [s.record for s in todo], tokenizer, SquareImageProcessor.from_config(model.config, aspect_ratio),
+            config.image_folder, config.system_prompt,
+        )  # fmt: skip
+        generator = torch.Generator().manual_seed(config.seed)
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        collate = DataCollatorForSupervisedDataset(pad)
+        batches = range(0, len(todo), config.batch_size)
+        for start in tqdm(batches, desc="evaluating", unit="batch", disable=None):
+            chunk = todo[start : start + config.batch_size]
+            rows = _evaluate_batch(model, tokenizer, dataset, chunk, collate, config, generator, pad)
+            with predictions_path.open("a", encoding="utf-8") as file:
+                file.writelines(json.dumps(row) + "\n" for row in rows)
+                file.flush()
+
+    by_id = {row["id"]: row for row in read_predictions(predictions_path)}
+    rows = [by_id[sample.sample_id] for sample in samples]
+    summary = summarize(rows, skipped)
+    write_text_atomic(folder / SUMMARY_FILE, json.dumps(asdict(summary), indent=2) + "\n")
+    write_text_atomic(folder / "summary.md", format_summary(summary) + "\n")
+    logger.info("%s", format_summary(summary))
+    return folder, summary
+
+
+def _evaluate_batch(
+    model: LlavaQwenForCausalLM,
+    tokenizer: Any,
+    dataset: LazySupervisedDataset,
+    chunk: list[HeldOutSample],
+    collate: DataCollatorForSupervisedDataset,
+    config: EvaluateConfig,
+    generator: torch.Generator,
+    pad: int,
+) -> list[dict[str, Any]]:
+    prompts, scored = [], []
+    for sample in chunk:
+        images = [dataset.load_image(sample.record, name) for name in sample.record.image_paths]
+        image_item = {"images": torch.stack(images)} if images else {}
+        prompt = torch.tensor(generation_prompt(sample.prompt_turns, tokenizer, config.system_prompt))
+        prompts.append({"input_ids": prompt, "labels": prompt, **image_item})
+        turns = [*sample.prompt_turns, {"from": "gpt", "value": sample.answer}]
+        input_ids, labels = tokenize_conversation(turns, tokenizer, config.system_prompt)
+        scored.append({"input_ids": torch.tensor(input_ids), "labels": torch.tensor(labels), **image_item})
+    with torch.no_grad():
+        prompt_batch = collate(prompts)
+        answers = model.generate(
+            prompt_batch["input_ids"], prompt_batch["attention_mask"], prompt_batch.get("images"),
+            config.max_new_tokens, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad,
+            do_sample=config.do_sample, temperature=config.temperature, top_p=config.top_p, generator=generator,
+        )  # fmt: skip
+        loss_sums, token_counts = answer_losses(model, collate(scored))
+    texts = tokenizer.batch_decode(answers, skip_special_tokens=True)
+    return [
+        {
+            "id": sample.sample_id,
+            "prediction": text.strip(),
+            "reference": sample.answer,
+            "loss_sum": float(loss_sum),
+            "tokens": int(tokens),
+            "attributes_right": attribute_hits(text, sample.attributes),
+            "attributes_total": len(sample.attributes),
+        }
+        for sample, text, loss_sum, tokens in zip(chunk, texts, loss_sums, token_counts)
+    ]

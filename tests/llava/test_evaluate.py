@@ -1,0 +1,105 @@
+"""`llava evaluate`: predictions equal the model's own generation, the loss equals the forward pass's, an
+interrupted evaluation resumes without redoing samples, and bad held-out data is refused by name."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from crossgraft.llava import evaluate as evaluate_module
+from crossgraft.llava.config import EvaluateConfig
+from crossgraft.llava.configuration import LlavaConfigError
+from crossgraft.llava.data import DataCollatorForSupervisedDataset, LazySupervisedDataset, LlavaDataError, load_records
+from crossgraft.llava.evaluate import PREDICTIONS_FILE, evaluate
+from crossgraft.llava.loading import load_model
+from crossgraft.llava.vision import SquareImageProcessor
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_models, llava_sample, tmp_path_factory):
+    out = tmp_path_factory.mktemp("evaluation")
+    config = EvaluateConfig(
+        model_name_or_path=str(tiny_models["llava_qwen"]), data_path=str(llava_sample), out=out,
+        batch_size=3, max_new_tokens=6,
+    )  # fmt: skip
+    folder, summary = evaluate(config)
+    return config, folder, summary
+
+
+def rows_of(folder):
+    return [json.loads(line) for line in (folder / PREDICTIONS_FILE).read_text().splitlines()]
+
+
+def test_predictions_and_losses_equal_the_model_run_one_sample_at_a_time(evaluated, tiny_models, llava_sample):
+    config, folder, summary = evaluated
+    rows = rows_of(folder)
+    records = load_records(str(llava_sample))
+    assert [row["id"] for row in rows] == [record.data["id"] for record in records]
+    model = load_model(config.model_name_or_path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(config.model_name_or_path)
+    dataset = LazySupervisedDataset(records, tokenizer, SquareImageProcessor.from_config(model.config), None)
+    collate = DataCollatorForSupervisedDataset(tokenizer.pad_token_id)
+    total_loss, total_tokens = 0.0, 0
+    for index in (0, 4):  # in different batches of 3
+        item = dataset[index]
+        batch = collate([item])
+        with torch.no_grad():
+            loss = model(**batch).loss.item()  # mean over the learned tokens of the one answer
+        row = rows[index]
+        assert row["tokens"] == int((item["labels"] != -100).sum())
+        assert row["loss_sum"] / row["tokens"] == pytest.approx(loss, rel=1e-5)
+    for row in rows:
+        total_loss, total_tokens = total_loss + row["loss_sum"], total_tokens + row["tokens"]
+    assert summary.loss == pytest.approx(total_loss / total_tokens)
+    assert summary.samples == len(records) and summary.attributes_right is not None
+
+
+def test_an_interrupted_evaluation_resumes_where_it_stopped(evaluated, monkeypatch, tmp_path):
+    config, folder, summary = evaluated
+    full = rows_of(folder)
+    out = tmp_path / "resumed"
+    out.mkdir()
+    (out / "evaluation.json").write_text((folder / "evaluation.json").read_text())
+    kept = "".join(json.dumps(row) + "\n" for row in full[:4])
+    (out / PREDICTIONS_FILE).write_text(kept + '{"id": "sample-0004", "predic')  # cut short mid-line
+    evaluated_ids = []
+    original = evaluate_module._evaluate_batch
+
+    def recording(model, tokenizer, dataset, chunk, *args):
+        evaluated_ids.extend(sample.sample_id for sample in chunk)
+        return original(model, tokenizer, dataset, chunk, *args)
+
+    monkeypatch.setattr(evaluate_module, "_evaluate_batch", recording)
+    _, resumed = evaluate(EvaluateConfig(**{**config.__dict__, "out": out}))
+    assert evaluated_ids == [row["id"] for row in full[4:]]
+    assert rows_of(out) == full
+    assert resumed == summary
+
+
+def test_other_settings_in_the_same_folder_are_refused(evaluated):
+    config, folder, _ = evaluated
+    with pytest.raises(LlavaConfigError, match="max_new_tokens|generation"):
+        evaluate(EvaluateConfig(**{**config.__dict__, "max_new_tokens": 7}))
+
+
+def test_records_without_an_answer_are_refused_or_skipped_by_name(tiny_models, llava_sample, tmp_path):
+    records = json.loads(llava_sample.read_text())
+    records[1]["conversations"] = records[1]["conversations"][:1]  # the question only
+    records[2]["conversations"][1]["value"] = "  "
+    path = llava_sample.parent / "held_out_missing.json"
+    path.write_text(json.dumps(records))
+    config = dict(model_name_or_path=str(tiny_models["llava_qwen"]), data_path=str(path), max_new_tokens=2)
+    with pytest.raises(LlavaDataError, match="sample-0001, sample-0002.*--missing_answers skip"):
+        evaluate(EvaluateConfig(**config, out=tmp_path / "refused"))
+    assert not (tmp_path / "refused").exists()  # refused before anything was written
+    folder, summary = evaluate(EvaluateConfig(**config, out=tmp_path / "skipped", missing_answers="skip"))
+    assert summary.skipped == ["sample-0001", "sample-0002"] and summary.samples == len(records) - 2
+    assert "sample-0001" not in (folder / PREDICTIONS_FILE).read_text()
+
+
+def test_attribute_words_are_checked_against_the_answer():
+    from crossgraft.llava.evaluate import attribute_hits
+
+    assert attribute_hits("A red circle on a white background.", ["red", "circle", "white"]) == 3
+    assert attribute_hits("A reddish circle.", ["red", "circle", "light blue"]) == 1
