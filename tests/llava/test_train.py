@@ -215,9 +215,14 @@ def test_demo_trains_all_four_variants_from_one_backbone(tmp_path, capsys):
     assert all(0.0 <= r["attributes_right"] <= 1.0 for r in results)
     assert (tmp_path / "attention_rules.png").stat().st_size > 0
     assert (tmp_path / "training_curves.png").is_file() and (tmp_path / "training_curves.svg").is_file()
-    generated = [json.loads(line) for line in (tmp_path / "base" / "captions.jsonl").read_text().splitlines()]
-    assert len(generated) == 4 and all(g["generated"] and g["reference"] for g in generated)  # 25% of 16 held out
-    assert "| alternating_cross (mask) |" in capsys.readouterr().out
+    predictions = (tmp_path / "base" / "evaluation" / "eval" / "predictions.jsonl").read_text().splitlines()
+    generated = [json.loads(line) for line in predictions]
+    assert len(generated) == 4 and all(g["prediction"] and g["reference"] for g in generated)  # 25% of 16 held out
+    out = capsys.readouterr().out
+    assert "| alternating_cross (mask) |" in out
+    assert "alternating_cross (mask)  vs  base" in out and "paired bootstrap 95% CI" in out
+    compared = json.loads((tmp_path / "compare.json").read_text())
+    assert [c["variant"] for c in compared["comparisons"]] == [r["variant"] for r in results[1:]]
 
 
 def test_deepspeed_is_only_imported_when_asked_for(tiny_models, llava_sample, tmp_path, capsys):

@@ -79,7 +79,7 @@ def cmd_make_tiny(config: MakeTinyConfig) -> int:
 
 def cmd_demo(config: DemoConfig) -> int:
     results = run_demo(config)
-    print(format_results(results))
+    print(format_results(results.variants, results.comparison))
     print(f"written to {config.out}/results.md; loss curves: {config.out}/training_curves.png")
     return 0
 

@@ -138,15 +138,16 @@ def compare_variants(reference: list[Evaluation], other: list[Evaluation], seed:
 
 
 def format_deltas(name_a: str, name_b: str, deltas: list[LlavaMetricDelta], samples: int, seeds: str) -> str:
+    width = max(len(name_a), len(name_b), 10) + 2
     lines = [
         f"{name_b}  vs  {name_a}  ({samples} held-out samples{seeds}; caption metrics and attributes in %)",
-        f"{'metric':<12}{name_a[:14]:>15}{name_b[:14]:>15}{'delta':>9}   paired bootstrap 95% CI of the delta",
+        f"{'metric':<12}{name_a:>{width}}{name_b:>{width}}{'delta':>9}   paired bootstrap 95% CI of the delta",
     ]
     for d in deltas:
         label, scale, _ = METRICS[d.metric]
         digits = 3 if scale == 1 else 1
         lines.append(
-            f"{label:<12}{scale * d.reference:>15.{digits}f}{scale * d.other:>15.{digits}f}"
+            f"{label:<12}{scale * d.reference:>{width}.{digits}f}{scale * d.other:>{width}.{digits}f}"
             f"{scale * d.delta:>+9.{digits}f}   [{scale * d.ci_low:+.{digits}f}, {scale * d.ci_high:+.{digits}f}]"
         )
     return "\n".join(lines)

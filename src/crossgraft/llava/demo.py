@@ -12,17 +12,20 @@ import torch
 import yaml
 from transformers import AutoTokenizer
 
-from crossgraft.files import atomic_write, write_text_atomic
-from crossgraft.llava.config import AlternatingTrainingArguments, DataArguments, DemoConfig, ModelArguments
-from crossgraft.llava.data import (
-    DataCollatorForSupervisedDataset,
-    LazySupervisedDataset,
-    generation_prompt,
-    load_records,
+from crossgraft.files import write_text_atomic
+from crossgraft.llava.compare import compare
+from crossgraft.llava.config import (
+    AlternatingTrainingArguments,
+    DataArguments,
+    DemoConfig,
+    EvaluateConfig,
+    ModelArguments,
 )
+from crossgraft.llava.data import DataCollatorForSupervisedDataset, LazySupervisedDataset, load_records
+from crossgraft.llava.evaluate import evaluate
 from crossgraft.llava.loading import load_model
 from crossgraft.llava.plots import plot_runs
-from crossgraft.llava.sample import caption_attributes, make_sample, make_tiny_model
+from crossgraft.llava.sample import make_sample, make_tiny_model
 from crossgraft.llava.train import train
 from crossgraft.llava.vision import SquareImageProcessor
 from crossgraft.llava.visualize import draw_attention_rules
@@ -44,7 +47,7 @@ class DemoResult:
     variant: str
     eval_loss_before: float
     eval_loss_after: float
-    attributes_right: float  # colour, shape and background named right in held-out greedy captions (chance 31%)
+    attributes_right: float  # colour, shape and background words named in held-out greedy captions
     train_seconds: float
 
 
@@ -94,7 +97,13 @@ def demo_arguments(
     return model_args, DataArguments(data_path=str(train_yaml), eval_data_path=str(eval_yaml)), training_args
 
 
-def run_demo(config: DemoConfig) -> list[DemoResult]:
+@dataclass
+class DemoResults:
+    variants: list[DemoResult]
+    comparison: str  # `llava compare` of every variant against base on the held-out captions
+
+
+def run_demo(config: DemoConfig) -> DemoResults:
     out = Path(config.out)
     train_yaml, eval_yaml = write_splits(out / "data", config.count, config.seed)
     backbone = make_tiny_model(out / "backbone", "llava_qwen", seed=config.seed)
@@ -111,11 +120,13 @@ def run_demo(config: DemoConfig) -> list[DemoResult]:
         seconds = time.perf_counter() - started
         history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
         eval_losses = [record["eval_loss"] for record in history if "eval_loss" in record]
-        attributes = caption_held_out(output_dir, eval_yaml)
+        _, summary = evaluate(EvaluateConfig(model_name_or_path=str(output_dir), data_path=str(eval_yaml)))
+        attributes = summary.attributes_right or 0.0
         results.append(DemoResult(name, eval_losses[0], eval_losses[-1], attributes, round(seconds, 1)))
-    write_results(out, results)
+    comparison = compare(output_dirs, str(eval_yaml), out, config.seed)
+    write_results(out, results, comparison)
     plot_runs(output_dirs, out / "training_curves")
-    return results
+    return DemoResults(results, comparison)
 
 
 def draw_first_sequence(model_dir: Path, data_path: Path, path: Path) -> Path:
@@ -132,39 +143,7 @@ def draw_first_sequence(model_dir: Path, data_path: Path, path: Path) -> Path:
     return draw_attention_rules(spliced.attention_mask[0], spliced.image_token_mask[0], path)
 
 
-def caption_held_out(model_dir: Path, eval_path: Path, max_new_tokens: int = 64) -> float:
-    """Greedy captions of the held-out images, written to MODEL_DIR/captions.jsonl. Returns the share of
-    (colour, shape, background) named right: what only the image can tell (chance: (1/4 + 1/3 + 1/3) / 3)."""
-    model = load_model(str(model_dir)).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    records = load_records(str(eval_path))
-    dataset = LazySupervisedDataset(records, tokenizer, SquareImageProcessor.from_config(model.config), None)
-    items = []
-    for record in records:
-        prompt = torch.tensor(generation_prompt(record.data["conversations"][0]["value"], tokenizer))
-        images = torch.stack([dataset.load_image(record, name) for name in record.image_paths])
-        items.append({"input_ids": prompt, "labels": prompt, "images": images})
-    batch = DataCollatorForSupervisedDataset(tokenizer.pad_token_id)(items)
-    answers = model.generate(
-        batch["input_ids"],
-        batch["attention_mask"],
-        batch["images"],
-        max_new_tokens,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    captions = tokenizer.batch_decode(answers, skip_special_tokens=True)
-    references = [record.data["conversations"][1]["value"] for record in records]
-    with atomic_write(Path(model_dir) / "captions.jsonl") as file:
-        for record, caption, reference in zip(records, captions, references):
-            file.write(
-                json.dumps({"image": record.image_paths[0], "generated": caption, "reference": reference}) + "\n"
-            )
-    right = [g == t for c, r in zip(captions, references) for g, t in zip(caption_attributes(c), caption_attributes(r))]
-    return sum(right) / len(right)
-
-
-def format_results(results: list[DemoResult]) -> str:
+def format_results(results: list[DemoResult], comparison: str = "") -> str:
     lines = [
         "| variant | held-out caption loss, start | after training | attributes right | train time (s) |",
         "|---|---:|---:|---:|---:|",
@@ -174,9 +153,11 @@ def format_results(results: list[DemoResult]) -> str:
         f"| {r.train_seconds:.1f} |"
         for r in results
     ]
+    if comparison:
+        lines += ["", "Held-out captions, each variant against base (`crossgraft llava compare`):", "", comparison]
     return "\n".join(lines)
 
 
-def write_results(out: Path, results: list[DemoResult]) -> None:
+def write_results(out: Path, results: list[DemoResult], comparison: str) -> None:
     write_text_atomic(out / "results.json", json.dumps([asdict(r) for r in results], indent=2))
-    write_text_atomic(out / "results.md", format_results(results) + "\n")
+    write_text_atomic(out / "results.md", format_results(results, comparison) + "\n")

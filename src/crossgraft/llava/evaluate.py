@@ -47,7 +47,7 @@ SETTINGS_FILE = "evaluation.json"
 PREDICTIONS_FILE = "predictions.jsonl"
 SUMMARY_FILE = "summary.json"
 LOG_FILE = "evaluate.log"
-METRICS_SOURCE = "in-house, coco-caption definitions (crossgraft.llava.caption_metrics)"
+METRICS_SOURCE = "computed in-house with coco-caption's definitions"
 
 
 @dataclass
