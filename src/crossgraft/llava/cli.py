@@ -15,6 +15,7 @@ from crossgraft.llava.config import (
     DemoConfig,
     EvaluateConfig,
     LlavaCompareConfig,
+    LlavaExportConfig,
     MakeSampleConfig,
     MakeTinyConfig,
     ModelArguments,
@@ -23,6 +24,7 @@ from crossgraft.llava.config import (
 from crossgraft.llava.configuration import LlavaConfigError
 from crossgraft.llava.demo import format_results, run_demo
 from crossgraft.llava.evaluate import evaluate
+from crossgraft.llava.export import describe_export, export_llava_next
 from crossgraft.llava.plots import plot_runs
 from crossgraft.llava.sample import make_sample, make_tiny_model
 from crossgraft.llava.train import backbone_plan, describe_plan, dry_run, inspect_data, train
@@ -105,6 +107,11 @@ def cmd_compare(config: LlavaCompareConfig) -> int:
     return 0
 
 
+def cmd_export(config: LlavaExportConfig) -> int:
+    print(describe_export(export_llava_next(config.model_name_or_path, config.out, config.dtype)))
+    return 0
+
+
 COMMANDS = {
     "train": Command(
         (ModelArguments, DataArguments, AlternatingTrainingArguments),
@@ -146,6 +153,15 @@ COMMANDS = {
         "paired bootstrap 95% interval over the held-out samples (10,000 resamples; several comma-separated runs "
         "per variant are seeds, paired by position). Refuses evaluations of different samples or generation "
         "settings.",
+    ),
+    "export": Command(
+        LlavaExportConfig,
+        cmd_export,
+        "write a run as a LLaVA-NeXT checkpoint folder (base, alternating, alternating_cross mask)",
+        "The weights keep LLaVA-NeXT's names; config.json gets rope_theta, torch_dtype and "
+        "mm_use_im_patch_token false (else LLaVA-NeXT's builder adds a token and resizes the embeddings). LLaVA-NeXT's "
+        "builder picks the model class from the folder's name, so OUT's name is checked first. Gated "
+        "alternating_cross runs are refused: their blocks exist in neither LLaVA-NeXT nor the alternating fork.",
     ),
     "plot-runs": Command(
         PlotRunsConfig,

@@ -327,3 +327,29 @@ class LlavaCompareConfig:
     )
     out: Path | None = field(default=None, metadata={"help": "folder for compare.txt / compare.json"})
     seed: int = field(default=0, metadata={"help": "bootstrap seed"})
+
+
+@dataclass
+class LlavaExportConfig:
+    """`export`: a run as a checkpoint folder another codebase loads."""
+
+    out: Path = field(
+        metadata={
+            "help": "folder to write. LLaVA-NeXT's builder picks the class from this name: it must contain "
+            "'llava' and 'qwen' (plus 'with_alternating_attn' or 'with_alternating_cross_attn' for those variants); "
+            "a name that would load the wrong class is refused with one that works",
+            "positional": True,
+        }
+    )
+    model_name_or_path: str = field(metadata={"help": "the run (its --output_dir) or checkpoint to export"})
+    to: str = field(
+        default="llava-next",
+        metadata={
+            "help": "target: llava-next (LLaVA-NeXT and the alternating fork, mavleo96/LLaVA-Alternating-Attn)",
+            "choices": ["llava-next"],
+        },
+    )
+    dtype: str = field(
+        default="keep",
+        metadata={"help": "weights dtype of the export", "choices": ["keep", "bfloat16", "float16", "float32"]},
+    )

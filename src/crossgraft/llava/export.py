@@ -1,0 +1,161 @@
+"""`crossgraft llava export --to llava-next OUT`: a checkpoint folder that LLaVA-NeXT's model builder (and the
+public alternating fork's, mavleo96/LLaVA-Alternating-Attn) loads as the right class.
+
+Those builders do not read `model_type`: `load_pretrained_model(path, None, model_name)` picks the class from
+`model_name`, which `get_model_name_from_path` takes from the folder's name. Read from their builder.py:
+
+- the name must contain `llava` (else the folder is loaded as a plain language model) and `qwen`;
+- `with_alternating_attn` / `with_alternating_cross_attn` select the fork's alternating classes (upstream
+  LLaVA-NeXT has none and would load an alternating model as the plain `LlavaQwenForCausalLM`);
+- names containing `lora`, `moe`, `a14b`, or a string an earlier branch tests for (`mixtral`, `mistral`,
+  `zephyr`, `gemma`, `llama`, `yi`, `nous-hermes`, `v1.5`, `mpt`) are routed elsewhere.
+
+So OUT's name is checked before anything is written, and a name that would load the wrong class is refused
+with one that works. The gated alternating_cross variant is refused: its `model.xattn.*` blocks exist in
+neither codebase, which would drop them and run a different model.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer
+
+from crossgraft.files import ensure_folder, write_text_atomic
+from crossgraft.llava.configuration import (
+    ALTERNATING_CROSS_MODEL_TYPE,
+    ALTERNATING_MODEL_TYPE,
+    BASE_MODEL_TYPE,
+    LlavaConfigError,
+)
+from crossgraft.llava.loading import MODEL_TYPE_OF_VARIANT, classify, load_model, read_raw_config
+
+EXPORT_TARGETS = ("llava-next",)
+DTYPES = {"keep": None, "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+# Substrings LLaVA-NeXT's builder tests for before (or instead of) 'qwen', in its branch order.
+OTHER_BRANCHES = (
+    "lora",
+    "mixtral",
+    "mistral",
+    "zephyr",
+    "gemma",
+    "llama",
+    "yi",
+    "nous-hermes",
+    "v1.5",
+    "mpt",
+    "moe",
+    "a14b",
+)
+# model_type → (the substring the fork's builder selects it by, its class there)
+BUILDER_NAMES = {
+    BASE_MODEL_TYPE: ("", "LlavaQwenForCausalLM"),
+    ALTERNATING_MODEL_TYPE: ("with_alternating_attn", "LlavaQwenWithAlternatingAttnForCausalLM"),
+    ALTERNATING_CROSS_MODEL_TYPE: ("with_alternating_cross_attn", "LlavaQwenWithAlternatingCrossAttnForCausalLM"),
+}
+
+
+@dataclass
+class LlavaNextExport:
+    folder: Path
+    builder_class: str  # the class LLaVA-NeXT's (or the fork's) builder instantiates for this folder
+    needs_fork: bool  # True for the alternating variants: upstream LLaVA-NeXT has no class for them
+
+
+def builder_class_for(folder_name: str) -> str | None:
+    """The LLaVA class the builders pick for a folder name (None: not a LLaVA-Qwen class)."""
+    name = folder_name.lower()
+    if "llava" not in name or "qwen" not in name or any(word in name for word in OTHER_BRANCHES):
+        return None
+    if "with_alternating_attn" in name:
+        return BUILDER_NAMES[ALTERNATING_MODEL_TYPE][1]
+    if "with_alternating_cross_attn" in name:
+        return BUILDER_NAMES[ALTERNATING_CROSS_MODEL_TYPE][1]
+    return BUILDER_NAMES[BASE_MODEL_TYPE][1]
+
+
+def suggested_name(folder_name: str, model_type: str) -> str:
+    stem = folder_name.lower()
+    for word in (*OTHER_BRANCHES, "llava", "qwen", "with_alternating_attn", "with_alternating_cross_attn"):
+        stem = stem.replace(word, "")
+    stem = "-".join(part for part in stem.replace("_", "-").split("-") if part) or "export"
+    marker = BUILDER_NAMES[model_type][0]
+    return f"{stem}-llava-qwen" + (f"-{marker}" if marker else "")
+
+
+def export_llava_next(run: str, out: Path, dtype: str = "keep") -> LlavaNextExport:
+    """Write `run` (a crossgraft LLaVA checkpoint) to `out` for LLaVA-NeXT / the alternating fork."""
+    kind = classify(read_raw_config(run), run)  # decided from config.json, before any weights are read
+    if kind.variant is None:
+        raise LlavaConfigError(f"{run} is a bare Qwen2 language model, not a LLaVA checkpoint")
+    model_type = MODEL_TYPE_OF_VARIANT[kind.variant]
+    if model_type == ALTERNATING_CROSS_MODEL_TYPE and read_raw_config(run).get("xattn_mode", "mask") == "gated":
+        raise LlavaConfigError(
+            f"{run} is alternating_cross with gated cross-attention blocks (model.xattn.*): neither LLaVA-NeXT nor "
+            "the alternating fork has these blocks, so their loader would drop them and run a different model. "
+            "Export a base, alternating or alternating_cross (mask) run, or evaluate this one with `crossgraft "
+            "llava evaluate` or the lmms-eval adapter (crossgraft_llava)"
+        )
+    wanted = BUILDER_NAMES[model_type][1]
+    picked = builder_class_for(out.name)
+    if picked != wanted:
+        better = out.with_name(suggested_name(out.name, model_type))
+        what = f"the class {picked}" if picked else "no LLaVA-Qwen class"
+        raise LlavaConfigError(
+            f"LLaVA-NeXT's builder picks the class from the folder name, and {out.name!r} would give {what}; "
+            f"this {model_type} model needs {wanted}. Export to a folder named like {better}"
+        )
+    if out.exists() and any(out.iterdir()):
+        raise LlavaConfigError(f"{out} exists and is not empty; choose a new folder")
+    model = load_model(run, dtype=DTYPES[dtype])
+    # LLaVA-NeXT's builder adds an <im_patch> token and resizes the embeddings unless told not to.
+    model.config.mm_use_im_patch_token = False
+    model.config.mm_use_im_start_end = False
+    model.config.use_mm_proj = True
+
+    staging = ensure_folder(out.with_name(f".{out.name}.partial"))
+    try:
+        model.save_pretrained(staging)
+        AutoTokenizer.from_pretrained(run).save_pretrained(staging)
+        write_text_atomic(staging / "README.md", export_readme(out.name, model_type, wanted))
+        if out.exists():
+            out.rmdir()
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return LlavaNextExport(out, wanted, model_type != BASE_MODEL_TYPE)
+
+
+def export_readme(name: str, model_type: str, class_name: str) -> str:
+    where = (
+        "LLaVA-NeXT (https://github.com/LLaVA-VL/LLaVA-NeXT) or the alternating fork"
+        if model_type == BASE_MODEL_TYPE
+        else "the alternating fork (https://github.com/mavleo96/LLaVA-Alternating-Attn); upstream LLaVA-NeXT has "
+        "no class for this variant and would load it as the plain LlavaQwenForCausalLM"
+    )
+    return (
+        f"# {name}\n\nExported by crossgraft (`crossgraft llava export --to llava-next`), "
+        f"model_type `{model_type}`.\n\n"
+        f"Load it with {where}:\n\n```python\nfrom llava.model.builder import load_pretrained_model\n"
+        f'from llava.mm_utils import get_model_name_from_path\n\npath = "{name}"\n'
+        "tokenizer, model, image_processor, context_len = load_pretrained_model(\n"
+        '    path, None, get_model_name_from_path(path), attn_implementation="sdpa"\n)\n'
+        f"# model is a {class_name}: the builder picks the class from the folder name; keep the name.\n```\n"
+    )
+
+
+def describe_export(export: LlavaNextExport) -> str:
+    config = json.loads((export.folder / "config.json").read_text())
+    lines = [
+        f"wrote {export.folder}: LLaVA-NeXT's builder loads it as {export.builder_class} (chosen by the folder name)",
+        f"config: model_type {config['model_type']}, rope_theta {config.get('rope_theta')}, "
+        f"torch_dtype {config.get('torch_dtype')}",
+    ]
+    if export.needs_fork:
+        lines.append("this variant needs the alternating fork (mavleo96/LLaVA-Alternating-Attn); upstream has no class")
+    return "\n".join(lines)
