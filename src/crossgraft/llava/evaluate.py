@@ -160,9 +160,16 @@ def read_predictions(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def answer_losses(model: LlavaQwenForCausalLM, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row: the summed negative log-likelihood of the learned tokens (B,) and their number (B,). Only the
-    learned positions go through the LM head, so the (B, L, vocab) logits are never built."""
+@dataclass
+class AnswerScores:
+    nll_sums: torch.Tensor  # (B,) summed negative log-likelihood of each row's learned tokens
+    token_counts: torch.Tensor  # (B,)
+    greedy: torch.Tensor  # (B,) True where every learned token is the argmax of its logits
+
+
+def answer_losses(model: LlavaQwenForCausalLM, batch: dict[str, torch.Tensor]) -> AnswerScores:
+    """Teacher-forced scores of the learned (labelled) tokens of each row. Only the learned positions go through
+    the LM head, so the (B, L, vocab) logits are never built."""
     spliced, hidden = model.splice_and_decode(
         batch["input_ids"], batch["attention_mask"], batch["labels"], batch.get("images")
     )  # hidden: (B, L, D)
@@ -173,7 +180,9 @@ def answer_losses(model: LlavaQwenForCausalLM, batch: dict[str, torch.Tensor]) -
     nll = F.cross_entropy(logits.float(), targets[learned], reduction="none")  # (N,)
     rows = torch.arange(targets.shape[0], device=targets.device)[:, None].expand_as(targets)[learned]
     sums = torch.zeros(targets.shape[0], device=nll.device).index_add_(0, rows, nll)
-    return sums, learned.sum(dim=1)
+    missed = (logits.argmax(dim=-1) != targets[learned]).float()  # (N,)
+    misses = torch.zeros(targets.shape[0], device=nll.device).index_add_(0, rows, missed)
+    return AnswerScores(sums, learned.sum(dim=1), misses == 0)
 
 
 def attribute_hits(prediction: str, attributes: list[str]) -> int:
@@ -280,7 +289,7 @@ def _evaluate_batch(
             config.max_new_tokens, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad,
             do_sample=config.do_sample, temperature=config.temperature, top_p=config.top_p, generator=generator,
         )  # fmt: skip
-        loss_sums, token_counts = answer_losses(model, collate(scored))
+        scores = answer_losses(model, collate(scored))
     texts = tokenizer.batch_decode(answers, skip_special_tokens=True)
     return [
         {
@@ -292,5 +301,5 @@ def _evaluate_batch(
             "attributes_right": attribute_hits(text, sample.attributes),
             "attributes_total": len(sample.attributes),
         }
-        for sample, text, loss_sum, tokens in zip(chunk, texts, loss_sums, token_counts)
+        for sample, text, loss_sum, tokens in zip(chunk, texts, scores.nll_sums, scores.token_counts)
     ]
