@@ -24,11 +24,11 @@ class Request:  # lmms_eval.api.instance.Instance exposes its arguments as `.arg
 @pytest.fixture(scope="module")
 def task(llava_sample):
     records = json.loads(llava_sample.read_text())
-    docs = [
-        {"image": Image.open(llava_sample.parent / r["image"]), "question": r["conversations"][0]["value"].split("\n", 1)[1],
-         "answer": r["conversations"][1]["value"], "id": r["id"]}
-        for r in records
-    ]  # fmt: skip
+    docs = []
+    for record in records:
+        question, answer = (turn["value"] for turn in record["conversations"])
+        image = Image.open(llava_sample.parent / record["image"])
+        docs.append({"image": image, "question": question.split("\n", 1)[1], "answer": answer})
     return {"shapes": {"test": docs}}
 
 
@@ -50,10 +50,13 @@ def test_answers_and_loglikelihoods_equal_evaluate(speaking_models, llava_sample
     answers = adapter.generate_until(generate_requests(docs, {"max_new_tokens": 48, "until": []}))
     assert answers == [row["prediction"] for row in expected]
     assert all(len(answer) >= 3 for answer in answers), answers  # real text, not only undecodable ids
+
+    def target(doc):
+        return doc["answer"] + "<|im_end|>"
+
     scored = adapter.loglikelihood(
-        [Request((d["question"], lambda doc: doc["answer"] + "<|im_end|>", lambda doc: [doc["image"]], i, "shapes", "test"))
-         for i, d in enumerate(docs)]
-    )  # fmt: skip
+        [Request((d["question"], target, lambda doc: [doc["image"]], i, "shapes", "test")) for i, d in enumerate(docs)]
+    )
     for (log_probability, greedy), row in zip(scored, expected):
         assert log_probability == pytest.approx(-row["loss_sum"], rel=1e-5)
         assert greedy == (row["prediction"] == row["reference"])  # greedy: the caption is what generation gives
