@@ -39,7 +39,7 @@ def test_a_better_variant_gets_a_positive_delta_whose_interval_excludes_zero():
     assert deltas["perplexity"].other == pytest.approx(np.exp(deltas["loss"].other))
 
 
-def test_a_run_against_itself_has_zero_delta_and_seeds_are_averaged():
+def test_a_run_against_itself_has_zero_delta_and_seed_variation_widens_the_interval():
     rng = np.random.default_rng(1)
     runs = [fake_evaluation(["A red square on a grey background."] * 32, rng.normal(2, 0.3, 32)) for _ in range(2)]
     for d in compare_variants(runs[:1], runs[:1]):
@@ -47,7 +47,8 @@ def test_a_run_against_itself_has_zero_delta_and_seeds_are_averaged():
     seeds = compare_variants(runs, runs[::-1])
     loss = next(d for d in seeds if d.metric == "loss")
     assert loss.delta == pytest.approx(0, abs=1e-12)
-    assert loss.ci_low == pytest.approx(-loss.ci_high, abs=1e-12)  # the seed pairs' differences cancel: symmetric
+    # the pairs' differences cancel on average, but the seeds differ: resampling the pairs widens the interval
+    assert loss.ci_low < -0.01 and loss.ci_high > 0.01
 
 
 def test_compare_refuses_evaluations_of_other_samples_or_settings(tiny_models, llava_sample, tmp_path):

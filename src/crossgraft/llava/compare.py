@@ -4,7 +4,8 @@ with a paired bootstrap 95% interval over samples (`crossgraft.bootstrap`, share
 Every metric is recomputed from per-sample statistics (caption metrics: `caption_metrics`; loss: summed
 negative log-likelihood and token count; attributes: words named and asked for), so a resample gives the exact
 corpus-level value (BLEU-4 stays a corpus BLEU). With several runs per variant (seeds, paired by position), each
-resample's difference is the mean over the seed pairs of the per-seed differences.
+resample also draws the seed pairs with replacement and averages their differences, so the interval holds both
+the samples' and the seeds' variation.
 """
 
 from __future__ import annotations
@@ -130,7 +131,10 @@ def compare_variants(reference: list[Evaluation], other: list[Evaluation], seed:
         value_b = float(np.mean([finalize(s.sum(0, keepdims=True))[0] for s in b[: len(other)]]))
 
         def difference(counts: np.ndarray, a: list = a, b: list = b, finalize: Callable = finalize) -> np.ndarray:
-            return np.mean([finalize(counts @ sb) - finalize(counts @ sa) for sa, sb in zip(a, b)], axis=0)
+            per_pair = np.stack([finalize(counts @ sb) - finalize(counts @ sa) for sa, sb in zip(a, b)], axis=1)
+            # the seed pairs are resampled too: (r, pairs) draw counts, each row summing to the number of pairs
+            pair_counts = rng.multinomial(pairs, np.full(pairs, 1 / pairs), size=len(counts))
+            return (per_pair * pair_counts).sum(axis=1) / pairs
 
         low, high = bootstrap_interval(difference, units, rng)
         deltas.append(LlavaMetricDelta(metric, value_a, value_b, value_b - value_a, low, high))

@@ -442,22 +442,9 @@ class LlavaQwenForCausalLM(LlavaQwenPreTrainedModel):
         ).last_hidden_state
         return batch, hidden_states
 
-    @torch.no_grad()
-    def generate(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        images: torch.Tensor | None = None,
-        max_new_tokens: int = 32,
-        eos_token_id: int | list[int] | None = None,
-        pad_token_id: int | None = None,
-        **options: Any,
-    ) -> torch.Tensor:
-        """The new tokens (B, T), pad_token_id after each row's end. `options` are `decode`'s: do_sample,
-        temperature, top_p, generator, use_cache."""
-        return self.decode(
-            input_ids, attention_mask, images, max_new_tokens, eos_token_id, pad_token_id, **options
-        ).tokens
+    def generate(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """`decode(...)`'s new tokens (B, T), pad_token_id after each row's end."""
+        return self.decode(*args, **kwargs).tokens
 
     @torch.no_grad()
     def decode(
