@@ -146,7 +146,7 @@ def test_streaming_chunks_and_batches_give_the_same_answer(monkeypatch):
     scores = tied_maps(rng, masks, levels=40).astype(np.float32)
     labels = masks.reshape(9, -1).any(1).astype(int)
     whole = compute_metrics(scores, masks, scores.max((1, 2)), labels, pro_compat=True)
-    monkeypatch.setattr(metrics, "CHUNK", 37)  # the scan for anomalous pixels now runs in many chunks
+    monkeypatch.setattr(metrics, "PARALLEL_SORT_MIN", 1)  # the normal pixels are sorted by partition + threads
     accumulator = ClassMetricsAccumulator(pro_compat=True)
     for start in range(0, 9, 4):
         part = slice(start, start + 4)
@@ -154,6 +154,18 @@ def test_streaming_chunks_and_batches_give_the_same_answer(monkeypatch):
     streamed = accumulator.compute()
     for field, value in whole.as_dict().items():
         assert abs(value - getattr(streamed, field)) <= TOL, field
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_parallel_sort_equals_numpy_sort_with_ties(workers, monkeypatch):
+    import crossgraft.anomaly.metrics as metrics
+
+    monkeypatch.setattr(metrics, "PARALLEL_SORT_MIN", 1)
+    rng = np.random.default_rng(workers)
+    values = rng.integers(0, 50, 10_001).astype(np.uint32)  # many ties across the partition bounds
+    expected = np.sort(values)
+    metrics.sort_in_place(values, workers)
+    assert np.array_equal(values, expected)
 
 
 def test_single_label_classes_are_not_applicable_and_left_out_of_the_mean():
@@ -234,7 +246,8 @@ def test_accumulator_holds_keys_not_float_maps(expected_pixels):
     accumulator = PixelAccumulator(expected_pixels=expected_pixels)
     accumulator.add(scores[:2], masks[:2])
     accumulator.add(scores[2:], masks[2:])
-    assert sum(block.nbytes for block in accumulator._blocks) == 8 * masks.size  # one 64-bit key a pixel
+    # 4 bytes a normal pixel (its score bits), 8 an anomalous one (score bits and region id)
+    assert accumulator.nbytes == 4 * (~masks).sum() + 8 * masks.sum()
     result = accumulator.compute()
     assert abs(result.auroc - roc_auc_score(masks.ravel(), scores.ravel())) <= TOL
 

@@ -8,18 +8,21 @@ interpolation at the limit) and divided by it. `pro_compat=True` adds the 200-th
 AnomalyCLIP-family papers report (thresholds evenly spaced between the class's min and max score, strict
 `>`, FPR kept below the limit and min-max rescaled, as their code does).
 
-How it is fast: every pixel becomes one 64-bit key, the order-preserving bits of its float32 score above
-its region id (0 for a normal pixel), written straight into one growing buffer as batches arrive (8 bytes
-a pixel; no float maps are kept). One in-place sort per class; one chunked pass finds the anomalous
-pixels; everything after that works on the anomalous pixels and on the distinct scores they hold, because
-every curve changes slope only there: between two such scores TP and PRO are flat, so AUROC (Mann-Whitney
-with ties), AP and F1-max only need those groups, and the (FPR, PRO) curve is flat between them. No
-per-threshold loop, no sklearn, no second copy of the pixels.
+How it is fast: a normal pixel is kept as the 32 order-preserving bits of its float32 score, written straight
+into one buffer as batches arrive (4 bytes a pixel; no float maps are kept); an anomalous pixel as a 64-bit
+key, its score bits above its region id. Per class, the normal pixels are sorted in place on every core
+(partitioned into value ranges, the ranges sorted in threads) and the few anomalous keys on one. Everything
+after that works on the anomalous pixels and on the distinct scores they hold, because every curve changes
+slope only there: between two such scores TP and PRO are flat, so AUROC (Mann-Whitney with ties), AP and
+F1-max only need those groups and the count of normal pixels below and at each (binary searches), and the
+(FPR, PRO) curve is flat between them. No per-threshold loop, no sklearn, no second copy of the pixels.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -27,7 +30,8 @@ from scipy import ndimage
 
 from crossgraft.errors import CrossgraftError
 
-CHUNK = 1 << 22  # keys scanned per vectorised step when looking for anomalous pixels
+BITS_CHUNK = 1 << 16  # scores converted to ordered bits per step (the temporaries stay in cache)
+PARALLEL_SORT_MIN = 1 << 20  # below this, one thread sorts faster than partition + threads
 REGION_BITS = 32
 REGION_MASK = np.uint64((1 << REGION_BITS) - 1)
 SIGN_BIT = np.int32(-(2**31))
@@ -105,9 +109,23 @@ class MetricsInputError(CrossgraftError, ValueError):
 
 # ------------------------------------------------------------------------------------------ key packing
 def _ordered_bits32(scores: np.ndarray) -> np.ndarray:
-    """uint32 whose unsigned order is the float32 order; -0.0 is made +0.0 first so that the two tie."""
-    bits = (np.asarray(scores, dtype=np.float32) + np.float32(0.0)).view(np.int32)
-    return (bits ^ ((bits >> 31) | SIGN_BIT)).view(np.uint32)  # negatives: all bits flipped; else sign set
+    """uint32 whose unsigned order is the float32 order; -0.0 is made +0.0 first so that the two tie.
+
+    Negative scores get all their bits flipped, the others their sign bit set. Computed in place, chunk by
+    chunk, so that the temporaries stay in cache (four full-size temporaries cost ten times as much)."""
+    scores = np.asarray(scores, dtype=np.float32)
+    flat = scores.reshape(-1)
+    out = np.empty(flat.size, np.uint32)
+    ints = out.view(np.int32)
+    sign = np.empty(min(BITS_CHUNK, flat.size), np.int32)
+    for start in range(0, flat.size, BITS_CHUNK):
+        part = ints[start : start + BITS_CHUNK]
+        flags = sign[: part.size]
+        np.add(flat[start : start + BITS_CHUNK], np.float32(0.0), out=part.view(np.float32))  # -0.0 → +0.0
+        np.right_shift(part, 31, out=flags)  # -1 for negative scores, 0 otherwise
+        np.bitwise_or(flags, SIGN_BIT, out=flags)
+        np.bitwise_xor(part, flags, out=part)
+    return out.reshape(scores.shape)
 
 
 def ordered_bits(scores: np.ndarray) -> np.ndarray:
@@ -116,6 +134,8 @@ def ordered_bits(scores: np.ndarray) -> np.ndarray:
 
 
 def _check_finite(scores: np.ndarray, what: str) -> None:
+    if scores.size and np.isfinite(scores.min()) and np.isfinite(scores.max()):  # NaN propagates into min and max
+        return
     if not np.isfinite(scores).all():
         bad = int((~np.isfinite(scores)).sum())
         raise MetricsInputError(f"{what} contain {bad} NaN or infinite value(s); cannot rank them")
@@ -138,41 +158,42 @@ def _binary_mask(masks: np.ndarray, binarize: bool) -> np.ndarray:
 
 # ----------------------------------------------------------------------------------------- accumulator
 class PixelAccumulator:
-    """Collects one class's anomaly maps batch by batch as packed keys (8 bytes a pixel, no float maps).
+    """Collects one class's anomaly maps batch by batch: the ordered score bits of each normal pixel (uint32, 4
+    bytes) and a key (score bits above region id, uint64) for each anomalous one; no float maps are kept.
 
-    Give `expected_pixels` (images x H x W of the class) when it is known, as an evaluation does: the keys
-    then go straight into one buffer, and computing needs no second copy. Without it, batches are kept as
-    separate blocks and joined once at `compute()`.
+    Give `expected_pixels` (images x H x W of the class) when it is known, as an evaluation does: the normal
+    pixels then go straight into one buffer, and computing needs no second copy of them.
     """
 
     def __init__(self, *, binarize: bool = False, expected_pixels: int | None = None) -> None:
         self.binarize = binarize
-        self._blocks: list[np.ndarray] = []
-        self._free: np.ndarray | None = np.empty(expected_pixels, np.uint64) if expected_pixels else None
+        self._negatives = np.empty(expected_pixels or 0, np.uint32)  # filled from the front
+        self._negative_blocks: list[np.ndarray] = []  # used when the buffer is too small
+        self._positives: list[np.ndarray] = []
         self._region_sizes: list[np.ndarray] = [np.zeros(1, dtype=np.int64)]  # region 0: normal pixels
         self.num_regions = 0
         self.num_positive = 0
-        self.num_pixels = 0
+        self.num_negative = 0
         self.min_score = np.float32(np.inf)
         self.max_score = np.float32(-np.inf)
 
-    def _take(self, count: int) -> np.ndarray:
-        """A block of `count` keys: the next part of the preallocated buffer, or a new array."""
-        if self._free is not None and self._free.size >= count:
-            block, self._free = self._free[:count], self._free[count:]
-        else:
-            block = np.empty(count, dtype=np.uint64)
-        self._blocks.append(block)
-        return block
+    @property
+    def nbytes(self) -> int:
+        """Bytes the accumulated pixels hold (for tests and benchmarks)."""
+        held = [self._negatives[: self._buffered], *self._negative_blocks, *self._positives]
+        return sum(block.nbytes for block in held)
 
-    def _all_keys(self) -> np.ndarray:
-        blocks, self._blocks, self._free = self._blocks, [], None
-        if not blocks:
-            return np.empty(0, dtype=np.uint64)
-        base = blocks[0].base
-        if base is not None and all(b.base is base for b in blocks):  # all in the one preallocated buffer
-            return base[: self.num_pixels]
-        return np.concatenate(blocks)
+    @property
+    def _buffered(self) -> int:
+        return self.num_negative - sum(block.size for block in self._negative_blocks)
+
+    def _store_negatives(self, bits: np.ndarray) -> None:
+        start = self._buffered
+        if not self._negative_blocks and start + bits.size <= self._negatives.size:
+            self._negatives[start : start + bits.size] = bits
+        else:
+            self._negative_blocks.append(bits.copy())
+        self.num_negative += bits.size
 
     def add(self, scores: np.ndarray, masks: np.ndarray) -> None:
         """Add maps (B, H, W) or (H, W) with their ground-truth masks of the same shape."""
@@ -187,34 +208,57 @@ class PixelAccumulator:
         _check_finite(scores, "anomaly maps")
         if scores.size == 0:
             return
-        block = self._take(scores.size).reshape(scores.shape)  # (B, H, W) keys
-        for index in range(scores.shape[0]):
-            regions = np.zeros(scores.shape[1:], dtype=np.uint32)
-            if masks[index].any():
+        bits = _ordered_bits32(scores)  # (B, H, W)
+        anomalous = [index for index in range(scores.shape[0]) if masks[index].any()]
+        if not anomalous:
+            self._store_negatives(bits.ravel())
+        else:
+            self._store_negatives(bits[~masks])
+            for index in anomalous:
                 labels, count = ndimage.label(masks[index], structure=EIGHT_CONNECTED)
                 if self.num_regions + count >= 1 << REGION_BITS:
                     raise MetricsInputError("more than 2^32 ground-truth regions in one class")
-                regions = np.where(labels > 0, labels + self.num_regions, 0).astype(np.uint32)
+                inside = masks[index]
+                regions = labels[inside].astype(np.uint32) + np.uint32(self.num_regions)
+                keys = np.empty(regions.size, np.uint64)
+                _pack_keys(keys, bits[index][inside], regions)
+                self._positives.append(keys)
                 self._region_sizes.append(np.bincount(labels.ravel())[1:].astype(np.int64))
                 self.num_regions += count
-            _pack_keys(block[index], _ordered_bits32(scores[index]), regions)
-        self.num_positive += int(masks.sum())
-        self.num_pixels += scores.size
+                self.num_positive += regions.size
         self.min_score = min(self.min_score, scores.min())
         self.max_score = max(self.max_score, scores.max())
 
     def compute(self, *, fpr_limit: float = 0.3, pro_compat: bool = False) -> CurveMetrics:
-        """Pixel AUROC, AP, F1-max and AUPRO; None where the class has only one pixel label. Consumes the keys."""
-        keys = self._all_keys()
-        num_negative = keys.size - self.num_positive
-        if self.num_positive == 0 or num_negative == 0:
+        """Pixel AUROC, AP, F1-max and AUPRO; None where the class has only one pixel label. Consumes the pixels."""
+        negatives = self._negatives[: self._buffered]
+        if self._negative_blocks:
+            negatives = np.concatenate([negatives, *self._negative_blocks])
+        positives = np.concatenate(self._positives) if self._positives else np.zeros(0, np.uint64)
+        self._negatives, self._negative_blocks, self._positives = np.empty(0, np.uint32), [], []
+        if self.num_positive == 0 or self.num_negative == 0:
             return CurveMetrics(None, None, None, None, None)
-        keys.sort()
+        sort_in_place(negatives)
+        positives.sort()
         sizes = np.concatenate(self._region_sizes).astype(np.float64)
         weights = np.zeros_like(sizes)
         weights[1:] = 1.0 / (self.num_regions * sizes[1:])  # a region's pixels add up to 1/R of PRO
         compat = _compat_thresholds(self.min_score, self.max_score) if pro_compat else None
-        return _metrics_from_sorted_keys(keys, weights, fpr_limit, compat)
+        return _metrics_from_sorted(negatives, positives, weights, fpr_limit, compat)
+
+
+def sort_in_place(values: np.ndarray, workers: int | None = None) -> None:
+    """Sort a large array on every core: partition it in place into `workers` ranges of values (one O(n) pass),
+    then sort the ranges at once in threads (numpy's sort releases the GIL). No copy of the array is made."""
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if workers < 2 or values.size < PARALLEL_SORT_MIN:
+        values.sort()
+        return
+    bounds = [values.size * part // workers for part in range(workers + 1)]
+    values.partition(bounds[1:-1])
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(lambda part: values[bounds[part] : bounds[part + 1]].sort(), range(workers)))
 
 
 def _pack_keys(out: np.ndarray, score_bits: np.ndarray, regions: np.ndarray) -> None:
@@ -250,10 +294,13 @@ class ImageAccumulator:
         labels = np.concatenate(self.labels) if self.labels else np.zeros(0, np.int64)
         if labels.sum() in (0, labels.size):
             return CurveMetrics(None, None, None)
-        keys = np.empty(scores.size, dtype=np.uint64)
-        _pack_keys(keys, _ordered_bits32(scores), labels.astype(np.uint32))  # "region" 1 = anomalous image
-        keys.sort()
-        return _metrics_from_sorted_keys(keys, np.array([0.0, 0.0]), fpr_limit=None, compat=None)
+        bits = _ordered_bits32(scores)
+        anomalous = labels == 1
+        negatives = np.sort(bits[~anomalous])
+        positives = np.empty(int(anomalous.sum()), dtype=np.uint64)
+        _pack_keys(positives, bits[anomalous], np.ones(positives.size, np.uint32))  # "region" 1: anomalous image
+        positives.sort()
+        return _metrics_from_sorted(negatives, positives, np.array([0.0, 0.0]), fpr_limit=None, compat=None)
 
 
 # ------------------------------------------------------------------------------------- curve metrics
@@ -266,36 +313,28 @@ def _compat_thresholds(min_score: np.float32, max_score: np.float32) -> np.ndarr
     return np.arange(min_score, max_score, delta)
 
 
-def _positive_positions(keys: np.ndarray) -> np.ndarray:
-    """Sorted indices of the keys whose region id is non-zero, found chunk by chunk (bounded temporaries)."""
-    parts = []
-    for start in range(0, keys.size, CHUNK):
-        chunk = keys[start : start + CHUNK]
-        parts.append(np.flatnonzero(chunk & REGION_MASK) + start)
-    return np.concatenate(parts)
-
-
-def _metrics_from_sorted_keys(
-    keys: np.ndarray, weights: np.ndarray, fpr_limit: float | None, compat: np.ndarray | None
+def _metrics_from_sorted(
+    negatives: np.ndarray,
+    positive_keys: np.ndarray,
+    weights: np.ndarray,
+    fpr_limit: float | None,
+    compat: np.ndarray | None,
 ) -> CurveMetrics:
-    """All metrics from ascending keys. Work beyond one scan is proportional to the anomalous pixels."""
-    total = keys.size
-    positions = _positive_positions(keys)  # (P,) ascending
-    num_positive = positions.size
-    num_negative = total - num_positive
-    positive_keys = keys[positions]
-    positive_bits = positive_keys >> np.uint64(REGION_BITS)
+    """All metrics from the ascending score bits of the normal pixels (uint32) and the ascending keys of the
+    anomalous ones. Work beyond the sorts is proportional to the anomalous pixels (binary searches into the
+    normal ones)."""
+    num_positive = positive_keys.size
+    num_negative = negatives.size
+    positive_bits = (positive_keys >> np.uint64(REGION_BITS)).astype(np.uint32)
     pro_weights = weights[(positive_keys & REGION_MASK).astype(np.intp)]
 
     # groups: distinct scores that hold at least one anomalous pixel, ascending
     first = np.flatnonzero(np.concatenate(([True], positive_bits[1:] != positive_bits[:-1])))
     group_bits = positive_bits[first]
     tp_in_group = np.diff(np.append(first, num_positive)).astype(np.float64)
-    lo = np.searchsorted(keys, group_bits << np.uint64(REGION_BITS), side="left")  # first key of the group
-    hi = np.searchsorted(keys, (group_bits + np.uint64(1)) << np.uint64(REGION_BITS), side="left")
-    fp_in_group = (hi - lo) - tp_in_group
+    negatives_below = np.searchsorted(negatives, group_bits, side="left").astype(np.float64)
+    fp_in_group = np.searchsorted(negatives, group_bits, side="right") - negatives_below
     positives_below = first.astype(np.float64)
-    negatives_below = lo - positives_below
     tp_at = num_positive - positives_below  # score >= group score
     fp_at = num_negative - negatives_below
 
@@ -305,7 +344,9 @@ def _metrics_from_sorted_keys(
     ap = float(np.sum(tp_in_group * precision)) / num_positive
     f1 = 2 * tp_at / (tp_at + fp_at + num_positive)
     best = int(np.argmax(f1))
-    result = CurveMetrics(auroc=auroc, ap=ap, f1max=float(f1[best]), f1_threshold=score_of_bits(group_bits[best]))
+    result = CurveMetrics(
+        auroc=auroc, ap=ap, f1max=float(f1[best]), f1_threshold=score_of_bits(np.uint64(group_bits[best]))
+    )
 
     # the curves these sums integrate, vertex by vertex from the highest score down: within a group of tied
     # scores TP and FP grow together (a diagonal), between groups only FP grows (a horizontal step)
@@ -330,10 +371,10 @@ def _metrics_from_sorted_keys(
         # pixels strictly above a float64 threshold = float32 scores >= the next float32 above it
         bounds = compat.astype(np.float32)
         bounds = np.where(bounds.astype(np.float64) <= compat, np.nextafter(bounds, np.float32(np.inf)), bounds)
-        bound_keys = ordered_bits(bounds) << np.uint64(REGION_BITS)
-        above = total - np.searchsorted(keys, bound_keys, side="left")
+        bound_bits = _ordered_bits32(bounds)
+        bound_keys = bound_bits.astype(np.uint64) << np.uint64(REGION_BITS)
         positives_not_above = np.searchsorted(positive_keys, bound_keys, side="left")
-        fp_above = above - (num_positive - positives_not_above)
+        fp_above = num_negative - np.searchsorted(negatives, bound_bits, side="left")
         pro_above = np.minimum(cum_weights[-1] - cum_weights[positives_not_above], 1.0)
         result.aupro_compat = _compat_aupro(fp_above / num_negative, pro_above, fpr_limit or 0.3)
     return result
