@@ -146,7 +146,8 @@ def test_streaming_chunks_and_batches_give_the_same_answer(monkeypatch):
     scores = tied_maps(rng, masks, levels=40).astype(np.float32)
     labels = masks.reshape(9, -1).any(1).astype(int)
     whole = compute_metrics(scores, masks, scores.max((1, 2)), labels, pro_compat=True)
-    monkeypatch.setattr(metrics, "PARALLEL_SORT_MIN", 1)  # the normal pixels are sorted by partition + threads
+    monkeypatch.setattr(metrics, "PARALLEL_SORT_MIN", 1)  # the normal pixels are sorted in parts, in threads
+    monkeypatch.setattr(metrics, "TORCH_SORT_MIN", 1)  # by torch's sort
     accumulator = ClassMetricsAccumulator(pro_compat=True)
     for start in range(0, 9, 4):
         part = slice(start, start + 4)
@@ -156,16 +157,22 @@ def test_streaming_chunks_and_batches_give_the_same_answer(monkeypatch):
         assert abs(value - getattr(streamed, field)) <= TOL, field
 
 
+@pytest.mark.parametrize("torch_sort", [True, False])
 @pytest.mark.parametrize("workers", [1, 2, 3])
-def test_parallel_sort_equals_numpy_sort_with_ties(workers, monkeypatch):
+def test_sorted_parts_count_like_one_sorted_array(workers, torch_sort, monkeypatch):
     import crossgraft.anomaly.metrics as metrics
 
     monkeypatch.setattr(metrics, "PARALLEL_SORT_MIN", 1)
+    monkeypatch.setattr(metrics, "TORCH_SORT_MIN", 1 if torch_sort else 1 << 40)
     rng = np.random.default_rng(workers)
-    values = rng.integers(0, 50, 10_001).astype(np.uint32)  # many ties across the partition bounds
+    levels = np.array([0, 1, 7, 2**31 - 1, 2**31, 2**31 + 5, 2**32 - 1], dtype=np.uint32)  # across the sign bit
+    values = levels[rng.integers(0, len(levels), 10_001)]  # many ties, in every part
     expected = np.sort(values)
-    metrics.sort_in_place(values, workers)
-    assert np.array_equal(values, expected)
+    parts = metrics.sorted_parts([values[:5000], values[5000:]], workers)
+    assert len(parts) >= workers and all(np.all(np.diff(p.astype(np.int64)) >= 0) for p in parts)
+    probes = np.concatenate([levels, levels + 1, levels - 1]).astype(np.uint32)
+    for side in ("left", "right"):
+        assert np.array_equal(metrics._count_below(parts, probes, side), np.searchsorted(expected, probes, side))
 
 
 def test_single_label_classes_are_not_applicable_and_left_out_of_the_mean():
@@ -237,13 +244,12 @@ def test_ordered_bits_preserve_float_order_and_merge_signed_zero():
     assert len(set(bits.tolist())) == len(values) - 1
 
 
-@pytest.mark.parametrize("expected_pixels", [None, 4 * 32 * 32, 3 * 32 * 32])
-def test_accumulator_holds_keys_not_float_maps(expected_pixels):
+def test_accumulator_holds_score_bits_not_float_maps():
     rng = np.random.default_rng(1)
     masks = np.zeros((4, 32, 32), bool)
     masks[2, 3:9, 3:9] = True
     scores = (rng.random((4, 32, 32)) + masks).astype(np.float32)
-    accumulator = PixelAccumulator(expected_pixels=expected_pixels)
+    accumulator = PixelAccumulator()
     accumulator.add(scores[:2], masks[:2])
     accumulator.add(scores[2:], masks[2:])
     # 4 bytes a normal pixel (its score bits), 8 an anomalous one (score bits and region id)

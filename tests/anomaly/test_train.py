@@ -288,3 +288,43 @@ def test_an_epoch_without_any_gradient_stops_the_run(synthetic_root, tmp_path, m
         train(quick_config(synthetic_root, tmp_path / "flat"))
     assert "every gradient norm is exactly 0" in (tmp_path / "flat" / "train.log").read_text()
     assert not (tmp_path / "flat" / "text_adapter.pth").exists()
+
+
+def test_the_stage1_feature_cache_refuses_settings_that_would_make_it_stale(synthetic_root, tmp_path):
+    from crossgraft.anomaly.config import QuirkConfig
+
+    with pytest.raises(ConfigError, match="stage-1 augmentation is on.*batch axis.*--preset fixed sets both"):
+        quick_config(synthetic_root, tmp_path, cache_stage1_features=True)
+    with pytest.raises(ConfigError, match="batch axis"):
+        quick_config(synthetic_root, tmp_path, cache_stage1_features=True, quirks=QuirkConfig(stage1_augment="off"))
+    fixed = quick_config(synthetic_root, tmp_path, cache_stage1_features=True, quirks=QuirkConfig(preset="fixed"))
+    assert fixed.quirks.resolve().stage1_augment is False
+
+
+def stage1_losses(run_dir):
+    lines = (run_dir / "train.log").read_text().splitlines()
+    return [float(line.split("loss: ")[1].split(" ")[0]) for line in lines if "training text epoch" in line]
+
+
+@pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-5), ("float16", 1e-3)])
+def test_cached_stage1_features_train_like_computed_ones(synthetic_root, tmp_path, monkeypatch, dtype, tolerance):
+    import crossgraft.anomaly.feature_cache as feature_cache
+    from crossgraft.anomaly.config import QuirkConfig
+
+    settings = dict(text_epoch=3, image_epoch=0, quirks=QuirkConfig(preset="fixed"))
+    train(quick_config(synthetic_root, tmp_path / "computed", **settings))
+    computed_calls = []
+    original = feature_cache.stage1_features
+    monkeypatch.setattr(feature_cache, "stage1_features", lambda *a: computed_calls.append(len(a[1])) or original(*a))
+    train(
+        quick_config(
+            synthetic_root, tmp_path / "cached", cache_stage1_features=True, stage1_cache_dtype=dtype, **settings
+        )
+    )
+    assert sum(computed_calls) == 18  # each of the 18 training images once, in the first text epoch only
+    expected, got = stage1_losses(tmp_path / "computed"), stage1_losses(tmp_path / "cached")
+    assert len(got) == 3 and max(abs(a - b) for a, b in zip(expected, got)) <= tolerance, (expected, got)
+    weights = adapter_weights(tmp_path / "cached")
+    for key, value in adapter_weights(tmp_path / "computed").items():
+        assert torch.allclose(value, weights[key], atol=50 * tolerance), key
+    assert not list((tmp_path / "cached").glob("*.cache.npy"))  # removed when stage 1 ended

@@ -290,11 +290,16 @@ class Quirks:
     stage1_last_level_only: bool  # 2: the stage-1 loss keeps only the last level
     stage1_image_loss: bool  # 3: an image-level loss in stage 1 (the public code has none)
     gelu: GeluKind  # 4: exact GELU (the public code) or CLIP's QuickGELU
+    # 5: stage 1 trains on augmented images (the public code: flips, rotation, translation) or on the images as
+    # they are, whose frozen features are then the same every epoch (what --cache_stage1_features needs)
+    stage1_augment: bool = True
 
 
 PRESETS = {
     "reference": Quirks(vv_mode="batch", stage1_last_level_only=True, stage1_image_loss=False, gelu="exact"),
-    "fixed": Quirks(vv_mode="tokens", stage1_last_level_only=False, stage1_image_loss=True, gelu="quick"),
+    "fixed": Quirks(
+        vv_mode="tokens", stage1_last_level_only=False, stage1_image_loss=True, gelu="quick", stage1_augment=False
+    ),
 }
 
 
@@ -322,6 +327,13 @@ class QuirkConfig:
     gelu: Literal["exact", "quick"] | None = field(
         default=None, metadata={"help": "quirk 4: exact GELU (reference) or CLIP's QuickGELU (fixed)"}
     )
+    stage1_augment: Literal["on", "off"] | None = field(
+        default=None,
+        metadata={
+            "help": "quirk 5: stage-1 images augmented every epoch (on, reference) or used as they are (off, fixed: "
+            "the frozen features are then the same every epoch, as --cache_stage1_features needs)"
+        },
+    )
 
     def __post_init__(self) -> None:
         _require(self.preset in PRESETS, f"unknown --preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
@@ -338,6 +350,7 @@ class QuirkConfig:
             if self.stage1_image_loss is None
             else self.stage1_image_loss == "on",
             gelu=self.gelu or preset.gelu,
+            stage1_augment=preset.stage1_augment if self.stage1_augment is None else self.stage1_augment == "on",
         )
 
 
@@ -399,6 +412,19 @@ class TrainConfig:
         },
     )
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes", "group": SCHEDULE})
+    cache_stage1_features: bool = field(
+        default=False,
+        metadata={
+            "help": "compute each training image's frozen stage-1 features once and reuse them in every text epoch "
+            "(a memory-mapped file in the run folder, removed after stage 1). Needs --stage1_augment off and "
+            "--vv_attention tokens (both in --preset fixed): otherwise an image's features change every epoch",
+            "group": SCHEDULE,
+        },
+    )
+    stage1_cache_dtype: Literal["float16", "float32"] = field(
+        default="float16",
+        metadata={"help": "precision of the cached stage-1 features (float16 halves the file)", "group": SCHEDULE},
+    )
     device: Device = field(default="auto", metadata={"help": DEVICE_HELP, "group": SCHEDULE})
     mixed_precision: Literal["no", "bf16", "fp16"] = field(
         default="no",
@@ -469,6 +495,28 @@ class TrainConfig:
         )
         _at_least("num_workers", self.num_workers, 0)
         _at_least("num_feedback_loops", self.num_feedback_loops, 1)
+        if self.cache_stage1_features:
+            quirks = self.quirks.resolve()
+            _require(
+                not quirks.stage1_augment and quirks.vv_mode != "batch",
+                "--cache_stage1_features would reuse stale features: "
+                + " and ".join(
+                    reason
+                    for reason, applies in (
+                        (
+                            "stage-1 augmentation is on (each epoch sees other pixels; add --stage1_augment off)",
+                            quirks.stage1_augment,
+                        ),
+                        (
+                            "V-V attention runs across the batch axis (an image's features depend on its batch-mates; "
+                            "add --vv_attention tokens)",
+                            quirks.vv_mode == "batch",
+                        ),
+                    )
+                    if applies
+                )
+                + ". --preset fixed sets both",
+            )
         if self.eval_dataset is not None:
             get_spec(self.eval_dataset)
 

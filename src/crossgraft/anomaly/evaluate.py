@@ -92,8 +92,7 @@ def evaluate_class(
     visual_dir: Path,
 ) -> ClassEvaluation:
     """Maps batch by batch into the metric accumulator; image scores fused with the class-wide normalisation."""
-    size = model.backbone.image_size
-    pixels = ClassMetricsAccumulator(pro_compat=config.pro_compat, expected_pixels=len(samples) * size * size)
+    pixels = ClassMetricsAccumulator(pro_compat=config.pro_compat)
     has_masks = all(s.mask_path is not None for s in samples if s.label == 1)
     map_max: list[np.ndarray] = []  # per batch (B,)
     map_min: list[np.ndarray] = []

@@ -77,15 +77,17 @@ def stage1_loss(
     quirks: Quirks,
     text_norm_weight: float,
     adapted_features: bool = False,
+    frozen: tuple[list[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Stage 1: segmentation loss of the anchors against the visual features, plus the orthogonality term.
 
     images (B, 3, S, S), masks (B, S, S), labels (B,), one class text per image. Round 1 (and base AA-CLIP)
     uses the frozen V-V features, whose first level is also the text cross-attention's context. Later feedback
     rounds (`adapted_features`) take the visual features from the adapted image encoder (no gradient); the
-    context stays the frozen one, as at test time.
+    context stays the frozen one, as at test time. `frozen`: those frozen features when already computed
+    (`--cache_stage1_features`).
     """
-    patch_features, image_feature = stage1_features(model.backbone, images, model.surgery_from, model.vv_mode)
+    patch_features, image_feature = frozen or stage1_features(model.backbone, images, model.surgery_from, model.vv_mode)
     context = patch_features[0] if model.text_cross_attn is not None else None
     text = model.text_side(class_texts, context)  # one pass per class without context
     anchors = text.anchors  # (B, E, 2)

@@ -8,10 +8,11 @@ interpolation at the limit) and divided by it. `pro_compat=True` adds the 200-th
 AnomalyCLIP-family papers report (thresholds evenly spaced between the class's min and max score, strict
 `>`, FPR kept below the limit and min-max rescaled, as their code does).
 
-How it is fast: a normal pixel is kept as the 32 order-preserving bits of its float32 score, written straight
-into one buffer as batches arrive (4 bytes a pixel; no float maps are kept); an anomalous pixel as a 64-bit
+How it is fast: a normal pixel is kept as the 32 order-preserving bits of its float32 score, in the array
+each batch produced (4 bytes a pixel; no float maps are kept); an anomalous pixel as a 64-bit
 key, its score bits above its region id. Per class, the normal pixels are sorted in place on every core
-(partitioned into value ranges, the ranges sorted in threads) and the few anomalous keys on one. Everything
+(one part per core, sorted in threads and never merged: counts below a
+score add up over parts) and the few anomalous keys on one. Everything
 after that works on the anomalous pixels and on the distinct scores they hold, because every curve changes
 slope only there: between two such scores TP and PRO are flat, so AUROC (Mann-Whitney with ties), AP and
 F1-max only need those groups and the count of normal pixels below and at each (binary searches), and the
@@ -26,12 +27,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import torch
 from scipy import ndimage
 
 from crossgraft.errors import CrossgraftError
 
 BITS_CHUNK = 1 << 16  # scores converted to ordered bits per step (the temporaries stay in cache)
-PARALLEL_SORT_MIN = 1 << 20  # below this, one thread sorts faster than partition + threads
+PARALLEL_SORT_MIN = 1 << 20
+TORCH_SORT_MIN = 1 << 16  # smaller parts: numpy's sort (no tensor round trip)
+SIGN_BIT_INT = -(2**31)  # below this, one thread sorts faster than partition + threads
 REGION_BITS = 32
 REGION_MASK = np.uint64((1 << REGION_BITS) - 1)
 SIGN_BIT = np.int32(-(2**31))
@@ -112,20 +116,36 @@ def _ordered_bits32(scores: np.ndarray) -> np.ndarray:
     """uint32 whose unsigned order is the float32 order; -0.0 is made +0.0 first so that the two tie.
 
     Negative scores get all their bits flipped, the others their sign bit set. Computed in place, chunk by
-    chunk, so that the temporaries stay in cache (four full-size temporaries cost ten times as much)."""
+    chunk, so that the temporaries stay in cache (four full-size temporaries cost ten times as much), with large
+    inputs split over the cores."""
     scores = np.asarray(scores, dtype=np.float32)
     flat = scores.reshape(-1)
     out = np.empty(flat.size, np.uint32)
-    ints = out.view(np.int32)
-    sign = np.empty(min(BITS_CHUNK, flat.size), np.int32)
-    for start in range(0, flat.size, BITS_CHUNK):
-        part = ints[start : start + BITS_CHUNK]
-        flags = sign[: part.size]
-        np.add(flat[start : start + BITS_CHUNK], np.float32(0.0), out=part.view(np.float32))  # -0.0 → +0.0
-        np.right_shift(part, 31, out=flags)  # -1 for negative scores, 0 otherwise
-        np.bitwise_or(flags, SIGN_BIT, out=flags)
-        np.bitwise_xor(part, flags, out=part)
+    workers = cpu_workers() if flat.size >= PARALLEL_SORT_MIN else 1
+    bounds = [flat.size * part // workers for part in range(workers + 1)]
+    if workers == 1:
+        _ordered_bits_into(flat, out.view(np.int32))
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            ranges = [slice(bounds[i], bounds[i + 1]) for i in range(workers)]
+            list(pool.map(lambda part: _ordered_bits_into(flat[part], out.view(np.int32)[part]), ranges))
     return out.reshape(scores.shape)
+
+
+def _ordered_bits_into(scores: np.ndarray, ints: np.ndarray) -> None:
+    flags = np.empty(min(BITS_CHUNK, scores.size), np.int32)
+    for start in range(0, scores.size, BITS_CHUNK):
+        part = ints[start : start + BITS_CHUNK]
+        sign = flags[: part.size]
+        np.add(scores[start : start + BITS_CHUNK], np.float32(0.0), out=part.view(np.float32))  # -0.0 → +0.0
+        np.right_shift(part, 31, out=sign)  # -1 for negative scores, 0 otherwise
+        np.bitwise_or(sign, SIGN_BIT, out=sign)
+        np.bitwise_xor(part, sign, out=part)
+
+
+def cpu_workers() -> int:
+    """The cores this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def ordered_bits(scores: np.ndarray) -> np.ndarray:
@@ -159,16 +179,12 @@ def _binary_mask(masks: np.ndarray, binarize: bool) -> np.ndarray:
 # ----------------------------------------------------------------------------------------- accumulator
 class PixelAccumulator:
     """Collects one class's anomaly maps batch by batch: the ordered score bits of each normal pixel (uint32, 4
-    bytes) and a key (score bits above region id, uint64) for each anomalous one; no float maps are kept.
+    bytes) and a key (score bits above region id, uint64) for each anomalous one; no float maps are kept, and
+    each batch's arrays are kept as they were made (no buffer to copy them into, no concatenation later)."""
 
-    Give `expected_pixels` (images x H x W of the class) when it is known, as an evaluation does: the normal
-    pixels then go straight into one buffer, and computing needs no second copy of them.
-    """
-
-    def __init__(self, *, binarize: bool = False, expected_pixels: int | None = None) -> None:
+    def __init__(self, *, binarize: bool = False) -> None:
         self.binarize = binarize
-        self._negatives = np.empty(expected_pixels or 0, np.uint32)  # filled from the front
-        self._negative_blocks: list[np.ndarray] = []  # used when the buffer is too small
+        self._negatives: list[np.ndarray] = []
         self._positives: list[np.ndarray] = []
         self._region_sizes: list[np.ndarray] = [np.zeros(1, dtype=np.int64)]  # region 0: normal pixels
         self.num_regions = 0
@@ -180,19 +196,10 @@ class PixelAccumulator:
     @property
     def nbytes(self) -> int:
         """Bytes the accumulated pixels hold (for tests and benchmarks)."""
-        held = [self._negatives[: self._buffered], *self._negative_blocks, *self._positives]
-        return sum(block.nbytes for block in held)
-
-    @property
-    def _buffered(self) -> int:
-        return self.num_negative - sum(block.size for block in self._negative_blocks)
+        return sum(block.nbytes for block in (*self._negatives, *self._positives))
 
     def _store_negatives(self, bits: np.ndarray) -> None:
-        start = self._buffered
-        if not self._negative_blocks and start + bits.size <= self._negatives.size:
-            self._negatives[start : start + bits.size] = bits
-        else:
-            self._negative_blocks.append(bits.copy())
+        self._negatives.append(bits)
         self.num_negative += bits.size
 
     def add(self, scores: np.ndarray, masks: np.ndarray) -> None:
@@ -229,36 +236,61 @@ class PixelAccumulator:
         self.min_score = min(self.min_score, scores.min())
         self.max_score = max(self.max_score, scores.max())
 
-    def compute(self, *, fpr_limit: float = 0.3, pro_compat: bool = False) -> CurveMetrics:
-        """Pixel AUROC, AP, F1-max and AUPRO; None where the class has only one pixel label. Consumes the pixels."""
-        negatives = self._negatives[: self._buffered]
-        if self._negative_blocks:
-            negatives = np.concatenate([negatives, *self._negative_blocks])
+    def compute(self, *, fpr_limit: float = 0.3, pro_compat: bool = False, curves: bool = True) -> CurveMetrics:
+        """Pixel AUROC, AP, F1-max and AUPRO (and their curves); None where the class has only one pixel label.
+        Consumes the pixels."""
+        negatives = self._negatives
         positives = np.concatenate(self._positives) if self._positives else np.zeros(0, np.uint64)
-        self._negatives, self._negative_blocks, self._positives = np.empty(0, np.uint32), [], []
+        self._negatives, self._positives = [], []
         if self.num_positive == 0 or self.num_negative == 0:
             return CurveMetrics(None, None, None, None, None)
-        sort_in_place(negatives)
+        parts = sorted_parts(negatives)
         positives.sort()
         sizes = np.concatenate(self._region_sizes).astype(np.float64)
         weights = np.zeros_like(sizes)
         weights[1:] = 1.0 / (self.num_regions * sizes[1:])  # a region's pixels add up to 1/R of PRO
         compat = _compat_thresholds(self.min_score, self.max_score) if pro_compat else None
-        return _metrics_from_sorted(negatives, positives, weights, fpr_limit, compat)
+        return _metrics_from_sorted(parts, positives, weights, fpr_limit, compat, curves)
 
 
-def sort_in_place(values: np.ndarray, workers: int | None = None) -> None:
-    """Sort a large array on every core: partition it in place into `workers` ranges of values (one O(n) pass),
-    then sort the ranges at once in threads (numpy's sort releases the GIL). No copy of the array is made."""
-    if workers is None:
-        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    if workers < 2 or values.size < PARALLEL_SORT_MIN:
-        values.sort()
-        return
-    bounds = [values.size * part // workers for part in range(workers + 1)]
-    values.partition(bounds[1:-1])
+def sorted_parts(blocks: list[np.ndarray], workers: int | None = None) -> list[np.ndarray]:
+    """Sort the blocks in place, at once in threads (numpy's sort releases the GIL); a block much larger than its
+    share is split first. The parts are never merged: what the metrics need of the normal pixels are counts below
+    a score, and counts add up over parts (`_count_below`)."""
+    workers = workers or cpu_workers()
+    total = sum(block.size for block in blocks)
+    if workers < 2 or total < PARALLEL_SORT_MIN:
+        parts = blocks
+    else:
+        share = -(-total // workers)  # ceil
+        parts = [block[start : start + share] for block in blocks for start in range(0, max(block.size, 1), share)]
+    parts = [part for part in parts if part.size]
+    if len(parts) < 2 or workers < 2:
+        for part in parts:
+            _sort_bits(part)
+        return parts
     with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(lambda part: values[bounds[part] : bounds[part + 1]].sort(), range(workers)))
+        list(pool.map(_sort_bits, sorted(parts, key=len, reverse=True)))  # largest first: balanced
+    return parts
+
+
+def _sort_bits(part: np.ndarray) -> None:
+    """Sort uint32 score bits in place. Large parts go through torch's radix sort (stable sort of int32), which is
+    about 1.5x numpy's sort on this data; the bits are viewed as int32 with the sign bit flipped, which keeps
+    their order."""
+    if part.size < TORCH_SORT_MIN:
+        part.sort()
+        return
+    values = torch.from_numpy(part.view(np.int32))  # shares the memory
+    values.bitwise_xor_(SIGN_BIT_INT)
+    ordered = torch.sort(values, stable=True).values
+    ordered.bitwise_xor_(SIGN_BIT_INT)
+    values.copy_(ordered)
+
+
+def _count_below(parts: list[np.ndarray], bits: np.ndarray, side: str = "left") -> np.ndarray:
+    """How many normal pixels have score bits below `bits` (side='left') or at most `bits` (side='right')."""
+    return sum(np.searchsorted(part, bits, side=side) for part in parts)  # type: ignore[call-overload,return-value]
 
 
 def _pack_keys(out: np.ndarray, score_bits: np.ndarray, regions: np.ndarray) -> None:
@@ -289,7 +321,7 @@ class ImageAccumulator:
         self.scores.append(scores)
         self.labels.append(labels.astype(np.int64))
 
-    def compute(self) -> CurveMetrics:
+    def compute(self, curves: bool = True) -> CurveMetrics:
         scores = np.concatenate(self.scores) if self.scores else np.zeros(0, np.float32)
         labels = np.concatenate(self.labels) if self.labels else np.zeros(0, np.int64)
         if labels.sum() in (0, labels.size):
@@ -300,7 +332,7 @@ class ImageAccumulator:
         positives = np.empty(int(anomalous.sum()), dtype=np.uint64)
         _pack_keys(positives, bits[anomalous], np.ones(positives.size, np.uint32))  # "region" 1: anomalous image
         positives.sort()
-        return _metrics_from_sorted(negatives, positives, np.array([0.0, 0.0]), fpr_limit=None, compat=None)
+        return _metrics_from_sorted([negatives], positives, np.array([0.0, 0.0]), None, None, curves)
 
 
 # ------------------------------------------------------------------------------------- curve metrics
@@ -314,17 +346,18 @@ def _compat_thresholds(min_score: np.float32, max_score: np.float32) -> np.ndarr
 
 
 def _metrics_from_sorted(
-    negatives: np.ndarray,
+    negatives: list[np.ndarray],
     positive_keys: np.ndarray,
     weights: np.ndarray,
     fpr_limit: float | None,
     compat: np.ndarray | None,
+    curves: bool = True,
 ) -> CurveMetrics:
-    """All metrics from the ascending score bits of the normal pixels (uint32) and the ascending keys of the
-    anomalous ones. Work beyond the sorts is proportional to the anomalous pixels (binary searches into the
-    normal ones)."""
+    """All metrics (and, with `curves`, the curves they integrate, thinned for drawing) from the score bits of the
+    normal pixels (uint32, in separately sorted parts) and the ascending keys of the anomalous ones. Work beyond
+    the sorts is proportional to the anomalous pixels (binary searches into the normal ones)."""
     num_positive = positive_keys.size
-    num_negative = negatives.size
+    num_negative = sum(part.size for part in negatives)
     positive_bits = (positive_keys >> np.uint64(REGION_BITS)).astype(np.uint32)
     pro_weights = weights[(positive_keys & REGION_MASK).astype(np.intp)]
 
@@ -332,8 +365,8 @@ def _metrics_from_sorted(
     first = np.flatnonzero(np.concatenate(([True], positive_bits[1:] != positive_bits[:-1])))
     group_bits = positive_bits[first]
     tp_in_group = np.diff(np.append(first, num_positive)).astype(np.float64)
-    negatives_below = np.searchsorted(negatives, group_bits, side="left").astype(np.float64)
-    fp_in_group = np.searchsorted(negatives, group_bits, side="right") - negatives_below
+    negatives_below = _count_below(negatives, group_bits).astype(np.float64)
+    fp_in_group = _count_below(negatives, group_bits, side="right") - negatives_below
     positives_below = first.astype(np.float64)
     tp_at = num_positive - positives_below  # score >= group score
     fp_at = num_negative - negatives_below
@@ -350,15 +383,17 @@ def _metrics_from_sorted(
 
     # the curves these sums integrate, vertex by vertex from the highest score down: within a group of tied
     # scores TP and FP grow together (a diagonal), between groups only FP grows (a horizontal step)
-    fpr_end, tpr_end = fp_at[::-1] / num_negative, tp_at[::-1] / num_positive
-    fpr_start, tpr_start = (fp_at - fp_in_group)[::-1] / num_negative, (tp_at - tp_in_group)[::-1] / num_positive
-    result.roc = _curve(
-        np.concatenate(([0.0], _interleave(fpr_start, fpr_end), [1.0])),
-        np.concatenate(([0.0], _interleave(tpr_start, tpr_end), [1.0])),
-        "AUROC",
-        auroc,
-    )
-    result.pr = _curve(_interleave(tpr_start, tpr_end), _interleave(precision[::-1], precision[::-1]), "AP", ap)
+    if curves:
+        fpr_end, tpr_end = fp_at[::-1] / num_negative, tp_at[::-1] / num_positive
+        fpr_start = (fp_at - fp_in_group)[::-1] / num_negative
+        tpr_start = (tp_at - tp_in_group)[::-1] / num_positive
+        result.roc = _curve(
+            np.concatenate(([0.0], _interleave(fpr_start, fpr_end), [1.0])),
+            np.concatenate(([0.0], _interleave(tpr_start, tpr_end), [1.0])),
+            "AUROC",
+            auroc,
+        )
+        result.pr = _curve(_interleave(tpr_start, tpr_end), _interleave(precision[::-1], precision[::-1]), "AP", ap)
 
     if fpr_limit is not None or compat is not None:
         cum_weights = np.concatenate(([0.0], np.cumsum(pro_weights)))  # weight of positives below index
@@ -366,7 +401,8 @@ def _metrics_from_sorted(
     if fpr_limit is not None:
         xs, ys = _pro_curve(fp_at, fp_in_group, pro_at, num_negative)
         result.aupro = _area_up_to(xs, ys, fpr_limit) / fpr_limit
-        result.pro = _curve(xs, ys, "AUPRO", result.aupro, fpr_limit)
+        if curves:
+            result.pro = _curve(xs, ys, "AUPRO", result.aupro, fpr_limit)
     if compat is not None:
         # pixels strictly above a float64 threshold = float32 scores >= the next float32 above it
         bounds = compat.astype(np.float32)
@@ -374,7 +410,7 @@ def _metrics_from_sorted(
         bound_bits = _ordered_bits32(bounds)
         bound_keys = bound_bits.astype(np.uint64) << np.uint64(REGION_BITS)
         positives_not_above = np.searchsorted(positive_keys, bound_keys, side="left")
-        fp_above = num_negative - np.searchsorted(negatives, bound_bits, side="left")
+        fp_above = num_negative - _count_below(negatives, bound_bits)
         pro_above = np.minimum(cum_weights[-1] - cum_weights[positives_not_above], 1.0)
         result.aupro_compat = _compat_aupro(fp_above / num_negative, pro_above, fpr_limit or 0.3)
     return result
@@ -496,10 +532,7 @@ def compute_metrics(
 ) -> AnomalyMetrics:
     """All metrics of one class. `pixel_scores` (N, H, W) float, `masks` (N, H, W) 0/1 or bool (or both None
     for image-level only), `image_scores` and `image_labels` (N,)."""
-    expected = None if pixel_scores is None else int(np.prod(np.shape(pixel_scores)))
-    accumulator = ClassMetricsAccumulator(
-        fpr_limit=fpr_limit, pro_compat=pro_compat, binarize=binarize, expected_pixels=expected
-    )
+    accumulator = ClassMetricsAccumulator(fpr_limit=fpr_limit, pro_compat=pro_compat, binarize=binarize)
     accumulator.add(image_scores, image_labels, pixel_scores, masks)
     return accumulator.compute()
 
@@ -507,19 +540,12 @@ def compute_metrics(
 class ClassMetricsAccumulator:
     """Batch-by-batch evaluation of one class: `add(...)` per batch, `compute()` once."""
 
-    def __init__(
-        self,
-        *,
-        fpr_limit: float = 0.3,
-        pro_compat: bool = False,
-        binarize: bool = False,
-        expected_pixels: int | None = None,
-    ) -> None:
+    def __init__(self, *, fpr_limit: float = 0.3, pro_compat: bool = False, binarize: bool = False) -> None:
         if not 0 < fpr_limit <= 1:
             raise MetricsInputError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
         self.fpr_limit = fpr_limit
         self.pro_compat = pro_compat
-        self.pixels = PixelAccumulator(binarize=binarize, expected_pixels=expected_pixels)
+        self.pixels = PixelAccumulator(binarize=binarize)
         self.images = ImageAccumulator()
         self.has_pixels = False
 
@@ -551,13 +577,14 @@ class ClassMetricsAccumulator:
         self.has_pixels = True
 
     def compute(self) -> AnomalyMetrics:
-        return self.evaluate().metrics
+        """The metrics alone (the curves are not built). Consumes the pixels."""
+        return self.evaluate(curves=False).metrics
 
-    def evaluate(self) -> ClassEvaluation:
-        """The metrics and the curves behind them (one computation). Consumes the pixel keys."""
-        image = self.images.compute()
+    def evaluate(self, curves: bool = True) -> ClassEvaluation:
+        """The metrics and the curves behind them (one computation). Consumes the pixels."""
+        image = self.images.compute(curves)
         pixel = (
-            self.pixels.compute(fpr_limit=self.fpr_limit, pro_compat=self.pro_compat)
+            self.pixels.compute(fpr_limit=self.fpr_limit, pro_compat=self.pro_compat, curves=curves)
             if self.has_pixels
             else CurveMetrics(None, None, None)
         )
@@ -571,8 +598,8 @@ class ClassMetricsAccumulator:
             pixel.aupro,
             pixel.aupro_compat if self.pro_compat else None,
         )
-        curves = ClassCurves(image.roc, image.pr, pixel.roc, pixel.pr, pixel.pro, image.f1_threshold)
-        return ClassEvaluation(metrics, curves)
+        drawn = ClassCurves(image.roc, image.pr, pixel.roc, pixel.pr, pixel.pro, image.f1_threshold)
+        return ClassEvaluation(metrics, drawn)
 
 
 def mean_metrics(per_class: dict[str, AnomalyMetrics]) -> AnomalyMetrics:

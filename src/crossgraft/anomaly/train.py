@@ -50,6 +50,7 @@ from crossgraft.anomaly.config import (
 from crossgraft.anomaly.data import (
     AnomalyDataset,
     AugmentConfig,
+    EvalTransform,
     Sample,
     TrainTransform,
     get_spec,
@@ -58,6 +59,7 @@ from crossgraft.anomaly.data import (
 )
 from crossgraft.anomaly.evaluate import evaluate_model
 from crossgraft.anomaly.fair import BaseAdapters, banner, initialization_summary, load_base_adapters, loaded_banner
+from crossgraft.anomaly.feature_cache import Stage1FeatureCache
 from crossgraft.anomaly.losses import stage1_loss, stage2_loss
 from crossgraft.anomaly.metrics import mean_metrics
 from crossgraft.anomaly.model import AdaptedCLIP, TextSide
@@ -115,7 +117,7 @@ class Stage:
     name: str  # "text" or "image"
     epochs: int
     batch_size: int
-    transform: TrainTransform
+    transform: EvalTransform  # TrainTransform (augmented) or EvalTransform (resize only)
     groups: dict[str, list[torch.nn.Parameter]]  # trainable parameters by module
     optimizer: Adam
     loss: Callable[[Batch], torch.Tensor]
@@ -402,10 +404,23 @@ def train_round(
     logger, device = runner.logger, runner.accelerator.device
     variant, quirks = config.variant, config.quirks.resolve()
 
+    cache = (
+        Stage1FeatureCache(round_dir, len(runner.samples), config.stage1_cache_dtype, runner.accelerator.process_index)
+        if config.cache_stage1_features
+        else None
+    )
+
     def text_loss(batch: Batch) -> torch.Tensor:
         images, masks, labels = (batch[k].to(device) for k in ("image", "mask", "label"))
         class_texts = [texts[name] for name in batch["class_name"]]
-        return stage1_loss(model, images, masks, labels, class_texts, quirks, config.text_norm_weight, round_index > 1)
+        frozen = (
+            cache.features(model.backbone, images, batch["index"], model.surgery_from, model.vv_mode)
+            if cache is not None
+            else None
+        )
+        return stage1_loss(
+            model, images, masks, labels, class_texts, quirks, config.text_norm_weight, round_index > 1, frozen
+        )
 
     text_groups = trainable_groups(model, "text")
     text_optimizer = Adam([p for group in text_groups.values() for p in group], lr=config.text_lr, betas=BETAS)
@@ -414,7 +429,9 @@ def train_round(
         name="text",
         epochs=config.text_epoch,
         batch_size=config.text_batch_size,
-        transform=TrainTransform(model.backbone.image_size, AugmentConfig(color_jitter=False)),
+        transform=TrainTransform(model.backbone.image_size, AugmentConfig(color_jitter=False))
+        if quirks.stage1_augment
+        else EvalTransform(model.backbone.image_size),
         groups=text_groups,
         optimizer=text_optimizer,
         loss=text_loss,
@@ -424,7 +441,11 @@ def train_round(
     if variant != "base":
         initialization_summary(logger, model, 1, round_index, base, trained_text=False)
         banner(logger, "STAGE 1: TEXT ADAPTER TRAINING WITH CROSS-ATTENTION", [])
-    runner.run(text_stage, text_start, round_dir / text_file(variant))
+    try:
+        runner.run(text_stage, text_start, round_dir / text_file(variant))
+    finally:
+        if cache is not None:
+            cache.close()
 
     model.eval()
     with torch.no_grad():  # anchors are frozen in stage 2: per class, unless the text attends to the image
