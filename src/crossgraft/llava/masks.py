@@ -10,6 +10,8 @@ and nothing becomes NaN; such positions are never learned from.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 RULES = ("causal", "within_modality", "cross_modality")
@@ -82,3 +84,47 @@ def layer_masks(
         allowed = allowed_keys(key_is_real, key_is_image, effective, queries)
         masks[rule] = allowed if sdpa else additive(allowed, dtype)
     return masks
+
+
+def flex_block_masks(
+    key_is_real: torch.Tensor, key_is_image: torch.Tensor, rules: set[str], queries: int | None = None
+) -> dict[str, Any]:
+    """The same rules as `allowed_keys`, as flex_attention BlockMasks (one per rule): blocks that no query may
+    attend to are skipped by the kernel, so an alternating layer costs about what its allowed blocks cost, instead
+    of a dense masked attention. key_is_real, key_is_image: (B, K); the queries are the last `queries` keys."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    batch, keys = key_is_real.shape
+    queries = keys if queries is None else queries
+    offset = keys - queries
+    real, image = key_is_real.bool(), key_is_image.bool()
+    image_seen = torch.cumsum(real & image, dim=1)[:, offset:]  # (B, Q) real image keys up to the query
+    text_seen = torch.cumsum(real & ~image, dim=1)[:, offset:]
+    query_is_image = image[:, offset:]
+    empty = {  # (B, Q): queries that may attend to nothing and attend to themselves instead (see allowed_keys)
+        "causal": image_seen + text_seen == 0,
+        "within_modality": torch.where(query_is_image, image_seen, text_seen) == 0,
+        "cross_modality": (torch.where(query_is_image, text_seen, image_seen) == 0) & ~real[:, offset:],
+    }
+    text_only = not bool(image.any())
+
+    def rule_mask(rule: str) -> Any:
+        alone = empty[rule]
+
+        def mask_mod(b: torch.Tensor, h: torch.Tensor, q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:
+            position = q + offset
+            allowed = (kv <= position) & real[b, kv]
+            if rule == "within_modality":
+                allowed = allowed & (image[b, kv] == image[b, position])
+            elif rule == "cross_modality":
+                allowed = allowed & ((image[b, kv] != image[b, position]) | (kv == position))
+            return allowed | (alone[b, q] & (kv == position))
+
+        return create_block_mask(mask_mod, batch, None, queries, keys, device=key_is_real.device)
+
+    built: dict[str, Any] = {}
+    for rule in rules:
+        effective = "causal" if rule == "within_modality" and text_only else rule
+        if effective not in built:
+            built[effective] = rule_mask(effective)
+    return {rule: built["causal" if rule == "within_modality" and text_only else rule] for rule in rules}

@@ -38,10 +38,10 @@ from crossgraft.llava.configuration import (
     LlavaQwenAlternatingCrossConfig,
     LlavaQwenConfig,
 )
-from crossgraft.llava.masks import additive, layer_masks
+from crossgraft.llava.masks import additive, flex_block_masks, layer_masks
 from crossgraft.llava.vision import SigLipVisionTower, build_projector
 
-SUPPORTED_ATTENTION = ("eager", "sdpa")
+SUPPORTED_ATTENTION = ("eager", "sdpa", "flex_attention")
 # transformers renamed the decoder layers' cache argument (past_key_values → cache); pass it by the name it has.
 CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(Qwen2DecoderLayer.forward).parameters else "past_key_values"
 
@@ -52,7 +52,7 @@ def check_attention_implementation(name: str | None) -> None:
     raise LlavaConfigError(
         f"attn_implementation {name!r} is not supported: the alternating layers need an arbitrary per-layer mask "
         "(text↔text, image↔image), which flash-attention's causal/varlen kernels cannot express. "
-        "Use 'sdpa' (default) or 'eager'."
+        "Use 'sdpa' (default), 'flex_attention' (block-sparse masks, compiled on first use) or 'eager'."
     )
 
 
@@ -176,7 +176,7 @@ class LlavaQwenPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["Qwen2DecoderLayer", "SiglipEncoderLayer", "GatedCrossAttentionBlock"]
     _supports_sdpa = True
     _supports_flash_attn = False
-    _supports_flex_attn = False
+    _supports_flex_attn = True
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -351,9 +351,12 @@ class LlavaQwenModel(LlavaQwenPreTrainedModel):
         query_is_text = ~key_is_image[:, -queries:]  # (B, Q)
 
         rules = {self.layer_rule(i) for i in range(len(self.layers))}
-        masks = layer_masks(  # (B, 1, Q, K) each, or None for a plain causal sdpa layer
-            attention_mask, key_is_image, rules, inputs_embeds.dtype, self.config._attn_implementation, queries
-        )
+        if self.config._attn_implementation == "flex_attention":  # block-sparse: skipped blocks cost nothing
+            masks = flex_block_masks(attention_mask, key_is_image, rules, queries)
+        else:
+            masks = layer_masks(  # (B, 1, Q, K) each, or None for a plain causal sdpa layer
+                attention_mask, key_is_image, rules, inputs_embeds.dtype, self.config._attn_implementation, queries
+            )
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids)
         cache_argument = {CACHE_ARGUMENT: cache} if cache is not None else {}
