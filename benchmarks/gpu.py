@@ -7,7 +7,8 @@ Rows, every ratio measured in this run:
 - one stage-1 and one stage-2 training step (batch 2 at 518 px);
 - the exported anomaly graph through ONNX Runtime's CUDA provider, when onnxruntime-gpu is installed;
 - one LLaVA training step per variant at Qwen2-0.5B widths (4 layers, 4096 tokens: four 729-token images
-  between text) with sdpa and with flex_attention (block masks from the modality segments).
+  between text) with sdpa and with flex_attention (block masks from the modality segments). In --dry the flex rows
+  time the forward pass only (FlexAttention has no backward on the CPU).
 
 `--dry` runs the same code paths at tiny sizes on the CPU (the test suite does), so the script is known to work
 before a device is. Without CUDA and without `--dry` it stops at once and says so.
@@ -30,9 +31,8 @@ import torch
 from llava_bench import QWEN2_05B
 from train_bench import CLASS_TEXTS, build, stage1_step, stage2_step, test_batch
 
-from crossgraft.anomaly.backbone import FrozenCLIP
+from crossgraft.anomaly.backbone import FrozenCLIP, build_tiny_clip
 from crossgraft.anomaly.model import AdaptedCLIP
-from crossgraft.anomaly.tiny_tokenizer import build_tiny_tokenizer
 from crossgraft.llava import MODEL_CLASSES
 from crossgraft.llava.configuration import IMAGE_TOKEN_INDEX
 
@@ -42,18 +42,6 @@ LLAVA_VARIANTS = (
     ("alternating_cross gated", "llava_qwen_with_alternating_cross_attn", {"xattn_mode": "gated"}),
     ("alternating_cross mask", "llava_qwen_with_alternating_cross_attn", {"xattn_mode": "mask"}),
 )
-TINY_CLIP = {
-    "text_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2},
-    "vision_config": {
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 4,
-        "num_attention_heads": 2,
-        "image_size": 56,
-        "patch_size": 14,
-    },
-    "projection_dim": 16,
-}
 
 
 class Sizes:
@@ -62,7 +50,7 @@ class Sizes:
     def __init__(self, dry: bool) -> None:
         self.dry = dry
         self.device = "cpu" if dry else "cuda"
-        self.img_size = 56 if dry else 518
+        self.img_size = 64 if dry else 518
         self.test_batch = 2 if dry else 32
         self.repeats = 1 if dry else 5
         self.llava_layers = 2 if dry else 4
@@ -96,14 +84,8 @@ def timed(step: Callable[[], object], repeats: int, device: str) -> float:
 def anomaly_model(sizes: Sizes) -> AdaptedCLIP:
     if not sizes.dry:
         return build(sizes.img_size, sizes.device)
-    from transformers import CLIPConfig, CLIPModel
-
-    tokenizer = build_tiny_tokenizer()
-    config = CLIPConfig(**TINY_CLIP)
-    config.text_config.vocab_size = len(tokenizer)
-    config.text_config.eos_token_id = tokenizer.eos_token_id
-    torch.manual_seed(0)
-    backbone = FrozenCLIP(CLIPModel(config), tokenizer, image_size=sizes.img_size, gelu="exact")
+    clip, tokenizer = build_tiny_clip()  # the `tiny` preset
+    backbone = FrozenCLIP(clip, tokenizer, image_size=sizes.img_size, gelu="exact")
     return AdaptedCLIP(backbone).to(sizes.device)
 
 
@@ -112,15 +94,14 @@ def anomaly_rows(sizes: Sizes) -> list[tuple[str, str]]:
     images = torch.randn(sizes.test_batch, 3, sizes.img_size, sizes.img_size, device=sizes.device)
     rows = []
     for precision in ("fp32", "bf16"):
-        autocast = torch.autocast(sizes.device, dtype=torch.bfloat16, enabled=precision == "bf16")
-        cache: dict = {}
+        bf16 = precision == "bf16"
 
-        def ours() -> None:
-            with torch.no_grad(), autocast:
+        def ours(bf16: bool = bf16, cache: dict = {}) -> None:  # noqa: B006 (the class text, kept across calls)
+            with torch.no_grad(), torch.autocast(sizes.device, dtype=torch.bfloat16, enabled=bf16):
                 test_batch(model, images, cache)
 
-        def bare() -> None:
-            with torch.no_grad(), autocast:
+        def bare(bf16: bool = bf16) -> None:
+            with torch.no_grad(), torch.autocast(sizes.device, dtype=torch.bfloat16, enabled=bf16):
                 model.backbone.clip.vision_model(pixel_values=images, interpolate_pos_encoding=True)
 
         ours_s, bare_s = timed(ours, sizes.repeats, sizes.device), timed(bare, sizes.repeats, sizes.device)
@@ -145,7 +126,9 @@ def anomaly_rows(sizes: Sizes) -> list[tuple[str, str]]:
         ("stage-2 step", lambda: stage2_step(model, small, masks, labels)),
     ):
         seconds = timed(step, sizes.repeats, sizes.device)
-        rows.append((f"{name}, batch 2, {sizes.img_size} px", f"{seconds:.3f} s; {seconds / bare_s:.2f}x a bare forward"))
+        rows.append(
+            (f"{name}, batch 2, {sizes.img_size} px", f"{seconds:.3f} s; {seconds / bare_s:.2f}x a bare forward")
+        )
     rows.append(deploy_row(model.eval(), sizes))
     return rows
 
@@ -208,7 +191,11 @@ def llava_rows(sizes: Sizes) -> list[tuple[str, str]]:
             config._attn_implementation = attention
             torch.manual_seed(0)
             model = MODEL_CLASSES[model_type](config).to(sizes.device, dtype).train()
-            seconds = timed(lambda model=model: model(**batch).loss.backward(), sizes.repeats, sizes.device)
+            if sizes.dry and attention == "flex_attention":  # FlexAttention has no backward on the CPU
+                with torch.no_grad():
+                    seconds = timed(lambda model=model: model(**batch).loss, sizes.repeats, sizes.device)
+            else:
+                seconds = timed(lambda model=model: model(**batch).loss.backward(), sizes.repeats, sizes.device)
             base_step.setdefault(attention, seconds)  # the first variant is base
             steps.append(f"{attention} {seconds:.3f} s ({seconds / base_step[attention]:.2f}x base)")
             del model

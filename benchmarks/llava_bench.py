@@ -10,7 +10,12 @@ Rows: plain Qwen2ForCausalLM on as many text tokens (sdpa, is_causal); llava_qwe
 Ratios are against the plain Qwen2 step and against our base step, measured in this run; the rows take
 turns in every round, so drift of the machine hits all of them alike.
 
+`--attention sdpa,flex_attention` adds each variant with flex_attention (block masks from the modality segments;
+compiled on first use). FlexAttention has no backward pass on the CPU, so on the CPU `--forward_only` times the
+forward pass alone.
+
     python benchmarks/llava_bench.py [--layers 4] [--batch 2] [--vocab_size 151936] [--repeats 3] [--device cpu]
+                                     [--attention sdpa,flex_attention --forward_only]
 """
 
 from __future__ import annotations
@@ -73,7 +78,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per row (median reported)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--attention", default="sdpa", help="comma-separated: sdpa, flex_attention, eager")
+    parser.add_argument("--forward_only", action="store_true", help="time forward passes (no backward)")
     args = parser.parse_args()
+    attentions = args.attention.split(",")
+    if "flex_attention" in attentions and not args.device.startswith("cuda") and not args.forward_only:
+        parser.error("FlexAttention has no backward pass on the CPU: add --forward_only")
     dtype = getattr(torch, args.dtype)
     torch.manual_seed(0)
 
@@ -90,7 +100,15 @@ def main() -> None:
     qwen = Qwen2ForCausalLM(Qwen2Config(**language, attn_implementation="sdpa")).to(args.device, dtype)
     length = TEXT_BEFORE + 729 + TEXT_AFTER
     plain_ids = torch.randint(0, args.vocab_size, (args.batch, length), generator=generator).to(args.device)
-    steps["plain Qwen2 (same tokens)"] = lambda: qwen(input_ids=plain_ids, labels=plain_ids).loss.backward()
+
+    def run(model: torch.nn.Module, **inputs: torch.Tensor) -> None:
+        if args.forward_only:
+            with torch.no_grad():
+                model(**inputs)
+        else:
+            model(**inputs).loss.backward()
+
+    steps["plain Qwen2 (same tokens)"] = lambda: run(qwen, input_ids=plain_ids, labels=plain_ids)
 
     variants = (
         ("llava_qwen (base)", "llava_qwen", {}),
@@ -98,19 +116,23 @@ def main() -> None:
         ("alternating_cross gated", "llava_qwen_with_alternating_cross_attn", {"xattn_mode": "gated"}),
         ("alternating_cross mask", "llava_qwen_with_alternating_cross_attn", {"xattn_mode": "mask"}),
     )
-    for name, model_type, extra in variants:
-        config_class = MODEL_CLASSES[model_type].config_class
-        config = config_class(**language, **extra, mm_vision_tower="bench-siglip", vision_config=dict(TOWER))
-        config._attn_implementation = "sdpa"
-        model = MODEL_CLASSES[model_type](config).to(args.device, dtype).train()
-        steps[name] = lambda model=model: model(**batch).loss.backward()
+    for attention in attentions:
+        for name, model_type, extra in variants:
+            config_class = MODEL_CLASSES[model_type].config_class
+            config = config_class(**language, **extra, mm_vision_tower="bench-siglip", vision_config=dict(TOWER))
+            config._attn_implementation = attention
+            model = MODEL_CLASSES[model_type](config).to(args.device, dtype).train()
+            label = name if attention == "sdpa" else f"{name} [{attention}]"
+            steps[label] = lambda model=model: run(model, **batch)
     rows = time_round_robin(steps, args.repeats, args.device)
 
-    plain, base = rows["plain Qwen2 (same tokens)"][0], rows["llava_qwen (base)"][0]
+    base_row = "llava_qwen (base)" if "sdpa" in attentions else f"llava_qwen (base) [{attentions[0]}]"
+    plain, base = rows["plain Qwen2 (same tokens)"][0], rows[base_row][0]
+    what = "forward pass" if args.forward_only else "training step"
     print(f"device {args.device}, {args.dtype}, {args.layers} layers, batch {args.batch}, {length} tokens per sample")
-    print(f"{'row':28} {'step (s)':>9} {'vs plain':>9} {'vs base':>8} {'peak GiB':>9}")
+    print(f"{'row (' + what + ')':44} {'time (s)':>9} {'vs plain':>9} {'vs base':>8} {'peak GiB':>9}")
     for name, (seconds, peak) in rows.items():
-        print(f"{name:28} {seconds:9.3f} {seconds / plain:8.2f}x {seconds / base:7.2f}x {peak:9.2f}")
+        print(f"{name:44} {seconds:9.3f} {seconds / plain:8.2f}x {seconds / base:7.2f}x {peak:9.2f}")
 
 
 if __name__ == "__main__":

@@ -7,20 +7,30 @@ computes their gradients). Both sides run in this process on the same inputs; th
 The test-batch row compares our full test-time pass (adapted ViT + maps) with a bare CLIP vision forward.
 The last rows time the cross_attn variant's steps and test batch next to the base model's (ours both).
 
+The floors: every step is also printed as a multiple of a bare CLIP vision forward of the same batch (stage 1,
+stage 2 and a test batch, for base and for cross_attn). `--profile` adds torch.profiler tables of one stage-1
+and one stage-2 step, by module (vision blocks, text blocks, adapters, cross-attention, losses) and by operator.
+`--cache_epochs N` times stage 1 of an N-text-epoch run on --cache_images images with and without
+--cache_stage1_features (fixed preset: no augmentation, V-V over tokens).
+
     python benchmarks/train_bench.py [--img_size 336] [--batch 2] [--repeats 2] [--device cpu]
+                                     [--profile] [--cache_epochs 5 --cache_images 16]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 from transformers import CLIPConfig, CLIPModel
 
 from crossgraft.anomaly.backbone import FrozenCLIP
 from crossgraft.anomaly.config import PRESETS, CrossAttentionConfig
+from crossgraft.anomaly.feature_cache import Stage1FeatureCache
 from crossgraft.anomaly.infer import anomaly_maps, batch_text
 from crossgraft.anomaly.losses import (
     orthogonality_loss,
@@ -127,6 +137,62 @@ def variant_stage1_step(model: AdaptedCLIP, images, masks, labels) -> None:
     stage1_loss(model, images, masks, labels, CLASS_TEXTS * len(images), PRESETS["reference"], 0.1).backward()
 
 
+def stage1_epochs(model: AdaptedCLIP, images, masks, labels, epochs: int, batch: int, cache) -> None:
+    """Stage 1 of a run: `epochs` passes over the images (text adapter steps), frozen features from `cache`
+    (a Stage1FeatureCache) when given."""
+    indices = torch.arange(len(images))
+    for _ in range(epochs):
+        for start in range(0, len(images), batch):
+            part = slice(start, start + batch)
+            frozen = (
+                cache.features(model.backbone, images[part], indices[part], model.surgery_from, model.vv_mode)
+                if cache is not None
+                else None
+            )
+            model.zero_grad(set_to_none=True)
+            texts = CLASS_TEXTS * len(images[part])
+            stage1_loss(
+                model, images[part], masks[part], labels[part], texts, PRESETS["fixed"], 0.1, frozen=frozen
+            ).backward()
+
+
+def profile_steps(model: AdaptedCLIP, steps: dict) -> None:
+    """torch.profiler tables of each step: time by module (forward hooks open a named range per module kind) and
+    the top operators."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    kinds = {
+        "vision block": [m for m in model.backbone.clip.vision_model.encoder.layers],
+        "text block": [m for m in model.backbone.clip.text_model.encoder.layers],
+        "text adapter": [model.text_adapter] if getattr(model, "text_adapter", None) is not None else [],
+        "image adapter": [model.image_adapter],
+        "cross-attention": [m for m in (model.text_cross_attn, model.image_cross_attn) if m is not None],
+    }
+    handles, open_ranges = [], []
+    for kind, modules in kinds.items():
+        for module in modules:
+            handles.append(
+                module.register_forward_pre_hook(
+                    lambda *_, kind=kind: open_ranges.append(record_function(f"module: {kind}").__enter__())
+                )
+            )
+            handles.append(module.register_forward_hook(lambda *_: open_ranges.pop().__exit__(None, None, None)))
+    try:
+        for name, step in steps.items():
+            step()  # warm-up
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                step()
+            averages = prof.key_averages()
+            modules = [a for a in averages if a.key.startswith("module: ")]
+            print(f"\nprofile of one {name} (forward time by module; the backward runs outside the hooks):")
+            for a in sorted(modules, key=lambda a: -a.cpu_time_total):
+                print(f"  {a.key[8:]:<18}{a.cpu_time_total / 1e6:>8.3f} s  ({a.count} calls)")
+            print(averages.table(sort_by="self_cpu_time_total", row_limit=12))
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def test_batch(model: AdaptedCLIP, images, cache: dict) -> None:
     """What `crossgraft anomaly test` does per batch (class text cached unless it attends to the image)."""
     anomaly_maps(model, images, batch_text(model, True, CLASS_TEXTS[0], images, cache), "industrial")
@@ -138,6 +204,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2, help="images per step")
     parser.add_argument("--repeats", type=int, default=2, help="timed repeats after one warm-up (median)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--profile", action="store_true", help="torch.profiler tables of a stage-1 and a stage-2 step")
+    parser.add_argument("--skip_naive", action="store_true", help="leave out the naive-baseline rows")
+    parser.add_argument("--cache_epochs", type=int, default=0, help="time stage 1 of an N-epoch run, cache vs none")
+    parser.add_argument("--cache_images", type=int, default=16, help="training images of that stage-1 timing")
     args = parser.parse_args()
 
     model = build(args.img_size, args.device)
@@ -146,50 +216,83 @@ def main() -> None:
     masks = (torch.rand(args.batch, args.img_size, args.img_size, device=args.device) > 0.95).float()
     labels = torch.ones(args.batch, dtype=torch.long, device=args.device)
 
-    rows = []
-    ours = timed(lambda: stage1_step(model, images, masks, naive=False), args.repeats)
-    backbone.requires_grad_(True)
-    naive = timed(lambda: stage1_step(model, images, masks, naive=True), args.repeats)
-    backbone.requires_grad_(False)
-    rows.append(("stage-1 step", ours, naive, "naive / ours"))
-
-    ours = timed(lambda: stage2_step(model, images, masks, labels), args.repeats)
-    backbone.requires_grad_(True)
-    naive = timed(lambda: stage2_step(model, images, masks, labels), args.repeats)
-    backbone.requires_grad_(False)
-    rows.append(("stage-2 step", ours, naive, "naive / ours"))
-
-    model.eval()
-    cache: dict = {}  # the class text is encoded once per class in an evaluation, not per batch
-    ours = timed(lambda: test_batch(model, images, cache), args.repeats)
     with torch.no_grad():
         bare = timed(
             lambda: backbone.clip.vision_model(pixel_values=images, interpolate_pos_encoding=True), args.repeats
         )
-    rows.append(("test batch", ours, bare, "ours / bare CLIP"))
+    rows = []
+    if not args.skip_naive:
+        ours = timed(lambda: stage1_step(model, images, masks, naive=False), args.repeats)
+        backbone.requires_grad_(True)
+        naive = timed(lambda: stage1_step(model, images, masks, naive=True), args.repeats)
+        backbone.requires_grad_(False)
+        rows.append(("stage-1 step", ours, naive, "naive / ours"))
+        ours = timed(lambda: stage2_step(model, images, masks, labels), args.repeats)
+        backbone.requires_grad_(True)
+        naive = timed(lambda: stage2_step(model, images, masks, labels), args.repeats)
+        backbone.requires_grad_(False)
+        rows.append(("stage-2 step", ours, naive, "naive / ours"))
 
     torch.manual_seed(0)
     cross = AdaptedCLIP(backbone, cross=CrossAttentionConfig(variant="cross_attn")).to(args.device)  # reference
-    model.train()
-    cross.train()
-    for name, step in (("stage-1 step", variant_stage1_step), ("stage-2 step", stage2_step)):
-        base_s = timed(lambda step=step: step(model, images, masks, labels), args.repeats)
-        cross_s = timed(lambda step=step: step(cross, images, masks, labels), args.repeats)
-        rows.append((f"{name} x-attn", cross_s, base_s, "x-attn / base"))
-    cross.eval()
-    model.eval()
-    base_s = timed(lambda: test_batch(model, images, cache), args.repeats)
-    cross_s = timed(lambda: test_batch(cross, images, {}), args.repeats)
-    rows.append(("test x-attn", cross_s, base_s, "x-attn / base"))
+    floors = []  # (row, seconds): each step as a multiple of the bare forward
+    for label, adapted in (("base", model), ("cross_attn", cross)):
+        adapted.train()
+        for name, step in (("stage-1 step", variant_stage1_step), ("stage-2 step", stage2_step)):
+            floors.append(
+                (f"{name} {label}", timed(lambda s=step, m=adapted: s(m, images, masks, labels), args.repeats))
+            )
+        adapted.eval()
+        test_s = timed(lambda m=adapted, c={}: test_batch(m, images, c), args.repeats)
+        floors.append((f"test batch {label}", test_s))
 
     print(
         f"ViT-L/14-336 sizes, random weights, {args.img_size} px ({backbone.grid_size}x{backbone.grid_size} "
         f"patches), batch {args.batch}, device {args.device}, median of {args.repeats}"
     )
-    print(f"{'':<20}{'crossgraft s':>14}{'baseline s':>12}   ratio")
-    for name, ours_s, base_s, label in rows:
-        ratio = base_s / ours_s if label == "naive / ours" else ours_s / base_s  # x-attn rows: cost over base
-        print(f"{name:<20}{ours_s:>14.2f}{base_s:>12.2f}   {ratio:.2f}x ({label})")
+    if rows:
+        print(f"{'':<22}{'crossgraft s':>14}{'baseline s':>12}   ratio")
+        for name, ours_s, base_s, label in rows:
+            print(f"{name:<22}{ours_s:>14.2f}{base_s:>12.2f}   {base_s / ours_s:.2f}x ({label})")
+    print(f"\n{'each step':<24}{'s':>8}   x a bare vision forward ({bare:.2f} s)")
+    for name, seconds in floors:
+        print(f"{name:<24}{seconds:>8.2f}   {seconds / bare:.2f}x")
+
+    if args.profile:
+        model.train()
+        profile_steps(
+            model,
+            {
+                "stage-1 step": lambda: variant_stage1_step(model, images, masks, labels),
+                "stage-2 step": lambda: stage2_step(model, images, masks, labels),
+            },
+        )
+    if args.cache_epochs:
+        cache_timing(model, args)
+
+
+def cache_timing(model: AdaptedCLIP, args: argparse.Namespace) -> None:
+    """Stage 1 of a run on --cache_images images: every epoch computing the frozen features, or the first only."""
+    model.train()
+    model.vv_mode = "tokens"  # the cache's condition (fixed preset)
+    count, size = args.cache_images, args.img_size
+    images = torch.randn(count, 3, size, size, device=args.device)
+    masks = (torch.rand(count, size, size, device=args.device) > 0.95).float()
+    labels = torch.ones(count, dtype=torch.long, device=args.device)
+    batch = 16  # the public --text_batch_size
+    start = time.perf_counter()
+    stage1_epochs(model, images, masks, labels, args.cache_epochs, batch, None)
+    computed = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as folder:
+        cache = Stage1FeatureCache(Path(folder), count, "float16")
+        start = time.perf_counter()
+        stage1_epochs(model, images, masks, labels, args.cache_epochs, batch, cache)
+        cached = time.perf_counter() - start
+        cache.close()
+    print(
+        f"\nstage 1, {args.cache_epochs} text epochs, {count} images at {size} px, batch {batch}: features computed "
+        f"every epoch {computed:.1f} s, cached (fp16 memmap) {cached:.1f} s: {computed / cached:.2f}x"
+    )
 
 
 if __name__ == "__main__":

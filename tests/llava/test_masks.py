@@ -1,5 +1,6 @@
 """The attention rules, checked by hand on a 6-token example."""
 
+import pytest
 import torch
 
 from crossgraft.llava.masks import additive, allowed_keys, layer_masks
@@ -60,3 +61,30 @@ def test_unpadded_causal_sdpa_layers_need_no_mask():
     padded = layer_masks(RIGHT_REAL, RIGHT_IMAGE, {"causal"}, torch.float32, "sdpa")["causal"]
     assert padded.dtype == torch.bool
     assert layer_masks(RIGHT_REAL, RIGHT_IMAGE, {"causal"}, torch.float32, "eager")["causal"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("queries", [None, 3, 1])
+@pytest.mark.parametrize("rule", ["causal", "within_modality", "cross_modality"])
+def test_flex_block_masks_attend_like_the_dense_masks(rule, queries):
+    """flex_attention (eager, uncompiled) with the block mask gives what sdpa gives with the dense boolean mask,
+    for right and left padding, text-only rows, and the last Q queries of a cached step."""
+    import warnings
+
+    import torch.nn.functional as F
+    from torch.nn.attention.flex_attention import flex_attention
+
+    from crossgraft.llava.masks import flex_block_masks
+
+    real = torch.cat([RIGHT_REAL, LEFT_REAL, torch.ones_like(LEFT_REAL)])  # (3, 6)
+    image = torch.cat([RIGHT_IMAGE, LEFT_IMAGE, torch.zeros_like(LEFT_IMAGE)])  # the third row: text only
+    generator = torch.Generator().manual_seed(0)
+    count = 6 if queries is None else queries
+    q = torch.randn(3, 2, count, 8, generator=generator)
+    k, v = torch.randn(3, 2, 6, 8, generator=generator), torch.randn(3, 2, 6, 8, generator=generator)
+    dense = allowed_keys(real, image, rule, queries)  # (3, 1, Q, 6)
+    block_mask = flex_block_masks(real, image, {rule}, queries)[rule]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "flex_attention called without torch.compile": the reference path
+        got = flex_attention(q, k, v, block_mask=block_mask)
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=dense)
+    assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()

@@ -299,3 +299,21 @@ def test_top_p_keeps_the_smallest_likely_set(tiny_tokenizer):
     assert abs(counts[0].item() / 2000 - 0.5 / 0.8) < 0.05
     with pytest.raises(LlavaConfigError, match="top_p"):
         build(BASE, tiny_tokenizer).decode(torch.ones(1, 3, dtype=torch.long), top_p=0.0)
+
+
+def test_flex_attention_equals_sdpa_for_every_variant_and_in_cached_decoding(tiny_tokenizer):
+    """attn_implementation="flex_attention" (compiled by transformers on first use) against sdpa, fp32 on CPU."""
+    input_ids, attention_mask, images = two_image_batch()
+    for kind, overrides in VARIANTS:
+        reference = open_gates(build(kind, tiny_tokenizer, "sdpa", **overrides))
+        flex = open_gates(build(kind, tiny_tokenizer, "flex_attention", **overrides))
+        with torch.no_grad():
+            expected = reference(input_ids=input_ids, attention_mask=attention_mask, images=images).logits
+            got = flex(input_ids=input_ids, attention_mask=attention_mask, images=images).logits
+        assert (got - expected).abs().max() <= 1e-5, kind
+        if overrides.get("xattn_mode") == "mask":  # cached steps: one query, left-padded prompt
+            options = dict(max_new_tokens=4, eos_token_id=[], pad_token_id=0, output_scores=True)
+            cached = flex.decode(input_ids, attention_mask, images, **options)
+            full = reference.decode(input_ids, attention_mask, images, use_cache=False, **options)
+            assert torch.equal(cached.tokens, full.tokens)
+            assert (cached.scores - full.scores).abs().max() <= 1e-5

@@ -19,6 +19,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -351,36 +352,61 @@ class LlavaQwenModel(LlavaQwenPreTrainedModel):
         query_is_text = ~key_is_image[:, -queries:]  # (B, Q)
 
         rules = {self.layer_rule(i) for i in range(len(self.layers))}
-        if self.config._attn_implementation == "flex_attention":  # block-sparse: skipped blocks cost nothing
+        implementation = self.config._attn_implementation
+        if implementation == "flex_attention" and queries < attention_mask.shape[1] and not inputs_embeds.is_cuda:
+            # inductor's CPU flex template does not compile for cached single-query steps (torch 2.13): those run
+            # through sdpa with the same rule, which at one query costs the same anyway
+            implementation = "sdpa"
+        if implementation == "flex_attention":  # block-sparse: blocks no query may see cost nothing
+            if torch.is_grad_enabled() and inputs_embeds.requires_grad and not inputs_embeds.is_cuda:
+                raise LlavaConfigError(
+                    "flex_attention has no backward pass on the CPU (torch's FlexAttention): train with "
+                    "attn_implementation sdpa there; flex_attention runs forward passes and generation on the CPU"
+                )
             masks = flex_block_masks(attention_mask, key_is_image, rules, queries)
         else:
             masks = layer_masks(  # (B, 1, Q, K) each, or None for a plain causal sdpa layer
-                attention_mask, key_is_image, rules, inputs_embeds.dtype, self.config._attn_implementation, queries
+                attention_mask, key_is_image, rules, inputs_embeds.dtype, implementation, queries
             )
         hidden_states = inputs_embeds
         position_embeddings = self.rotary_emb(hidden_states, position_ids)
         cache_argument = {CACHE_ARGUMENT: cache} if cache is not None else {}
-        for i, decoder_layer in enumerate(self.layers):
-            block = str(i)
-            if block in self.xattn and image_context is not None and image_context_mask is not None:
-                gated = cast(GatedCrossAttentionBlock, self.xattn[block])
-                image_keys_values = None
-                if cache is not None:
-                    if block not in cache.image_keys_values:
-                        cache.image_keys_values[block] = gated.image_keys_values(image_context)
-                    image_keys_values = cache.image_keys_values[block]
-                hidden_states = gated(
-                    hidden_states, image_context, image_context_mask, query_is_text, image_keys_values
+        with attention_implementation(self.config, implementation):
+            for i, decoder_layer in enumerate(self.layers):
+                block = str(i)
+                if block in self.xattn and image_context is not None and image_context_mask is not None:
+                    gated = cast(GatedCrossAttentionBlock, self.xattn[block])
+                    image_keys_values = None
+                    if cache is not None:
+                        if block not in cache.image_keys_values:
+                            cache.image_keys_values[block] = gated.image_keys_values(image_context)
+                        image_keys_values = cache.image_keys_values[block]
+                    hidden_states = gated(
+                        hidden_states, image_context, image_context_mask, query_is_text, image_keys_values
+                    )
+                hidden_states = decoder_layer(
+                    hidden_states,
+                    attention_mask=masks[self.layer_rule(i)],
+                    position_embeddings=position_embeddings,
+                    position_ids=position_ids,
+                    **cache_argument,
                 )
-            hidden_states = decoder_layer(
-                hidden_states,
-                attention_mask=masks[self.layer_rule(i)],
-                position_embeddings=position_embeddings,
-                position_ids=position_ids,
-                **cache_argument,
-            )
         hidden_states = self.norm(hidden_states)
         return BaseModelOutputWithPast(last_hidden_state=hidden_states)
+
+
+@contextmanager
+def attention_implementation(config: LlavaQwenConfig, name: str | None) -> Iterator[None]:
+    """Run the decoder layers with attention `name` (they read it from the shared config), then restore it."""
+    previous = config._attn_implementation
+    if name == previous:
+        yield
+        return
+    config._attn_implementation = name
+    try:
+        yield
+    finally:
+        config._attn_implementation = previous
 
 
 class LlavaQwenForCausalLM(LlavaQwenPreTrainedModel):
