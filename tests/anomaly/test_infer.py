@@ -84,3 +84,22 @@ def test_a_broken_run_config_is_named(trained_run, tmp_path):
     (tmp_path / RUN_CONFIG).write_text(json.dumps(document))
     with pytest.raises(ConfigError, match=r"--cross_attn_dropout must lie in \[0, 1\), got 1.5"):
         load_trained(tmp_path)
+
+
+def test_a_cross_variant_runs_the_shared_vision_prefix_once_with_the_same_maps(cross_run, monkeypatch):
+    from crossgraft.anomaly.infer import anomaly_maps, batch_text
+
+    run = load_trained(cross_run)
+    model = run.model.eval()
+    images = torch.randn(
+        2, 3, model.backbone.image_size, model.backbone.image_size, generator=torch.Generator().manual_seed(0)
+    )
+    with torch.no_grad():
+        separate = anomaly_maps(model, images, batch_text(model, True, "dots", images), "industrial")
+        embeddings = []
+        original = model.backbone.embed_image
+        monkeypatch.setattr(model.backbone, "embed_image", lambda x: embeddings.append(1) or original(x))
+        start = model.shared_start(images)
+        shared = anomaly_maps(model, images, batch_text(model, True, "dots", images, None, start), "industrial", start)
+    assert start[0] == 1 and len(embeddings) == 1  # the patch embedding and block 1 ran once for both passes
+    assert torch.equal(shared.maps, separate.maps) and torch.equal(shared.det_scores, separate.det_scores)

@@ -245,20 +245,24 @@ class FrozenCLIP(nn.Module):
         surgery_from: int,
         vv_mode: VVMode = "tokens",
         levels: list[int] | None = None,
+        start: tuple[int, torch.Tensor] | None = None,
     ) -> VisionFeatures:
         """Stage-1 pass: level tokens from the V-V path, image embedding from the plain path.
 
         Blocks 1..surgery_from-1 are identical in both paths and run once. From `surgery_from` on, both
         paths run side by side in one batch through the shared LayerNorms, projections and MLPs; only
-        the attention differs. Past the deepest requested level the V-V path stops.
+        the attention differs. Past the deepest requested level the V-V path stops. `start` = (k, tokens):
+        the tokens after the first k plain blocks, already computed (shared with the adapted pass at test time).
         """
         levels = self._check_levels(levels)
         if not 1 <= surgery_from <= self.num_vision_layers:
             raise BackboneError(f"surgery_from={surgery_from} outside 1..{self.num_vision_layers}")
-        x = self.embed_image(pixel_values)
+        done, x = start if start is not None else (0, self.embed_image(pixel_values))
+        if done > surgery_from - 1 or done > min(levels):
+            raise BackboneError(f"a shared start after {done} blocks is past the plain prefix of the V-V pass")
         batch = x.shape[0]
         level_tokens = []
-        for index in range(surgery_from - 1):
+        for index in range(done, surgery_from - 1):
             x = self.vision_block(index, x)
             if index + 1 in levels:
                 level_tokens.append(x)

@@ -105,7 +105,10 @@ def evaluate_class(
     )
     for batch in tqdm(loader, desc=samples[0].class_name, leave=False):
         images = batch["image"].to(model.backbone.device)
-        output = anomaly_maps(model, images, batch_text(model, has_text, text, images, text_cache), domain)
+        start = model.shared_start(images) if has_text else None  # computed once for both vision passes
+        output = anomaly_maps(
+            model, images, batch_text(model, has_text, text, images, text_cache, start), domain, start
+        )
         maps = output.maps.float().cpu().numpy()
         if has_masks:
             pixels.add_pixels(maps, batch["mask"].numpy() > 0)

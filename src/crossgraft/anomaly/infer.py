@@ -53,12 +53,19 @@ def level_logit_gap(seg_tokens: torch.Tensor, anchors: torch.Tensor) -> torch.Te
 
 
 @torch.no_grad()
-def anomaly_maps(model: AdaptedCLIP, images: torch.Tensor, text: TextSide, domain: str) -> MapOutput:
+def anomaly_maps(
+    model: AdaptedCLIP,
+    images: torch.Tensor,
+    text: TextSide,
+    domain: str,
+    start: tuple[int, torch.Tensor] | None = None,
+) -> MapOutput:
     """Reference test-time maps: per level gap → blur at grid resolution → bilinear upsample → sum.
-    `text` holds each image's anchors (B, E, 2) and sentence embeddings (B, S, E)."""
+    `text` holds each image's anchors (B, E, 2) and sentence embeddings (B, S, E); `start`: the vision tokens
+    `batch_text` already computed (`AdaptedCLIP.shared_start`)."""
     kernel_size, sigma = BLUR[domain]
     anchors = text.anchors
-    output = model(images, text_context=text.sentences if model.image_cross_attn is not None else None)
+    output = model(images, text.sentences if model.image_cross_attn is not None else None, start)
     size = images.shape[-1]
     maps = images.new_zeros(images.shape[0], size, size, dtype=torch.float32)  # (B, S, S); shape[0]: exportable
     for seg_tokens in output.seg_tokens:
@@ -101,13 +108,19 @@ def class_text_side(model: AdaptedCLIP, has_text: bool, class_texts: list[str]) 
 
 @torch.no_grad()
 def batch_text(
-    model: AdaptedCLIP, has_text: bool, text: str, images: torch.Tensor, cache: dict | None = None
+    model: AdaptedCLIP,
+    has_text: bool,
+    text: str,
+    images: torch.Tensor,
+    cache: dict | None = None,
+    start: tuple[int, torch.Tensor] | None = None,
 ) -> TextSide:
     """The text side for a batch of images of one class, as the trained variant uses it. Unless the text
-    attends to the image, it is the same for every image: computed once per class text (kept in `cache`)."""
+    attends to the image, it is the same for every image: computed once per class text (kept in `cache`).
+    `start`: the vision tokens shared with the adapted pass (`AdaptedCLIP.shared_start`)."""
     per_image = has_text and model.text_cross_attn is not None
     if per_image:
-        return model.image_text([text] * len(images), images)
+        return model.image_text([text] * len(images), images, start)
     side = cache.get(text) if cache is not None else None
     if side is None:
         side = class_text_side(model, has_text, [text])

@@ -186,39 +186,63 @@ class AdaptedCLIP(nn.Module):
         embeddings = self._text_after_block_one(x, ids.reshape(-1, length)).reshape(batch, sentences, -1)
         return text_side_of(embeddings)
 
-    def image_text(self, texts: list[str], images: torch.Tensor) -> TextSide:
+    def shared_start(self, images: torch.Tensor) -> tuple[int, torch.Tensor] | None:
+        """At test time a cross-attention variant runs two vision passes over the same images: the frozen stage-1
+        context and the adapted pass. Both begin with the patch embedding and the blocks before the first image
+        adapter (and before the V-V blocks): (blocks, tokens (B, 1+N, Wv)) computed once for both, or None when
+        they share nothing."""
+        if self.text_cross_attn is None:
+            return None
+        shared = 1 if self.adapter_config.image_adapt_until > 0 else self.backbone.num_vision_layers
+        if self.image_cross_attn is not None:
+            shared = min(shared, self.image_cross_attn_after)
+        shared = min(shared, self.surgery_from - 1, min(self.backbone.levels))
+        x = self.backbone.embed_image(images)
+        for index in range(shared):
+            x = self.backbone.vision_block(index, x)
+        return shared, x
+
+    def image_text(
+        self, texts: list[str], images: torch.Tensor, start: tuple[int, torch.Tensor] | None = None
+    ) -> TextSide:
         """The text side of a batch of images (one class text each), as the variant uses it at test time:
         per-image with text cross-attention (context from the frozen stage-1 path), else per class."""
         if self.text_cross_attn is None:
             return self.text_side(texts)
-        return self.text_side(texts, self.image_context(images))
+        return self.text_side(texts, self.image_context(images, start))
 
-    def image_context(self, images: torch.Tensor) -> torch.Tensor:
+    def image_context(self, images: torch.Tensor, start: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
         """The text cross-attention's context of each image on its own (B, N, E): the first level's stage-1
         feature, with the batch-axis V-V quirk (a stage-1 training matter) applied to every image alone, so that an
         image's result never depends on the other images of its batch. (Stage 1 reuses the feature its loss
         computed instead.)"""
         vv_mode: VVMode = "alone" if self.vv_mode == "batch" else self.vv_mode
         first = [self.backbone.levels[0]]
-        return stage1_features(self.backbone, images, self.surgery_from, vv_mode, levels=first)[0][0]
+        return stage1_features(self.backbone, images, self.surgery_from, vv_mode, levels=first, start=start)[0][0]
 
     def class_anchors(self, class_texts: list[str]) -> torch.Tensor:
         """Anchors [T_N, T_A] per class without image context: (C, E, 2)."""
         return self.text_side(class_texts).anchors
 
     # ----------------------------------------------------------------------------------------- image
-    def forward(self, images: torch.Tensor, text_context: torch.Tensor | None = None) -> ImageOutput:
+    def forward(
+        self,
+        images: torch.Tensor,
+        text_context: torch.Tensor | None = None,
+        start: tuple[int, torch.Tensor] | None = None,
+    ) -> ImageOutput:
         """Adapted image pass: per-level segmentation tokens and the detection token.
 
         With image cross-attention the tokens attend, after vision block `image_adapt_until`, to their image's
-        L2-normalised sentence embeddings `text_context` (B, S, E)."""
+        L2-normalised sentence embeddings `text_context` (B, S, E). `start`: see `shared_start`."""
         backbone = self.backbone
         adapters = cast(nn.ModuleList, self.image_adapter["layer_adapters"])
         seg_projections = cast(nn.ModuleList, self.image_adapter["seg_proj"])
-        x = backbone.embed_image(images)  # (B, 1+N, Wv)
+        done, x = start if start is not None else (0, backbone.embed_image(images))  # x: (B, 1+N, Wv)
         level_tokens = []
         for index in range(backbone.num_vision_layers):
-            x = backbone.vision_block(index, x)
+            if index >= done:
+                x = backbone.vision_block(index, x)
             if index < self.adapter_config.image_adapt_until:
                 x = mix_adapter(x, adapters[index](x), self.adapter_config.image_adapt_weight)
             if self.image_cross_attn is not None and index + 1 == self.image_cross_attn_after:
@@ -253,12 +277,17 @@ def text_side_of(embeddings: torch.Tensor) -> TextSide:
 
 @torch.no_grad()
 def stage1_features(
-    backbone: FrozenCLIP, images: torch.Tensor, surgery_from: int, vv_mode: VVMode, levels: list[int] | None = None
+    backbone: FrozenCLIP,
+    images: torch.Tensor,
+    surgery_from: int,
+    vv_mode: VVMode,
+    levels: list[int] | None = None,
+    start: tuple[int, torch.Tensor] | None = None,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Frozen stage-1 visual features at `levels` (default: all): per level normalize(visual_proj(ln_post(V-V
     patches))) + normalize(CLS embedding) (B, N, E) (the sum is not re-normalised), and the normalised plain image
     embedding (B, E). The V-V path runs only up to the deepest requested level."""
-    features = backbone.encode_image_vv(images, surgery_from=surgery_from, vv_mode=vv_mode, levels=levels)
+    features = backbone.encode_image_vv(images, surgery_from=surgery_from, vv_mode=vv_mode, levels=levels, start=start)
     image_feature = F.normalize(features.image_embed, dim=-1)
     patches = [
         F.normalize(backbone.visual_projection(backbone.ln_post(tokens[:, 1:])), dim=-1) + image_feature[:, None]

@@ -79,9 +79,11 @@ class AnomalyGraph(nn.Module):
         pixels = images.permute(0, 3, 1, 2).float()
         return (pixels / PIXEL_MAX - self.mean) / self.std
 
-    def text_of(self, class_index: torch.Tensor, images: torch.Tensor) -> TextSide:
+    def text_of(
+        self, class_index: torch.Tensor, images: torch.Tensor, start: tuple[int, torch.Tensor] | None = None
+    ) -> TextSide:
         if self.attends_text:
-            context = self.model.image_context(images)  # (B, N, E)
+            context = self.model.image_context(images, start)  # (B, N, E)
             return self.model.attend_text(self.text_block_one[class_index], self.sentence_ids[class_index], context)
         return TextSide(anchors=self.anchors[class_index], sentences=self.sentences[class_index])
 
@@ -89,7 +91,8 @@ class AnomalyGraph(nn.Module):
         self, images: torch.Tensor, class_index: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         pixels = self.normalise(images)
-        output = anomaly_maps(self.model, pixels, self.text_of(class_index, pixels), self.domain)
+        start = self.model.shared_start(pixels) if self.attends_text else None  # shared by both vision passes
+        output = anomaly_maps(self.model, pixels, self.text_of(class_index, pixels, start), self.domain, start)
         score_map = output.maps / len(self.model.backbone.levels)  # (B, S, S)
         return score_map, score_map.flatten(1).amax(dim=1), output.det_scores
 
