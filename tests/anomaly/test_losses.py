@@ -118,11 +118,12 @@ def test_quirk_flags_change_exactly_their_part(synthetic_root):
 
 def test_the_preset_drives_every_quirk_and_each_flag_overrides_its_own():
     assert PRESETS["reference"] == Quirks(
-        vv_mode="batch", stage1_last_level_only=True, stage1_image_loss=False, gelu="exact"
+        vv_mode="batch", stage1_last_level_only=True, stage1_image_loss=False, gelu="exact", stage1_augment=True
     )
     assert QuirkConfig().resolve() == PRESETS["reference"]
-    assert QuirkConfig(preset="fixed").resolve() == Quirks("tokens", False, True, "quick")
-    assert QuirkConfig(preset="fixed", vv_attention="batch").resolve() == Quirks("batch", False, True, "quick")
+    assert QuirkConfig(preset="fixed").resolve() == Quirks("tokens", False, True, "quick", False)
+    assert QuirkConfig(preset="fixed", vv_attention="batch").resolve() == Quirks("batch", False, True, "quick", False)
     assert QuirkConfig(stage1_levels="all", stage1_image_loss="on", gelu="quick").resolve() == Quirks(
-        "batch", False, True, "quick"
+        "batch", False, True, "quick", True
     )
+    assert QuirkConfig(preset="fixed", stage1_augment="on").resolve().stage1_augment is True

@@ -600,9 +600,11 @@ def load_run_config(save_path: Path) -> SavedRun:
     )
 
 
-# the sections a run config must spell out in full: they define the model that test and predict rebuild
+# the sections a run config must spell out in full: they define the model that test and predict rebuild (a setting
+# that only changes how training feeds images, and runs written before it existed, may leave it out)
+TRAINING_ONLY = {"stage1_augment"}
 MODEL_SETTINGS = {
-    section: [f.name for f in fields(dtype) if f.init]
+    section: [f.name for f in fields(dtype) if f.init and f.name not in TRAINING_ONLY]
     for section, dtype in (
         ("backbone", BackboneConfig),
         ("adapter", AdapterConfig),
