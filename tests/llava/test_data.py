@@ -217,3 +217,57 @@ def test_16_bit_images_and_decompression_bombs(tmp_path, tiny_tokenizer):
         DataArguments(max_image_pixels=0)
     with pytest.raises(LlavaConfigError, match="--image_aspect_ratio 'anyres_max_9' is not supported"):
         DataArguments(image_aspect_ratio="anyres_max_9")
+
+
+def test_a_lone_image_moves_to_the_start_of_its_turn_as_llava_next_does():
+    from crossgraft.llava.data import move_lone_image_to_front
+
+    turns = [
+        {"from": "human", "value": "What is <image> this?"},
+        {"from": "human", "value": "<image>\nAlready first"},
+        {"from": "human", "value": "Two <image> and <image>"},
+    ]
+    moved = move_lone_image_to_front(turns)
+    assert [t["value"] for t in moved] == ["<image>\nWhat is  this?", "<image>\nAlready first", turns[2]["value"]]
+    assert turns[0]["value"] == "What is <image> this?"  # the record itself is not changed
+
+
+def test_llava_next_label_mode_learns_what_preprocess_qwen_learns(tiny_tokenizer):
+    from crossgraft.llava.configuration import IGNORE_INDEX, IMAGE_TOKEN_INDEX
+    from crossgraft.llava.data import tokenize_conversation
+
+    def ids(text):
+        return tiny_tokenizer(text, add_special_tokens=False).input_ids
+
+    start, end, newline = ids("<|im_start|>")[0], ids("<|im_end|>")[0], ids("\n")[0]
+    turns = [{"from": "human", "value": "<image>\nHi"}, {"from": "gpt", "value": "Yo"}]
+    sequence, labels = tokenize_conversation(turns, tiny_tokenizer, "S", "llava_next")
+    system = [start, *ids("system"), newline, *ids("S"), end, newline]
+    user = [start, *ids("user"), newline, IMAGE_TOKEN_INDEX, newline, *ids("Hi"), end, newline]
+    assistant = [start, *ids("assistant"), newline, *ids("Yo"), end, newline]
+    assert sequence == system + user + assistant
+    always = {start, end, newline}  # learned wherever they are (LLaVA-NeXT's unmask_tokens_idx)
+    expected = [t if t in always else IGNORE_INDEX for t in system + user] + assistant
+    assert labels == expected
+    # answers mode: the answer and its <|im_end|> only
+    _, answer_labels = tokenize_conversation(turns, tiny_tokenizer, "S", "answers")
+    assert [t for t in answer_labels if t != IGNORE_INDEX] == [*ids("Yo"), end]
+    # a first turn that is not the human's is skipped in llava_next mode; --system_prompt stays the system turn
+    with_system = [{"from": "system", "value": "Other"}, *turns]
+    assert tokenize_conversation(with_system, tiny_tokenizer, "S", "llava_next") == (sequence, labels)
+
+
+def test_the_label_mode_reaches_the_training_data(tiny_tokenizer, llava_sample):
+    from crossgraft.llava.data import make_supervised_data_module
+    from crossgraft.llava.vision import SquareImageProcessor
+
+    processor = SquareImageProcessor(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    learned = {}
+    for mode in ("answers", "llava_next"):
+        data = make_supervised_data_module(
+            tiny_tokenizer, DataArguments(data_path=str(llava_sample), label_mode=mode), processor
+        )
+        learned[mode] = int((data["train_dataset"][0]["labels"] != IGNORE_INDEX).sum())
+    assert learned["llava_next"] > learned["answers"] > 0
+    with pytest.raises(LlavaConfigError, match="--label_mode"):
+        DataArguments(label_mode="everything")

@@ -448,3 +448,14 @@ def test_one_writer_per_output_folder(tiny_models, llava_sample, tmp_path, capsy
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.parametrize("flags, expected", [([], 4096), (["--model_max_length", "300"], 300)])
+def test_the_saved_config_keeps_the_source_max_length_unless_given(llava_sample, tmp_path, flags, expected):
+    from crossgraft.llava.sample import make_tiny_model
+
+    source = make_tiny_model(tmp_path / "source", "llava_qwen", tokenizer_model_max_length=4096)
+    out = tmp_path / "run"
+    args = short_llava_run(source, llava_sample, out, "--max_steps", "1", "--save_strategy", "no", *flags)
+    assert crossgraft_main(["llava", "train", *args]) == 0
+    assert json.loads((out / "config.json").read_text())["tokenizer_model_max_length"] == expected

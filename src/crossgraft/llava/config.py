@@ -144,8 +144,12 @@ class AlternatingTrainingArguments(TrainingArguments):
     xattn_gate_lr: float = field(
         default=1e-3, metadata={"help": "learning rate of the tanh gates (own optimizer group, no weight decay)"}
     )
-    model_max_length: int = field(
-        default=2048, metadata={"help": "spliced sequences (text + image features) are cut to this length"}
+    model_max_length: int | None = field(
+        default=None,
+        metadata={
+            "help": "spliced sequences (text + image features) are cut to this length, and the saved config.json "
+            "records it (tokenizer_model_max_length). Default: the source checkpoint's (lmms-lab OV: 32768), else 2048"
+        },
     )
 
     def __post_init__(self) -> None:
@@ -156,7 +160,7 @@ class AlternatingTrainingArguments(TrainingArguments):
             raise LlavaConfigError(f"--xattn_gate_lr must be a positive number, got {self.xattn_gate_lr}")
         if not (math.isfinite(self.learning_rate) and self.learning_rate >= 0):
             raise LlavaConfigError(f"--learning_rate must be a finite number >= 0, got {self.learning_rate}")
-        if self.model_max_length < 1:
+        if self.model_max_length is not None and self.model_max_length < 1:
             raise LlavaConfigError(f"--model_max_length must be at least 1, got {self.model_max_length}")
 
 
@@ -190,6 +194,22 @@ class DataArguments:
         default=DEFAULT_SYSTEM_PROMPT, metadata={"help": "system turn of the Qwen chat template"}
     )
     data_sampling_seed: int = field(default=0, metadata={"help": "seed of 'random:N' sampling in yaml lists"})
+    label_mode: str = field(
+        default="answers",
+        metadata={
+            "help": "what is learned: answers (each assistant answer and its <|im_end|>) or llava_next (exactly what "
+            "LLaVA-NeXT's preprocess_qwen learns: whole assistant turns with their role headers, plus every newline, "
+            "<|im_start|> and <|im_end|> token), so a loss compares with LLaVA-NeXT's numbers",
+            "choices": ["answers", "llava_next"],
+        },
+    )
+    keep_image_position: bool = field(
+        default=False,
+        metadata={
+            "help": "keep a turn's single <image> where the text puts it; by default it is moved to the start of "
+            "its turn (<image>\\n + text), as LLaVA-NeXT's preprocess_multimodal does"
+        },
+    )
     max_image_pixels: int | None = field(default=None, metadata={"help": MAX_PIXELS_HELP})
 
     def __post_init__(self) -> None:
@@ -200,6 +220,8 @@ class DataArguments:
             )
         if self.max_image_pixels is not None and self.max_image_pixels < 1:
             raise LlavaConfigError(f"--max_image_pixels must be positive, got {self.max_image_pixels}")
+        if self.label_mode not in ("answers", "llava_next"):
+            raise LlavaConfigError(f"--label_mode must be answers or llava_next, got {self.label_mode!r}")
 
 
 @dataclass

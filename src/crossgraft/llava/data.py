@@ -196,18 +196,69 @@ def load_records(data_path: str, seed: int = 0) -> list[Record]:
 
 
 # -------------------------------------------------------------------------------------------- tokenising
-def tokenize_conversation(
-    turns: list[dict[str, str]], tokenizer: PreTrainedTokenizerBase, system_prompt: str = DEFAULT_SYSTEM_PROMPT
-) -> tuple[list[int], list[int]]:
-    """Qwen chat template; `<image>` becomes IMAGE_TOKEN_INDEX. Labels learn each assistant answer and its
-    `<|im_end|>`; the system and user turns, the role headers and the newlines are IGNORE_INDEX.
+LABEL_MODES = ("answers", "llava_next")
 
-        <|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n{question}<|im_end|>\\n
-        <|im_start|>assistant\\n{answer}<|im_end|>\\n
+
+def move_lone_image_to_front(turns: list[dict[str, str]]) -> list[dict[str, str]]:
+    """LLaVA-NeXT's `preprocess_multimodal`: a turn holding exactly one `<image>` anywhere but at its start gets it
+    moved there, `<image>\n` + the rest stripped. Turns with several images are left as they are."""
+    moved = []
+    for turn in turns:
+        value = turn["value"]
+        if value.count(IMAGE_PLACEHOLDER) == 1 and not value.startswith(IMAGE_PLACEHOLDER):
+            value = (IMAGE_PLACEHOLDER + "\n" + value.replace(IMAGE_PLACEHOLDER, "").strip()).strip()
+        moved.append({**turn, "value": value})
+    return moved
+
+
+def tokenize_conversation(
+    turns: list[dict[str, str]],
+    tokenizer: PreTrainedTokenizerBase,
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+    label_mode: str = "answers",
+) -> tuple[list[int], list[int]]:
+    """Qwen chat template; `<image>` becomes IMAGE_TOKEN_INDEX.
+
+        <|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n
+        <|im_start|>assistant\n{answer}<|im_end|>\n
+
+    label_mode `answers`: each assistant answer and its `<|im_end|>` are learned; the system and user turns, the
+    role headers and the newlines are IGNORE_INDEX; a leading system turn replaces `system_prompt`.
+    `llava_next`: what LLaVA-NeXT's `preprocess_qwen` learns. Each turn is encoded as one string; an assistant
+    turn is learned whole (its role header and final newline too), and so is every newline, `<|im_start|>` and
+    `<|im_end|>` token anywhere, system and user turns included. A first turn that is not the human's is dropped and
+    `system_prompt` is the system turn (LLaVA-NeXT skips a non-human first turn).
     """
+    if label_mode not in LABEL_MODES:
+        raise LlavaDataError(f"label mode must be one of {', '.join(LABEL_MODES)}, got {label_mode!r}")
 
     def encode(text: str) -> list[int]:
         return tokenizer(text, add_special_tokens=False).input_ids if text else []
+
+    def encode_with_images(text: str) -> list[int]:
+        ids: list[int] = []
+        for number, part in enumerate(text.split(IMAGE_PLACEHOLDER)):
+            if number:
+                ids.append(IMAGE_TOKEN_INDEX)
+            ids += encode(part)
+        return ids
+
+    if label_mode == "llava_next":
+        if ROLES[turns[0]["from"]] != "user":
+            turns = turns[1:]
+        sequence = encode(f"<|im_start|>system\n{system_prompt}<|im_end|>\n")
+        learned = [False] * len(sequence)
+        for turn in turns:
+            role = ROLES[turn["from"]]
+            ids = encode_with_images(f"<|im_start|>{role}\n{turn['value']}<|im_end|>\n")
+            sequence += ids
+            learned += [role == "assistant"] * len(ids)
+        always = {*encode("\n"), *encode("<|im_start|>"), *encode("<|im_end|>")}  # LLaVA-NeXT's unmask_tokens_idx
+        targets = [
+            token if (learn or token in always) and token != IMAGE_TOKEN_INDEX else IGNORE_INDEX
+            for token, learn in zip(sequence, learned)
+        ]
+        return sequence, targets
 
     if ROLES[turns[0]["from"]] == "system":
         system_prompt, turns = turns[0]["value"], turns[1:]
@@ -223,11 +274,7 @@ def tokenize_conversation(
         role = ROLES[turn["from"]]
         add(encode(f"<|im_start|>{role}\n"), learn=False)
         if role == "user":
-            parts = turn["value"].split(IMAGE_PLACEHOLDER)
-            for number, part in enumerate(parts):
-                if number:
-                    add([IMAGE_TOKEN_INDEX], learn=False)
-                add(encode(part), learn=False)
+            add(encode_with_images(turn["value"]), learn=False)
             add(encode("<|im_end|>"), learn=False)
         else:
             add(encode(turn["value"]) + encode("<|im_end|>"), learn=True)
@@ -256,12 +303,16 @@ class LazySupervisedDataset(Dataset):
         image_processor: SquareImageProcessor,
         image_folder: str | None,
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+        label_mode: str = "answers",
+        keep_image_position: bool = False,
     ) -> None:
         self.records = records
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.image_folder = image_folder
         self.system_prompt = system_prompt
+        self.label_mode = label_mode
+        self.keep_image_position = keep_image_position
 
     def __len__(self) -> int:
         return len(self.records)
@@ -282,7 +333,10 @@ class LazySupervisedDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         record = self.records[index]
-        input_ids, labels = tokenize_conversation(record.data["conversations"], self.tokenizer, self.system_prompt)
+        turns = record.data["conversations"]
+        if not self.keep_image_position:
+            turns = move_lone_image_to_front(turns)
+        input_ids, labels = tokenize_conversation(turns, self.tokenizer, self.system_prompt, self.label_mode)
         item = {"input_ids": torch.tensor(input_ids), "labels": torch.tensor(labels)}
         if record.image_paths:
             item["images"] = torch.stack([self.load_image(record, name) for name in record.image_paths])
@@ -322,8 +376,9 @@ def make_supervised_data_module(
     def dataset(path: str) -> LazySupervisedDataset:
         records = load_records(path, data_args.data_sampling_seed)
         return LazySupervisedDataset(
-            records, tokenizer, image_processor, data_args.image_folder, data_args.system_prompt
-        )
+            records, tokenizer, image_processor, data_args.image_folder, data_args.system_prompt,
+            data_args.label_mode, data_args.keep_image_position,
+        )  # fmt: skip
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return {

@@ -199,6 +199,7 @@ def choose_aspect_ratio(requested: str | None, config: LlavaQwenConfig, logger: 
     return "pad"
 
 
+DEFAULT_MODEL_MAX_LENGTH = 2048  # LLaVA-NeXT's --model_max_length default, for a source that records none
 CHECKPOINT_FILE_SUFFIXES = (".json", ".safetensors", ".pt", ".pth", ".bin")
 
 
@@ -360,7 +361,10 @@ def _train(
     model = prepare_model(model_args, logger)
     tokenizer_source = model_args.tokenizer_name_or_path or model_args.model_name_or_path or model_args.backbone_model
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
-    model.config.tokenizer_model_max_length = training_args.model_max_length
+    model.config.tokenizer_model_max_length = (
+        training_args.model_max_length or model.config.tokenizer_model_max_length or DEFAULT_MODEL_MAX_LENGTH
+    )
+    logger.info("sequences are cut to %d tokens (tokenizer_model_max_length)", model.config.tokenizer_model_max_length)
     model.config.tokenizer_padding_side = "right"
     counts = set_trainable_parts(model, model_args.tunable_parts)
     logger.info("trainable parameters: %s", ", ".join(f"{part} {count:,}" for part, count in counts.items()))
