@@ -111,6 +111,37 @@ def test_gates_get_their_own_optimizer_group(tiny_models, llava_sample, tmp_path
     assert {g["lr"] for g in others} == {1e-5} and {g["weight_decay"] for g in others} == {0.1, 0.0}
 
 
+def test_each_tunable_part_trains_at_its_own_learning_rate(tiny_models, tmp_path):
+    from crossgraft.llava.configuration import LlavaConfigError
+    from crossgraft.llava.loading import load_model
+    from crossgraft.llava.train import describe_freeze_state, set_trainable_parts, tunable_part
+
+    model = load_model(str(tiny_models[CROSS]))
+    args = AlternatingTrainingArguments(
+        output_dir=str(tmp_path), learning_rate=1e-5, weight_decay=0.1, mm_projector_lr=2e-4,
+        mm_vision_tower_lr=3e-6, report_to="none",
+    )  # fmt: skip
+    counts = set_trainable_parts(model, ["mm_vision_tower", "mm_mlp_adapter"])  # the language model stays frozen
+    assert counts["mm_language_model"][0] == 0 and counts["mm_language_model"][1] > 0
+    state = describe_freeze_state(counts, args)
+    assert "mm_language_model  frozen" in state and "mm_mlp_adapter     trained" in state and "lr 0.0002" in state
+    optimizer = AlternatingTrainer(model=model, args=args).create_optimizer()
+    expected = {"mm_vision_tower": 3e-6, "mm_mlp_adapter": 2e-4, "xattn": 1e-5, "gates": 1e-3}
+    names = {id(p): n for n, p in model.named_parameters()}
+    for group in optimizer.param_groups:
+        assert group["lr"] == expected[group["part"]], group["part"]
+        for parameter in group["params"]:
+            name = names[id(parameter)]
+            assert group["part"] == ("gates" if name.endswith("_gate") else tunable_part(name))
+            if group["weight_decay"]:
+                assert not name.endswith(("bias", "_gate")) and "norm" not in name
+    trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    assert trained == {id(p) for p in model.parameters() if p.requires_grad}  # every trained tensor, once
+    assert not any(tunable_part(names[i]) == "mm_language_model" for i in trained)
+    with pytest.raises(LlavaConfigError, match="--mm_projector_lr must be a positive number"):
+        AlternatingTrainingArguments(output_dir=str(tmp_path), mm_projector_lr=-1.0, report_to="none")
+
+
 def test_training_learns_the_captions_and_resumes(tiny_models, llava_sample, tmp_path):
     output_dir = tmp_path / "learn"
     common = [

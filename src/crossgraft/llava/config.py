@@ -144,6 +144,12 @@ class AlternatingTrainingArguments(TrainingArguments):
     xattn_gate_lr: float = field(
         default=1e-3, metadata={"help": "learning rate of the tanh gates (own optimizer group, no weight decay)"}
     )
+    mm_projector_lr: float | None = field(
+        default=None, metadata={"help": "learning rate of the projector and image_newline (default: --learning_rate)"}
+    )
+    mm_vision_tower_lr: float | None = field(
+        default=None, metadata={"help": "learning rate of the vision tower when it trains (default: --learning_rate)"}
+    )
     model_max_length: int | None = field(
         default=None,
         metadata={
@@ -156,8 +162,10 @@ class AlternatingTrainingArguments(TrainingArguments):
         super().__post_init__()
         if self.throughput_log_steps < 0:
             raise LlavaConfigError(f"--throughput_log_steps must be >= 0 (0: off), got {self.throughput_log_steps}")
-        if not (math.isfinite(self.xattn_gate_lr) and self.xattn_gate_lr > 0):
-            raise LlavaConfigError(f"--xattn_gate_lr must be a positive number, got {self.xattn_gate_lr}")
+        for name in ("xattn_gate_lr", "mm_projector_lr", "mm_vision_tower_lr"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise LlavaConfigError(f"--{name} must be a positive number, got {value}")
         if not (math.isfinite(self.learning_rate) and self.learning_rate >= 0):
             raise LlavaConfigError(f"--learning_rate must be a finite number >= 0, got {self.learning_rate}")
         if self.model_max_length is not None and self.model_max_length < 1:

@@ -142,47 +142,63 @@ class AlternatingTrainer(Trainer):
         return loss
 
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
+        """LLaVA-NeXT's groups: weight decay or none, times the part's learning rate (--mm_projector_lr,
+        --mm_vision_tower_lr, else --learning_rate); the gates in their own group at --xattn_gate_lr."""
         model = cast(PreTrainedModel, self.model if model is None else model)
         if self.optimizer is not None:
             return self.optimizer
+        args = cast(AlternatingTrainingArguments, self.args)
         decay_names = set(self.get_decay_parameter_names(model))
-        with_decay, without_decay, gates = [], [], []
+        part_lr = {"mm_mlp_adapter": args.mm_projector_lr, "mm_vision_tower": args.mm_vision_tower_lr}
+        grouped: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
         for name, parameter in model.named_parameters():
-            if not parameter.requires_grad:
-                continue
-            if name.endswith(GATE_SUFFIXES):
-                gates.append(parameter)
-            elif name in decay_names:
-                with_decay.append(parameter)
-            else:
-                without_decay.append(parameter)
-        groups = [
-            {"params": with_decay, "weight_decay": self.args.weight_decay},
-            {"params": without_decay, "weight_decay": 0.0},
-        ]
-        if gates:
-            gate_lr = cast(AlternatingTrainingArguments, self.args).xattn_gate_lr
-            groups.append({"params": gates, "weight_decay": 0.0, "lr": gate_lr})
+            if parameter.requires_grad:
+                part = "gates" if name.endswith(GATE_SUFFIXES) else tunable_part(name)
+                grouped.setdefault((part, name in decay_names and part != "gates"), []).append(parameter)
+        groups = []
+        for (part, decay), parameters in grouped.items():
+            group: dict[str, Any] = {"params": parameters, "weight_decay": args.weight_decay if decay else 0.0}
+            lr = args.xattn_gate_lr if part == "gates" else part_lr.get(part)
+            if lr is not None:
+                group["lr"] = lr
+            group["part"] = part  # for the log and the tests; optimizers ignore unknown keys
+            groups.append(group)
         optimizer_class, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
         self.optimizer = optimizer_class(groups, **optimizer_kwargs)
         return self.optimizer
 
 
-def set_trainable_parts(model: LlavaQwenForCausalLM, parts: list[str]) -> dict[str, int]:
-    """requires_grad per LLaVA-NeXT's mm_tunable_parts; returns trainable parameter counts per part."""
-    counts = {"mm_vision_tower": 0, "mm_mlp_adapter": 0, "mm_language_model": 0, "xattn": 0}
+def tunable_part(name: str) -> str:
+    """LLaVA-NeXT's mm_tunable_parts name of a parameter (`xattn` for the gated blocks, which always train)."""
+    if ".vision_tower." in name:
+        return "mm_vision_tower"
+    if ".mm_projector." in name or name.endswith("image_newline"):
+        return "mm_mlp_adapter"
+    if ".xattn." in name:
+        return "xattn"
+    return "mm_language_model"
+
+
+def set_trainable_parts(model: LlavaQwenForCausalLM, parts: list[str]) -> dict[str, tuple[int, int]]:
+    """requires_grad per LLaVA-NeXT's mm_tunable_parts; returns (trainable, frozen) parameter counts per part."""
+    counts = {part: [0, 0] for part in ("mm_vision_tower", "mm_mlp_adapter", "mm_language_model", "xattn")}
     for name, parameter in model.named_parameters():
-        if ".vision_tower." in name:
-            part = "mm_vision_tower"
-        elif ".mm_projector." in name or name.endswith("image_newline"):
-            part = "mm_mlp_adapter"
-        elif ".xattn." in name:
-            part = "xattn"
-        else:
-            part = "mm_language_model"
+        part = tunable_part(name)
         parameter.requires_grad_(part == "xattn" or part in parts)
-        counts[part] += parameter.numel() if parameter.requires_grad else 0
-    return counts
+        counts[part][0 if parameter.requires_grad else 1] += parameter.numel()
+    return {part: (trained, frozen) for part, (trained, frozen) in counts.items() if trained or frozen}
+
+
+def describe_freeze_state(counts: dict[str, tuple[int, int]], args: AlternatingTrainingArguments) -> str:
+    lr = {"mm_mlp_adapter": args.mm_projector_lr, "mm_vision_tower": args.mm_vision_tower_lr, "xattn": None}
+    lines = ["what trains (--mm_tunable_parts; gated cross-attention blocks always train):"]
+    for part, (trained, frozen) in counts.items():
+        if trained:
+            rate = lr.get(part) or args.learning_rate
+            lines.append(f"  {part:<18} trained  {trained:>14,} parameters at lr {rate:g}")
+        else:
+            lines.append(f"  {part:<18} frozen   {frozen:>14,} parameters")
+    return "\n".join(lines)
 
 
 def choose_aspect_ratio(requested: str | None, config: LlavaQwenConfig, logger: logging.Logger) -> str:
@@ -367,7 +383,7 @@ def _train(
     logger.info("sequences are cut to %d tokens (tokenizer_model_max_length)", model.config.tokenizer_model_max_length)
     model.config.tokenizer_padding_side = "right"
     counts = set_trainable_parts(model, model_args.tunable_parts)
-    logger.info("trainable parameters: %s", ", ".join(f"{part} {count:,}" for part, count in counts.items()))
+    logger.info("%s", describe_freeze_state(counts, training_args))
 
     aspect_ratio = choose_aspect_ratio(data_args.image_aspect_ratio, model.config, logger)
     image_processor = SquareImageProcessor.from_config(model.config, aspect_ratio)
