@@ -127,19 +127,43 @@ def test_init_from_saved_base_model_counts(tiny_models):
     assert torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)
 
 
-def test_init_from_bare_qwen2_reports_the_image_side_missing(tiny_models):
+def test_init_from_bare_qwen2_loads_the_siglip_tower_and_reports_the_rest_missing(tiny_models):
+    from transformers import SiglipVisionModel
+
     plan = plan_init_from_backbone(str(tiny_models["qwen2"]), "alternating", vision_tower=str(tiny_models["siglip"]))
     report = plan.report
-    assert len(report.copied) == 2 + 4 * 12  # embeddings, final norm, 12 tensors per decoder layer
+    tower = [key for key in report.copied if ".vision_tower." in key]
+    assert len(report.copied) - len(tower) == 2 + 4 * 12  # embeddings, final norm, 12 tensors per decoder layer
     assert not report.skipped and not report.unexpected and not report.mismatched
-    assert report.missing and all(
-        key == "model.image_newline" or ".vision_tower." in key or ".mm_projector." in key for key in report.missing
-    )
+    assert all(key == "model.image_newline" or ".mm_projector." in key for key in report.missing)
     assert len([key for key in report.missing if ".mm_projector." in key]) == 4
+    assert "1 layer(s) past mm_vision_select_layer dropped" in plan.tower  # 3 SigLIP layers, 2 kept
     model = build_from_plan(plan)
     assert type(model).__name__ == "LlavaQwenWithAlternatingAttnForCausalLM"
+    siglip = {
+        key.removeprefix("vision_model."): value
+        for key, value in SiglipVisionModel.from_pretrained(tiny_models["siglip"]).state_dict().items()
+    }
+    ours = model.state_dict()
+    for key in ("embeddings.patch_embedding.weight", "encoder.layers.1.mlp.fc2.weight"):
+        assert torch.equal(ours["model.vision_tower.vision_tower.vision_model." + key], siglip[key]), key
     with pytest.raises(LlavaConfigError, match="say which model to build"):
         plan_init_from_backbone(str(tiny_models["qwen2"]), "auto")
+
+
+def test_a_tower_that_stays_random_is_said_and_a_misfit_tower_is_refused(tiny_models, tmp_path):
+    from crossgraft.llava.train import describe_plan
+
+    random_tower = plan_init_from_backbone(str(tiny_models["qwen2"]), "base")
+    assert random_tower.tower.startswith("vision tower: RANDOM")
+    assert "RANDOM" in describe_plan(random_tower)
+    misfit = tmp_path / "misfit_siglip"
+    shutil.copytree(tiny_models["siglip"], misfit)
+    config = json.loads((misfit / "config.json").read_text())
+    config["intermediate_size"] = 48  # the config now disagrees with the weights
+    (misfit / "config.json").write_text(json.dumps(config))
+    with pytest.raises(LlavaConfigError, match=r"layers.0.mlp.fc1.bias is \(64,\) but .* needs \(48,\)"):
+        plan_init_from_backbone(str(tiny_models["qwen2"]), "base", vision_tower=str(misfit))
 
 
 def test_init_reports_shape_mismatches(tmp_path, tiny_models):

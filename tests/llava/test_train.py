@@ -59,7 +59,9 @@ def test_inspect_weights_reports_the_copy(tiny_models, llava_sample, capsys):
     assert train_main(args) == 0
     out = capsys.readouterr().out
     assert "into llava_qwen_with_alternating_attn" in out
-    assert "copied: 50" in out and "skipped: 0" in out and "missing: 42" in out  # newline, 37 tower, 4 projector
+    # 50 language-model tensors and the 37 of the pretrained tower; missing: image_newline and 4 projector tensors
+    assert "copied: 87" in out and "skipped: 0" in out and "missing: 5" in out
+    assert "vision tower: 37 tensors from" in out and "1 layer(s) past mm_vision_select_layer dropped" in out
     assert train_main(["--model_name_or_path", str(tiny_models[BASE]), "--inspect_weights"]) == 2
     assert "add --init_from_backbone" in capsys.readouterr().err
 

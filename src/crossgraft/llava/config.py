@@ -84,9 +84,10 @@ class ModelArguments:
     vision_tower: str | None = field(
         default=None,
         metadata={
-            "help": "SigLIP tower for a model built from a bare Qwen2 LM: a known "
-            "id (google/siglip-so400m-patch14-384, the default), or a folder/Hub id with its "
-            "config.json. Its weights are created from config (reported missing)"
+            "help": "SigLIP tower for a model built from a bare Qwen2 LM: a folder or Hub id with SigLIP weights "
+            "(google/siglip-so400m-patch14-384 for OneVision). Its weights are copied into the tower, layers past "
+            "mm_vision_select_layer dropped as LLaVA-NeXT does. Without it the tower stays random, and the log and "
+            "--inspect_weights say so"
         },
     )
     xattn_mode: str = field(

@@ -249,6 +249,43 @@ class BackboneInit:
     state_dict: dict[str, torch.Tensor]
     report: CopyReport
     source: CheckpointKind
+    tower: str = ""  # where the vision tower's weights come from, in words ("RANDOM …" when they stay random)
+
+
+TOWER_PREFIX = "model.vision_tower.vision_tower."
+
+
+def tower_state_dict(vision_tower: str, target_shapes: dict[str, tuple]) -> tuple[dict[str, torch.Tensor], int]:
+    """A SigLIP checkpoint's vision weights under the LLaVA tower's names, without the layers LLaVA-NeXT drops
+    (past mm_vision_select_layer) and the head; returns them and how many layers were dropped. A tensor whose
+    shape does not fit the tower the config describes is an error naming the key and both shapes."""
+    try:
+        source = read_state_dict(vision_tower)
+    except CheckpointError as error:
+        raise LlavaConfigError(f"--vision_tower {vision_tower}: {error}") from error
+    kept_layers = {key.split("encoder.layers.")[1].split(".")[0] for key in target_shapes if ".encoder.layers." in key}
+    mapped, dropped = {}, set()
+    for stored, value in source.items():
+        # SiglipVisionModel files name the tensors "vision_model.…" or, as saved by transformers 5, without it; a
+        # full SiglipModel also holds its text tower and scalars, which the tower does not use
+        key = stored.removeprefix("vision_model.")
+        if not key.startswith(("embeddings.", "encoder.", "post_layernorm.", "head.")):
+            continue
+        if key.startswith("encoder.layers.") and key.split(".")[2] not in kept_layers:
+            dropped.add(key.split(".")[2])
+            continue
+        if key.startswith("head."):
+            continue  # LLaVA-NeXT replaces the pooling head with an identity
+        target_key = TOWER_PREFIX + "vision_model." + key
+        if target_key in target_shapes and tuple(value.shape) != target_shapes[target_key]:
+            raise LlavaConfigError(
+                f"--vision_tower {vision_tower}: {stored} is {tuple(value.shape)} but the tower its config describes "
+                f"needs {target_shapes[target_key]} (weights from another SigLIP size than its config.json?)"
+            )
+        mapped[target_key] = value
+    if not mapped:
+        raise LlavaConfigError(f"--vision_tower {vision_tower}: no SigLIP vision weights found")
+    return mapped, len(dropped)
 
 
 def plan_init_from_backbone(
@@ -261,10 +298,11 @@ def plan_init_from_backbone(
 ) -> BackboneInit:
     """Copy every backbone tensor whose key exists in the target with the same shape (skip prefixes aside).
 
-    From a bare Qwen2 LM the vision tower (`vision_tower`, default SigLIP-so400m/14-384), projector and
-    image_newline are created from config and reported missing. An alternating_cross model built from another
-    type is new: it gets `xattn_mode` (gated by default) and `xattn_every_n_layers`; an alternating_cross
-    backbone keeps its own.
+    From a bare Qwen2 LM the projector and image_newline are created from config and reported missing; the vision
+    tower's weights come from `vision_tower` (a SigLIP folder or Hub id, its layers past mm_vision_select_layer
+    dropped as LLaVA-NeXT does), or it stays random, which the plan's `tower` line says in capitals. An
+    alternating_cross model built from another type is new: it gets `xattn_mode` (gated by default) and
+    `xattn_every_n_layers`; an alternating_cross backbone keeps its own.
     """
     raw = read_raw_config(backbone)
     kind = classify(raw, backbone)
@@ -280,8 +318,24 @@ def plan_init_from_backbone(
         target = MODEL_CLASSES[model_type](config)
     target_shapes = {key: tuple(value.shape) for key, value in target.state_dict().items()}
     tied = dict(target.all_tied_weights_keys) if config.tie_word_embeddings else {}
-    matched, report = selective_copy(read_state_dict(backbone), target_shapes, skip_prefixes, tied)
-    return BackboneInit(config, matched, report, kind)
+    source = read_state_dict(backbone)
+    tower = ""
+    if vision_tower:
+        tower_weights, dropped = tower_state_dict(vision_tower, target_shapes)
+        source = {k: v for k, v in source.items() if not k.startswith(TOWER_PREFIX)} | tower_weights
+        tower = f"vision tower: {len(tower_weights)} tensors from {vision_tower} ({dropped} layer(s) past "
+        tower += "mm_vision_select_layer dropped, as LLaVA-NeXT does)"
+    matched, report = selective_copy(source, target_shapes, skip_prefixes, tied)
+    tower_keys = [key for key in target_shapes if key.startswith(TOWER_PREFIX)]
+    if not any(key in matched for key in tower_keys):
+        tower = (
+            f"vision tower: RANDOM ({len(tower_keys)} tensors created from config): nothing filled it. Pass "
+            "--vision_tower with a SigLIP folder or Hub id that holds weights (google/siglip-so400m-patch14-384 "
+            "for OneVision) before training on images"
+        )
+    elif not tower:
+        tower = f"vision tower: from the backbone {backbone}"
+    return BackboneInit(config, matched, report, kind, tower)
 
 
 def build_from_plan(

@@ -316,7 +316,7 @@ def describe_plan(plan: BackboneInit) -> str:
     header = f"init from backbone {plan.source.source} ({plan.source.raw_model_type}) into {plan.config.model_type}"
     if hasattr(plan.config, "xattn_mode"):
         header += f", xattn_mode {plan.config.xattn_mode}"
-    return f"{header}\n{plan.report.format()}"
+    return f"{header}\n{plan.tower}\n{plan.report.format()}"
 
 
 def prepare_model(model_args: ModelArguments, logger: logging.Logger) -> LlavaQwenForCausalLM:
@@ -324,6 +324,8 @@ def prepare_model(model_args: ModelArguments, logger: logging.Logger) -> LlavaQw
     if model_args.init_from_backbone:
         plan = backbone_plan(model_args)
         logger.info("%s", describe_plan(plan))
+        if "RANDOM" in plan.tower:
+            logger.warning("%s", plan.tower)  # never silent: a random tower makes every image noise
         return build_from_plan(plan, model_args.attn_implementation)
     if not model_args.model_name_or_path:
         raise LlavaConfigError("--model_name_or_path is required (or --init_from_backbone --backbone_model …)")
