@@ -110,13 +110,11 @@ def test_init_from_saved_base_model_counts(tiny_models):
     plan = plan_init_from_backbone(str(tiny_models[BASE]), "alternating_cross")
     report = plan.report
     n_target = len(MODEL_CLASSES[CROSS](plan.config).state_dict())
-    assert len(report.skipped) == 4 and all("mm_projector" in key for key in report.skipped)
+    assert not report.skipped  # the projector is kept by default
     assert len(report.mismatched) == 0 and len(report.unexpected) == 0
     assert report.tied == ["lm_head.weight"]
     xattn = [key for key in report.missing if ".xattn." in key]
-    assert (
-        len(xattn) == len(report.missing) - 4 and len(xattn) == 15
-    )  # one block (layer 3): 2 gates, 3 norms, q/k/v/o, MLP
+    assert len(xattn) == len(report.missing) == 15  # one block (layer 3): 2 gates, 3 norms, q/k/v/o, MLP
     assert len(report.copied) + len(report.missing) + len(report.tied) == n_target
     model = build_from_plan(plan)
     assert model.config.xattn_mode == "gated"
@@ -244,3 +242,13 @@ def test_saved_config_carries_what_llava_next_era_loaders_read(tmp_path, kind):
     assert saved["model_type"] == kind and saved["architectures"] == [load_model(str(folder)).__class__.__name__]
     reloaded = load_model(str(folder)).config
     assert reloaded.rope_parameters["rope_theta"] == 1e6
+
+
+def test_a_llava_backbone_keeps_its_projector_unless_told_otherwise(tiny_models):
+    kept = plan_init_from_backbone(str(tiny_models["llava_qwen"]), "alternating")
+    assert sum(".mm_projector." in key for key in kept.report.copied) == 4 and not kept.report.missing
+    assert kept.tower.startswith("vision tower: from the backbone")
+    seed_list = plan_init_from_backbone(
+        str(tiny_models["llava_qwen"]), "alternating", skip_prefixes=("mm_projector", "vision_resampler")
+    )
+    assert sum(".mm_projector." in key for key in seed_list.report.skipped) == 4

@@ -77,8 +77,9 @@ class ModelArguments:
     init_skip_prefixes: str = field(
         default=",".join(DEFAULT_SKIP_PREFIXES),
         metadata={
-            "help": "comma-separated parameter prefixes never copied from the backbone (also matched after 'model.'); "
-            "pass 'vision_resampler' alone to keep a LLaVA backbone's projector"
+            "help": "comma-separated parameter prefixes never copied from the backbone (also matched after 'model.'). "
+            "The default keeps a LLaVA backbone's projector; 'mm_projector,vision_resampler' re-initialises it, as "
+            "the seed's wrapper did"
         },
     )
     vision_tower: str | None = field(

@@ -69,7 +69,6 @@ def demo_arguments(
     if model_fields:
         model_args = ModelArguments(
             backbone_model=str(backbone),
-            init_skip_prefixes="vision_resampler",
             **model_fields,  # type: ignore[arg-type]
         )
     else:

@@ -38,7 +38,9 @@ MODEL_TYPE_OF_VARIANT = {
     "alternating_cross": ALTERNATING_CROSS_MODEL_TYPE,
 }
 VARIANT_OF_MODEL_TYPE = {model_type: variant for variant, model_type in MODEL_TYPE_OF_VARIANT.items()}
-DEFAULT_SKIP_PREFIXES = ("mm_projector", "vision_resampler")
+# A LLaVA backbone's projector is kept (the seed's list also skipped mm_projector, which re-randomised OneVision's
+# trained projector; --init_skip_prefixes mm_projector,vision_resampler does that)
+DEFAULT_SKIP_PREFIXES = ("vision_resampler",)
 _NOT_CONFIG_FIELDS = ("model_type", "architectures", "transformers_version", "auto_map", "_name_or_path")
 
 
