@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from crossgraft.errors import ConfigError
 from crossgraft.files import read_text, write_text_atomic
 from crossgraft.llava.caption_metrics import CAPTION_METRICS, caption_statistics, mean_finalize
 from crossgraft.llava.config import EvaluateConfig
-from crossgraft.llava.evaluate import PREDICTIONS_FILE, SETTINGS_FILE, evaluate, read_predictions
+from crossgraft.llava.evaluate import PREDICTIONS_FILE, SETTINGS_FILE, evaluate, evaluation_folder, read_predictions
 
 
 @dataclass
@@ -31,6 +32,12 @@ class Evaluation:
     folder: Path
     settings: dict[str, Any]
     rows: list[dict[str, Any]]  # predictions.jsonl, sorted by sample id
+
+    @cached_property
+    def statistics(self) -> dict[str, np.ndarray]:
+        """Per metric, the per-sample statistics (n, k) whose sums the metric is computed from (computed once,
+        however many variants are compared with this one)."""
+        return statistics_of(self)
 
 
 @dataclass
@@ -59,7 +66,7 @@ def evaluation_of(path: Path, data_path: str | None) -> Path:
         return path
     if data_path is not None:
         config = EvaluateConfig(model_name_or_path=str(path), data_path=data_path)
-        folder = path / "evaluation" / Path(data_path).stem
+        folder = evaluation_folder(config)
         if not (folder / "summary.json").is_file():
             folder, _ = evaluate(config)
         return folder
@@ -117,8 +124,8 @@ def compare_variants(reference: list[Evaluation], other: list[Evaluation], seed:
     pairs = max(len(reference), len(other))
     reference_runs = [reference[i % len(reference)] for i in range(pairs)]
     other_runs = [other[i % len(other)] for i in range(pairs)]
-    reference_stats = [statistics_of(e) for e in reference_runs]
-    other_stats = [statistics_of(e) for e in other_runs]
+    reference_stats = [e.statistics for e in reference_runs]
+    other_stats = [e.statistics for e in other_runs]
     units = len(reference_runs[0].rows)
     rng = np.random.default_rng(seed)
     deltas = []

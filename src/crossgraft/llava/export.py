@@ -89,11 +89,12 @@ def suggested_name(folder_name: str, model_type: str) -> str:
 
 def export_llava_next(run: str, out: Path, dtype: str = "keep") -> LlavaNextExport:
     """Write `run` (a crossgraft LLaVA checkpoint) to `out` for LLaVA-NeXT / the alternating fork."""
-    kind = classify(read_raw_config(run), run)  # decided from config.json, before any weights are read
+    raw = read_raw_config(run)
+    kind = classify(raw, run)  # decided from config.json, before any weights are read
     if kind.variant is None:
         raise LlavaConfigError(f"{run} is a bare Qwen2 language model, not a LLaVA checkpoint")
     model_type = MODEL_TYPE_OF_VARIANT[kind.variant]
-    if model_type == ALTERNATING_CROSS_MODEL_TYPE and read_raw_config(run).get("xattn_mode", "mask") == "gated":
+    if model_type == ALTERNATING_CROSS_MODEL_TYPE and raw.get("xattn_mode", "mask") == "gated":
         raise LlavaConfigError(
             f"{run} is alternating_cross with gated cross-attention blocks (model.xattn.*): neither LLaVA-NeXT nor "
             "the alternating fork has these blocks, so their loader would drop them and run a different model. "

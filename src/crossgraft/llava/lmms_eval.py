@@ -13,6 +13,7 @@ Videos are not supported (a clear error names the request).
 from __future__ import annotations
 
 import json
+import logging
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -25,6 +26,7 @@ from crossgraft.llava.configuration import IGNORE_INDEX, LlavaConfigError
 from crossgraft.llava.data import IMAGE_PLACEHOLDER, DataCollatorForSupervisedDataset, generation_prompt
 from crossgraft.llava.evaluate import answer_losses
 from crossgraft.llava.loading import load_model
+from crossgraft.llava.train import choose_aspect_ratio
 from crossgraft.llava.vision import SquareImageProcessor
 
 MODEL_ID = "crossgraft_llava"
@@ -71,9 +73,7 @@ class CrossgraftLlava(LmmsBase):
         self.model.to(device).eval()  # type: ignore[arg-type]
         self.device = torch.device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(pretrained)
-        aspect_ratio = image_aspect_ratio or (
-            self.model.config.image_aspect_ratio if self.model.config.image_aspect_ratio in ("pad", "square") else "pad"
-        )
+        aspect_ratio = choose_aspect_ratio(image_aspect_ratio, self.model.config, logging.getLogger(__name__))
         self.image_processor = SquareImageProcessor.from_config(self.model.config, aspect_ratio)
         self.batch_size = int(batch_size)
         self.max_new_tokens = int(max_new_tokens)

@@ -48,6 +48,12 @@ def allowed_keys(
     return allowed[:, None]  # (B, 1, Q, K)
 
 
+def effective_rule(rule: str, text_only: bool) -> str:
+    """Within one modality, text-only input is plain causal attention: such layers get the causal rule, so the
+    same mask and kernel, which makes `alternating` equal to base bit for bit on text."""
+    return "causal" if rule == "within_modality" and text_only else rule
+
+
 def additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """0 where allowed, the dtype's minimum elsewhere (finite, unlike -inf)."""
     mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
@@ -74,9 +80,7 @@ def layer_masks(
     sdpa = attn_implementation in (None, "sdpa")
     masks: dict[str, torch.Tensor | None] = {}
     for rule in rules:
-        # Within one modality, text-only input is plain causal attention: the same mask object, so the same
-        # kernel, which makes `alternating` equal to base bit for bit on text.
-        effective = "causal" if rule == "within_modality" and text_only else rule
+        effective = effective_rule(rule, text_only)
         plain_causal = effective == "causal" and bool(key_is_real.all()) and queries in (1, keys)
         if plain_causal and sdpa:
             masks[rule] = None
@@ -123,8 +127,6 @@ def flex_block_masks(
         return create_block_mask(mask_mod, batch, None, queries, keys, device=key_is_real.device)
 
     built: dict[str, Any] = {}
-    for rule in rules:
-        effective = "causal" if rule == "within_modality" and text_only else rule
-        if effective not in built:
-            built[effective] = rule_mask(effective)
-    return {rule: built["causal" if rule == "within_modality" and text_only else rule] for rule in rules}
+    for effective in {effective_rule(rule, text_only) for rule in rules}:
+        built[effective] = rule_mask(effective)
+    return {rule: built[effective_rule(rule, text_only)] for rule in rules}

@@ -149,7 +149,7 @@ class AlternatingTrainer(Trainer):
             return self.optimizer
         args = cast(AlternatingTrainingArguments, self.args)
         decay_names = set(self.get_decay_parameter_names(model))
-        part_lr = {"mm_mlp_adapter": args.mm_projector_lr, "mm_vision_tower": args.mm_vision_tower_lr}
+        part_lr = part_learning_rates(args)
         grouped: dict[tuple[str, bool], list[torch.nn.Parameter]] = {}
         for name, parameter in model.named_parameters():
             if parameter.requires_grad:
@@ -166,6 +166,11 @@ class AlternatingTrainer(Trainer):
         optimizer_class, optimizer_kwargs = self.get_optimizer_cls_and_kwargs(self.args, model)
         self.optimizer = optimizer_class(groups, **optimizer_kwargs)
         return self.optimizer
+
+
+def part_learning_rates(args: AlternatingTrainingArguments) -> dict[str, float | None]:
+    """The learning rate of each part that has its own flag (None: --learning_rate)."""
+    return {"mm_mlp_adapter": args.mm_projector_lr, "mm_vision_tower": args.mm_vision_tower_lr}
 
 
 def tunable_part(name: str) -> str:
@@ -190,7 +195,7 @@ def set_trainable_parts(model: LlavaQwenForCausalLM, parts: list[str]) -> dict[s
 
 
 def describe_freeze_state(counts: dict[str, tuple[int, int]], args: AlternatingTrainingArguments) -> str:
-    lr = {"mm_mlp_adapter": args.mm_projector_lr, "mm_vision_tower": args.mm_vision_tower_lr, "xattn": None}
+    lr = part_learning_rates(args)
     lines = ["what trains (--mm_tunable_parts; gated cross-attention blocks always train):"]
     for part, (trained, frozen) in counts.items():
         if trained:
