@@ -492,3 +492,5 @@ def test_the_saved_config_keeps_the_source_max_length_unless_given(llava_sample,
     args = short_llava_run(source, llava_sample, out, "--max_steps", "1", "--save_strategy", "no", *flags)
     assert crossgraft_main(["llava", "train", *args]) == 0
     assert json.loads((out / "config.json").read_text())["tokenizer_model_max_length"] == expected
+    settings = json.loads((out / "run_args.json").read_text())  # the data flags reach the run folder too
+    assert settings["data"]["label_mode"] == "answers" and settings["model"]["model_name_or_path"] == str(source)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -28,6 +28,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from crossgraft.errors import TrainingError
+from crossgraft.files import write_text_atomic
 from crossgraft.graft import CheckpointError, file_problem
 from crossgraft.llava.config import AlternatingTrainingArguments, DataArguments, ModelArguments
 from crossgraft.llava.configuration import SUPPORTED_ASPECT_RATIOS, LlavaConfigError, LlavaQwenConfig
@@ -220,6 +221,7 @@ def choose_aspect_ratio(requested: str | None, config: LlavaQwenConfig, logger: 
     return "pad"
 
 
+RUN_ARGS_FILE = "run_args.json"  # the model and data arguments of the run, as given
 DEFAULT_MODEL_MAX_LENGTH = 2048  # LLaVA-NeXT's --model_max_length default, for a source that records none
 CHECKPOINT_FILE_SUFFIXES = (".json", ".safetensors", ".pt", ".pth", ".bin")
 
@@ -381,6 +383,9 @@ def _train(
     resume: str | None,
 ) -> TrainResult:
     logger = setup_run_logging(output_dir, LOG_FILE, "crossgraft.llava")
+    if training_args.process_index == 0:  # the Trainer keeps its own arguments in training_args.bin
+        settings = {"model": asdict(model_args), "data": asdict(data_args)}
+        write_text_atomic(output_dir / RUN_ARGS_FILE, json.dumps(settings, indent=2, default=str) + "\n")
     model = prepare_model(model_args, logger)
     tokenizer_source = model_args.tokenizer_name_or_path or model_args.model_name_or_path or model_args.backbone_model
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
