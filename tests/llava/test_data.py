@@ -19,7 +19,7 @@ from crossgraft.llava.data import (
     read_records,
     tokenize_conversation,
 )
-from crossgraft.llava.vision import SquareImageProcessor
+from crossgraft.llava.vision import ImageProcessor
 
 
 def record(index, caption="a caption", image=None):
@@ -135,13 +135,14 @@ def test_qwen_template_learns_only_the_answers(tiny_tokenizer):
 
 
 def test_dataset_items_images_and_collator(llava_sample, tiny_tokenizer):
-    processor = SquareImageProcessor(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "pad")
+    processor = ImageProcessor(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), "pad")
     data_args = DataArguments(data_path=str(llava_sample))
     module = make_supervised_data_module(tiny_tokenizer, data_args, processor)
     dataset, collator = module["train_dataset"], module["data_collator"]
     assert len(dataset) == 8
     batch = collator([dataset[0], dataset[1], dataset[2]])
-    assert batch["images"].shape == (3, 3, 32, 32)
+    assert [tiles.shape for tiles in batch["images"]] == [(1, 3, 32, 32)] * 3  # one tile per image
+    assert batch["image_sizes"].shape == (3, 2)
     assert batch["input_ids"].shape == batch["labels"].shape == batch["attention_mask"].shape
     assert (batch["input_ids"] == IMAGE_TOKEN_INDEX).sum() == 3
     lengths = batch["attention_mask"].sum(1)
@@ -152,7 +153,7 @@ def test_missing_and_corrupt_images_are_named(tmp_path, tiny_tokenizer):
     (tmp_path / "bad.png").write_bytes(b"not a png")
     path = write_json(tmp_path / "data.json", [record(0, image="absent.png"), record(1, image="bad.png")])
     data_args = DataArguments(data_path=str(path))
-    processor = SquareImageProcessor(32, (0.5,) * 3, (0.5,) * 3)
+    processor = ImageProcessor(32, (0.5,) * 3, (0.5,) * 3)
     dataset = make_supervised_data_module(tiny_tokenizer, data_args, processor)["train_dataset"]
     with pytest.raises(LlavaDataError, match=r"record 0 \(id r0\): image not found: .*absent.png"):
         dataset[0]
@@ -162,14 +163,14 @@ def test_missing_and_corrupt_images_are_named(tmp_path, tiny_tokenizer):
 
 def test_square_preprocessing_pads_with_the_mean_colour():
     image = Image.new("RGB", (40, 20), (255, 0, 0))
-    padded = SquareImageProcessor(20, (0.5,) * 3, (0.5,) * 3, "pad")(image)
-    squashed = SquareImageProcessor(20, (0.5,) * 3, (0.5,) * 3, "square")(image)
+    padded = ImageProcessor(20, (0.5,) * 3, (0.5,) * 3, "pad")(image).tiles[0]
+    squashed = ImageProcessor(20, (0.5,) * 3, (0.5,) * 3, "square")(image).tiles[0]
     assert padded.shape == squashed.shape == (3, 20, 20)
     assert torch.allclose(padded[:, 0, 10], torch.tensor([-0.0039, -0.0039, -0.0039]), atol=1e-3)  # grey band
     assert torch.allclose(padded[:, 10, 10], torch.tensor([1.0, -1.0, -1.0]), atol=1e-3)  # the image
     assert torch.allclose(squashed[:, 0, 10], torch.tensor([1.0, -1.0, -1.0]), atol=1e-3)  # no band
-    with pytest.raises(LlavaConfigError, match="anyres tiling is not implemented"):
-        SquareImageProcessor(20, (0.5,) * 3, (0.5,) * 3, "anyres_max_9")
+    with pytest.raises(LlavaConfigError, match="anyres_max_9 needs image_grid_pinpoints"):
+        ImageProcessor(20, (0.5,) * 3, (0.5,) * 3, "anyres_max_9")
 
 
 def test_sample_caption_attributes():
@@ -199,11 +200,11 @@ def test_16_bit_images_and_decompression_bombs(tmp_path, tiny_tokenizer):
     Image.fromarray(grey).save(tmp_path / "grey16.png")
     Image.new("RGB", (300, 200)).save(tmp_path / "big.png")
     path = write_json(tmp_path / "data.json", [record(0, image="grey16.png"), record(1, image="big.png")])
-    processor = SquareImageProcessor(32, (0.0,) * 3, (1.0,) * 3, "square")
+    processor = ImageProcessor(32, (0.0,) * 3, (1.0,) * 3, "square")
     data_args = DataArguments(data_path=str(path), max_image_pixels=50_000)
     try:
         dataset = make_supervised_data_module(tiny_tokenizer, data_args, processor)["train_dataset"]
-        pixels = dataset[0]["images"][0]
+        pixels = dataset[0]["images"][0][0]
         assert pixels.shape == (3, 32, 32) and pixels.mean().item() == pytest.approx(156 / 255, abs=1e-3)  # not 1.0
         with pytest.raises(
             LlavaDataError,
@@ -215,8 +216,8 @@ def test_16_bit_images_and_decompression_bombs(tmp_path, tiny_tokenizer):
         set_max_pixels(None)
     with pytest.raises(LlavaConfigError, match="--max_image_pixels must be positive"):
         DataArguments(max_image_pixels=0)
-    with pytest.raises(LlavaConfigError, match="--image_aspect_ratio 'anyres_max_9' is not supported"):
-        DataArguments(image_aspect_ratio="anyres_max_9")
+    with pytest.raises(LlavaConfigError, match="'anyres_max_0' is not supported; use pad, square, anyres or"):
+        DataArguments(image_aspect_ratio="anyres_max_0")
 
 
 def test_a_lone_image_moves_to_the_start_of_its_turn_as_llava_next_does():
@@ -259,9 +260,9 @@ def test_llava_next_label_mode_learns_what_preprocess_qwen_learns(tiny_tokenizer
 
 def test_the_label_mode_reaches_the_training_data(tiny_tokenizer, llava_sample):
     from crossgraft.llava.data import make_supervised_data_module
-    from crossgraft.llava.vision import SquareImageProcessor
+    from crossgraft.llava.vision import ImageProcessor
 
-    processor = SquareImageProcessor(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    processor = ImageProcessor(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     learned = {}
     for mode in ("answers", "llava_next"):
         data = make_supervised_data_module(

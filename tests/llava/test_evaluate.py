@@ -13,7 +13,7 @@ from crossgraft.llava.configuration import LlavaConfigError
 from crossgraft.llava.data import DataCollatorForSupervisedDataset, LazySupervisedDataset, LlavaDataError, load_records
 from crossgraft.llava.evaluate import PREDICTIONS_FILE, evaluate
 from crossgraft.llava.loading import load_model
-from crossgraft.llava.vision import SquareImageProcessor
+from crossgraft.llava.vision import ImageProcessor
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def test_predictions_and_losses_equal_the_model_run_one_sample_at_a_time(evaluat
     assert [row["id"] for row in rows] == [record.data["id"] for record in records]
     model = load_model(config.model_name_or_path).eval()
     tokenizer = AutoTokenizer.from_pretrained(config.model_name_or_path)
-    dataset = LazySupervisedDataset(records, tokenizer, SquareImageProcessor.from_config(model.config), None)
+    dataset = LazySupervisedDataset(records, tokenizer, ImageProcessor.from_config(model.config), None)
     collate = DataCollatorForSupervisedDataset(tokenizer.pad_token_id)
     total_loss, total_tokens = 0.0, 0
     for index in (0, 4):  # in different batches of 3

@@ -385,7 +385,7 @@ def test_every_llava_command_explains_every_flag():
         (["--learning_rate", "nan"], "--learning_rate must be a finite number >= 0"),
         (["--model_max_length", "0"], "--model_max_length must be at least 1"),
         (["--mm_tunable_parts", "mm_language_model,mm_everything"], "unknown --mm_tunable_parts mm_everything"),
-        (["--image_aspect_ratio", "anyres_max_9"], "--image_aspect_ratio 'anyres_max_9' is not supported"),
+        (["--image_aspect_ratio", "highres"], "image_aspect_ratio 'highres' is not supported; use pad, square, anyres"),
     ],
 )
 def test_values_that_cannot_work_are_refused_before_anything_is_loaded(flags, message, tmp_path, capsys):

@@ -117,9 +117,9 @@ COMMANDS = {
         (ModelArguments, DataArguments, AlternatingTrainingArguments),
         cmd_train,
         "train base / alternating / alternating_cross (= train_alternating; every Hugging Face TrainingArguments flag)",
-        "Train LLaVA-OneVision (Qwen2 + SigLIP) as base, alternating or alternating_cross. Images are preprocessed at "
-        "one fixed square resolution (pad or square); anyres tiling is not implemented yet. --dry_run, --inspect_data "
-        "and --inspect_weights report and exit before anything is loaded or trained.",
+        "Train LLaVA-OneVision (Qwen2 + SigLIP) as base, alternating or alternating_cross. Images go through the "
+        "checkpoint's own image path (OneVision: anyres_max_9 tiles with spatial_unpad; pad and square also work). "
+        "--dry_run, --inspect_data and --inspect_weights report and exit before anything is loaded or trained.",
     ),
     "make-sample": Command(
         MakeSampleConfig,

@@ -12,7 +12,8 @@ from pathlib import Path
 from transformers import TrainingArguments
 
 from crossgraft.images import MAX_PIXELS_HELP
-from crossgraft.llava.configuration import SUPPORTED_ASPECT_RATIOS, XATTN_MODES, LlavaConfigError
+from crossgraft.llava.anyres import ASPECT_RATIO_HELP, check_aspect_ratio
+from crossgraft.llava.configuration import XATTN_MODES, LlavaConfigError
 from crossgraft.llava.loading import DEFAULT_SKIP_PREFIXES
 from crossgraft.llava.modeling import SUPPORTED_ATTENTION
 from crossgraft.llava.sample import TINY_TYPES
@@ -195,9 +196,18 @@ class DataArguments:
     image_aspect_ratio: str | None = field(
         default=None,
         metadata={
-            "help": "'pad' (paste onto a square of the mean colour, LLaVA's expand2square) or 'square' "
-            "(resize). Default: the model config's value when it is one of these, else pad. anyres tiling "
-            "is not implemented yet."
+            "help": "how images become tiles: pad (pasted onto a square of the mean colour, LLaVA's expand2square), "
+            "square (resized), or anyres / anyres_max_N (a base tile plus a grid of tiles chosen from "
+            "--image_grid_pinpoints, unpadded, with one image_newline per row; anyres_max_N shrinks the grid's "
+            "features to about N tiles, OneVision: anyres_max_9). Default: the model config's. Samples with several "
+            "images get one padded tile per image, as in LLaVA-NeXT. The saved config.json records the choice"
+        },
+    )
+    image_grid_pinpoints: str | None = field(
+        default=None,
+        metadata={
+            "help": "anyres resolutions: '(1x1),...,(6x6)' (tile counts, OneVision's) or a list of [width, height] "
+            "pixel pairs such as '[[384,768],[768,384]]'. Default: the model config's"
         },
     )
     system_prompt: str = field(
@@ -223,11 +233,8 @@ class DataArguments:
     max_image_pixels: int | None = field(default=None, metadata={"help": MAX_PIXELS_HELP})
 
     def __post_init__(self) -> None:
-        if self.image_aspect_ratio is not None and self.image_aspect_ratio not in SUPPORTED_ASPECT_RATIOS:
-            raise LlavaConfigError(
-                f"--image_aspect_ratio {self.image_aspect_ratio!r} is not supported; use one of "
-                f"{', '.join(SUPPORTED_ASPECT_RATIOS)} (anyres tiling is not implemented yet)"
-            )
+        if self.image_aspect_ratio is not None:
+            check_aspect_ratio(self.image_aspect_ratio)
         if self.max_image_pixels is not None and self.max_image_pixels < 1:
             raise LlavaConfigError(f"--max_image_pixels must be positive, got {self.max_image_pixels}")
         if self.label_mode not in ("answers", "llava_next"):
@@ -293,7 +300,10 @@ class EvaluateConfig:
         default=None, metadata={"help": "folder the records' relative image paths start from (default: the data's)"}
     )
     image_aspect_ratio: str | None = field(
-        default=None, metadata={"help": "pad or square (default: the model config's, as in training)"}
+        default=None, metadata={"help": f"{ASPECT_RATIO_HELP} (default: the model config's, as in training)"}
+    )
+    image_grid_pinpoints: str | None = field(
+        default=None, metadata={"help": "anyres resolutions, as for train (default: the model config's)"}
     )
     system_prompt: str = field(default=DEFAULT_SYSTEM_PROMPT, metadata={"help": "system turn of the chat template"})
     batch_size: int = field(default=8, metadata={"help": "records per batch"})
@@ -324,11 +334,8 @@ class EvaluateConfig:
             )
         if self.missing_answers not in MISSING_ANSWER_ACTIONS:
             raise LlavaConfigError(f"--missing_answers must be refuse or skip, got {self.missing_answers!r}")
-        if self.image_aspect_ratio is not None and self.image_aspect_ratio not in SUPPORTED_ASPECT_RATIOS:
-            raise LlavaConfigError(
-                f"--image_aspect_ratio must be one of {', '.join(SUPPORTED_ASPECT_RATIOS)}, "
-                f"got {self.image_aspect_ratio!r}"
-            )
+        if self.image_aspect_ratio is not None:
+            check_aspect_ratio(self.image_aspect_ratio)
 
     def generation_settings(self) -> dict[str, object]:
         """What decides the generated answers besides the model; evaluations to compare must share it."""

@@ -38,7 +38,6 @@ KNOWN_VISION_TOWERS: dict[str, dict[str, Any]] = {
         "layer_norm_eps": 1e-6,
     },
 }
-SUPPORTED_ASPECT_RATIOS = ("pad", "square")
 
 
 class LlavaConfigError(CrossgraftError, ValueError):
@@ -58,7 +57,8 @@ class LlavaQwenConfig(Qwen2Config):
     mm_vision_select_layer: int = -2  # LLaVA-NeXT drops SigLIP's last layer and uses the one before
     mm_vision_select_feature: str = "patch"
     mm_patch_merge_type: str = "spatial_unpad"  # "unpad" in the name: one image_newline after each image
-    image_aspect_ratio: str = "pad"
+    image_aspect_ratio: str = "pad"  # pad | square | anyres | anyres_max_N (OneVision: anyres_max_9)
+    image_grid_pinpoints: list | str | None = None  # anyres resolutions: [[w, h], …] or "(1x1),...,(6x6)"
     image_token_index: int = IMAGE_TOKEN_INDEX
     image_mean: list | tuple = (0.5, 0.5, 0.5)  # SigLIP's preprocessing statistics
     image_std: list | tuple = (0.5, 0.5, 0.5)

@@ -22,7 +22,7 @@ from crossgraft.files import read_text
 from crossgraft.images import read_rgb, set_max_pixels
 from crossgraft.llava.config import DEFAULT_SYSTEM_PROMPT, DataArguments
 from crossgraft.llava.configuration import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from crossgraft.llava.vision import SquareImageProcessor
+from crossgraft.llava.vision import ImageProcessor, ProcessedImage
 
 IMAGE_PLACEHOLDER = "<image>"
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
@@ -300,7 +300,7 @@ class LazySupervisedDataset(Dataset):
         self,
         records: list[Record],
         tokenizer: PreTrainedTokenizerBase,
-        image_processor: SquareImageProcessor,
+        image_processor: ImageProcessor,
         image_folder: str | None,
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         label_mode: str = "answers",
@@ -321,7 +321,9 @@ class LazySupervisedDataset(Dataset):
         base = Path(self.image_folder) if self.image_folder else Path(record.source).parent
         return Path(name) if Path(name).is_absolute() else base / name
 
-    def load_image(self, record: Record, name: str) -> torch.Tensor:
+    def load_image(self, record: Record, name: str, single_tile: bool = False) -> ProcessedImage:
+        """The image's tiles and size; `single_tile` for samples with several images (LLaVA-NeXT pads each of
+        those to one square whatever the aspect-ratio mode)."""
         path = self._image_path(record, name)
         if not path.is_file():
             raise LlavaDataError(f"{record.where}: image not found: {path}")
@@ -329,27 +331,33 @@ class LazySupervisedDataset(Dataset):
             image = read_rgb(path)
         except DataError as error:
             raise LlavaDataError(f"{record.where}: {error}") from error
-        return self.image_processor(image)  # (3, S, S)
+        return self.image_processor(image, single_tile)
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+    def load_images(self, record: Record) -> dict[str, Any]:
+        """{'images': [(T_i, 3, S, S)], 'image_sizes': (N, 2)} for a record with images, else {}."""
+        names = record.image_paths
+        if not names:
+            return {}
+        processed = [self.load_image(record, name, single_tile=len(names) > 1) for name in names]
+        return {"images": [p.tiles for p in processed], "image_sizes": torch.tensor([p.size for p in processed])}
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]
         turns = record.data["conversations"]
         if not self.keep_image_position:
             turns = move_lone_image_to_front(turns)
         input_ids, labels = tokenize_conversation(turns, self.tokenizer, self.system_prompt, self.label_mode)
-        item = {"input_ids": torch.tensor(input_ids), "labels": torch.tensor(labels)}
-        if record.image_paths:
-            item["images"] = torch.stack([self.load_image(record, name) for name in record.image_paths])
-        return item
+        return {"input_ids": torch.tensor(input_ids), "labels": torch.tensor(labels), **self.load_images(record)}
 
 
 @dataclass
 class DataCollatorForSupervisedDataset:
-    """Right-pads input_ids (pad token) and labels (IGNORE_INDEX); stacks all images of the batch in order."""
+    """Right-pads input_ids (pad token) and labels (IGNORE_INDEX); lists every image of the batch in order (each
+    its own number of tiles) with their sizes."""
 
     pad_token_id: int
 
-    def __call__(self, instances: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    def __call__(self, instances: list[dict[str, Any]]) -> dict[str, Any]:
         length = max(len(item["input_ids"]) for item in instances)
         input_ids = torch.full((len(instances), length), self.pad_token_id, dtype=torch.long)  # (B, S)
         labels = torch.full((len(instances), length), IGNORE_INDEX, dtype=torch.long)
@@ -357,15 +365,16 @@ class DataCollatorForSupervisedDataset:
         for row, item in enumerate(instances):
             n = len(item["input_ids"])
             input_ids[row, :n], labels[row, :n], attention_mask[row, :n] = item["input_ids"], item["labels"], 1
-        batch = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
-        images = [item["images"] for item in instances if "images" in item]
-        if images:
-            batch["images"] = torch.cat(images)  # (N, 3, S, S)
+        batch: dict[str, Any] = {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+        with_images = [item for item in instances if "images" in item]
+        if with_images:
+            batch["images"] = [tiles for item in with_images for tiles in item["images"]]  # N × (T_i, 3, S, S)
+            batch["image_sizes"] = torch.cat([item["image_sizes"] for item in with_images])  # (N, 2)
         return batch
 
 
 def make_supervised_data_module(
-    tokenizer: PreTrainedTokenizerBase, data_args: DataArguments, image_processor: SquareImageProcessor
+    tokenizer: PreTrainedTokenizerBase, data_args: DataArguments, image_processor: ImageProcessor
 ) -> dict[str, Any]:
     """LLaVA-NeXT's entry point: {'train_dataset', 'eval_dataset', 'data_collator'} for the Trainer; images go
     through the model's `image_processor`."""

@@ -27,7 +27,7 @@ from crossgraft.llava.loading import load_model
 from crossgraft.llava.plots import plot_runs
 from crossgraft.llava.sample import make_sample, make_tiny_model
 from crossgraft.llava.train import train
-from crossgraft.llava.vision import SquareImageProcessor
+from crossgraft.llava.vision import ImageProcessor
 from crossgraft.llava.visualize import draw_attention_rules
 
 # (name, ModelArguments fields); every variant starts from the same backbone with its projector kept.
@@ -133,11 +133,11 @@ def draw_first_sequence(model_dir: Path, data_path: Path, path: Path) -> Path:
     model = load_model(str(model_dir)).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     records = load_records(str(data_path))
-    dataset = LazySupervisedDataset(records[:1], tokenizer, SquareImageProcessor.from_config(model.config), None)
+    dataset = LazySupervisedDataset(records[:1], tokenizer, ImageProcessor.from_config(model.config), None)
     batch = DataCollatorForSupervisedDataset(tokenizer.pad_token_id)([dataset[0]])
     with torch.no_grad():
         spliced = model.model.prepare_multimodal_inputs(
-            batch["input_ids"], batch["attention_mask"], None, batch["images"]
+            batch["input_ids"], batch["attention_mask"], None, batch["images"], image_sizes=batch["image_sizes"]
         )
     return draw_attention_rules(spliced.attention_mask[0], spliced.image_token_mask[0], path)
 

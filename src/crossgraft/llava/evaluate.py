@@ -39,8 +39,7 @@ from crossgraft.llava.data import (
 )
 from crossgraft.llava.loading import load_model
 from crossgraft.llava.modeling import LlavaQwenForCausalLM
-from crossgraft.llava.train import choose_aspect_ratio
-from crossgraft.llava.vision import SquareImageProcessor
+from crossgraft.llava.train import image_processor_for
 from crossgraft.runlog import setup_run_logging
 
 SETTINGS_FILE = "evaluation.json"
@@ -129,6 +128,7 @@ def settings_of(config: EvaluateConfig) -> dict[str, Any]:
         "data_path": str(Path(config.data_path).resolve()),
         "generation": config.generation_settings(),
         "image_aspect_ratio": config.image_aspect_ratio,
+        **({"image_grid_pinpoints": config.image_grid_pinpoints} if config.image_grid_pinpoints else {}),
     }
 
 
@@ -167,11 +167,11 @@ class AnswerScores:
     greedy: torch.Tensor  # (B,) True where every learned token is the argmax of its logits
 
 
-def answer_losses(model: LlavaQwenForCausalLM, batch: dict[str, torch.Tensor]) -> AnswerScores:
+def answer_losses(model: LlavaQwenForCausalLM, batch: dict[str, Any]) -> AnswerScores:
     """Teacher-forced scores of the learned (labelled) tokens of each row. Only the learned positions go through
     the LM head, so the (B, L, vocab) logits are never built."""
     spliced, hidden = model.splice_and_decode(
-        batch["input_ids"], batch["attention_mask"], batch["labels"], batch.get("images")
+        batch["input_ids"], batch["attention_mask"], batch["labels"], batch.get("images"), batch.get("image_sizes")
     )  # hidden: (B, L, D)
     assert spliced.labels is not None
     targets = spliced.labels[:, 1:]  # (B, L-1): position t predicts token t+1
@@ -238,11 +238,10 @@ def evaluate(config: EvaluateConfig, model: LlavaQwenForCausalLM | None = None) 
             model = load_model(config.model_name_or_path, attn_implementation=config.attn_implementation)
         model.eval()
         tokenizer = AutoTokenizer.from_pretrained(config.model_name_or_path)
-        aspect_ratio = choose_aspect_ratio(config.image_aspect_ratio, model.config, logger)
+        processor = image_processor_for(model, config.image_aspect_ratio, config.image_grid_pinpoints)
         dataset = LazySupervisedDataset(
-            [s.record for s in todo], tokenizer, SquareImageProcessor.from_config(model.config, aspect_ratio),
-            config.image_folder, config.system_prompt,
-        )  # fmt: skip
+            [s.record for s in todo], tokenizer, processor, config.image_folder, config.system_prompt
+        )
         generator = torch.Generator().manual_seed(config.seed)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         collate = DataCollatorForSupervisedDataset(pad)
@@ -275,8 +274,7 @@ def _evaluate_batch(
 ) -> list[dict[str, Any]]:
     prompts, scored = [], []
     for sample in chunk:
-        images = [dataset.load_image(sample.record, name) for name in sample.record.image_paths]
-        image_item = {"images": torch.stack(images)} if images else {}
+        image_item = dataset.load_images(sample.record)
         prompt = torch.tensor(generation_prompt(sample.prompt_turns, tokenizer, config.system_prompt))
         prompts.append({"input_ids": prompt, "labels": prompt, **image_item})
         turns = [*sample.prompt_turns, {"from": "gpt", "value": sample.answer}]
@@ -287,6 +285,7 @@ def _evaluate_batch(
         answers = model.generate(
             prompt_batch["input_ids"], prompt_batch["attention_mask"], prompt_batch.get("images"),
             config.max_new_tokens, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad,
+            image_sizes=prompt_batch.get("image_sizes"),
             do_sample=config.do_sample, temperature=config.temperature, top_p=config.top_p, generator=generator,
         )  # fmt: skip
         scores = answer_losses(model, collate(scored))

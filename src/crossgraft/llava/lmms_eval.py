@@ -13,7 +13,6 @@ Videos are not supported (a clear error names the request).
 from __future__ import annotations
 
 import json
-import logging
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -26,8 +25,7 @@ from crossgraft.llava.configuration import IGNORE_INDEX, LlavaConfigError
 from crossgraft.llava.data import IMAGE_PLACEHOLDER, DataCollatorForSupervisedDataset, generation_prompt
 from crossgraft.llava.evaluate import answer_losses
 from crossgraft.llava.loading import load_model
-from crossgraft.llava.train import choose_aspect_ratio
-from crossgraft.llava.vision import SquareImageProcessor
+from crossgraft.llava.train import image_processor_for
 
 MODEL_ID = "crossgraft_llava"
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -73,8 +71,7 @@ class CrossgraftLlava(LmmsBase):
         self.model.to(device).eval()  # type: ignore[arg-type]
         self.device = torch.device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(pretrained)
-        aspect_ratio = choose_aspect_ratio(image_aspect_ratio, self.model.config, logging.getLogger(__name__))
-        self.image_processor = SquareImageProcessor.from_config(self.model.config, aspect_ratio)
+        self.image_processor = image_processor_for(self.model, image_aspect_ratio)
         self.batch_size = int(batch_size)
         self.max_new_tokens = int(max_new_tokens)
         self.system_prompt = system_prompt
@@ -95,7 +92,7 @@ class CrossgraftLlava(LmmsBase):
                 )
         return [visual.convert("RGB") for visual in visuals]
 
-    def _item(self, context: str, visuals: list[Image.Image], answer: str | None = None) -> dict[str, torch.Tensor]:
+    def _item(self, context: str, visuals: list[Image.Image], answer: str | None = None) -> dict[str, Any]:
         if visuals and IMAGE_PLACEHOLDER not in context:
             context = f"{IMAGE_PLACEHOLDER}\n" * len(visuals) + context
         prompt = generation_prompt(context, self.tokenizer, self.system_prompt)
@@ -103,13 +100,19 @@ class CrossgraftLlava(LmmsBase):
         if answer is not None:
             answer_ids = self.tokenizer(answer, add_special_tokens=False).input_ids
             prompt, labels = prompt + answer_ids, labels + answer_ids
-        item = {"input_ids": torch.tensor(prompt), "labels": torch.tensor(labels)}
-        if visuals:
-            item["images"] = torch.stack([self.image_processor(visual) for visual in visuals])
+        item: dict[str, Any] = {"input_ids": torch.tensor(prompt), "labels": torch.tensor(labels)}
+        if visuals:  # several images: each one padded square, as LLaVA-NeXT and lmms-eval's OneVision do
+            processed = [self.image_processor(visual, single_tile=len(visuals) > 1) for visual in visuals]
+            item["images"] = [p.tiles for p in processed]
+            item["image_sizes"] = torch.tensor([p.size for p in processed])
         return item
 
-    def _batch(self, items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        return {key: value.to(self.device) for key, value in self.collate(items).items()}
+    def _batch(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = self.collate(items)
+        moved = {key: value.to(self.device) for key, value in batch.items() if key != "images"}
+        if "images" in batch:
+            moved["images"] = [tiles.to(self.device) for tiles in batch["images"]]
+        return moved
 
     # -------------------------------------------------------------------------------------- lmms-eval API
     @torch.no_grad()
@@ -134,7 +137,7 @@ class CrossgraftLlava(LmmsBase):
                 int(gen_kwargs.get("max_new_tokens", self.max_new_tokens)),
                 eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.pad_token_id,
                 do_sample=temperature > 0, temperature=temperature or 1.0,
-                top_p=float(gen_kwargs.get("top_p") or 1.0),
+                top_p=float(gen_kwargs.get("top_p") or 1.0), image_sizes=batch.get("image_sizes"),
             )  # fmt: skip
             for text in self.tokenizer.batch_decode(tokens, skip_special_tokens=True):
                 for stop in until:

@@ -32,6 +32,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer, Qwen2MLP, Qwen2RMSNorm, Qwen2RotaryEmbedding
 
 from crossgraft.errors import ShapeError
+from crossgraft.llava.anyres import grid_shape, is_anyres, max_tiles, merge_tiles, parse_grid_pinpoints
 from crossgraft.llava.configuration import (
     IGNORE_INDEX,
     LlavaConfigError,
@@ -43,6 +44,8 @@ from crossgraft.llava.masks import additive, flex_block_masks, layer_masks
 from crossgraft.llava.vision import SigLipVisionTower, build_projector
 
 SUPPORTED_ATTENTION = ("eager", "sdpa", "flex_attention")
+ImageTiles = torch.Tensor | list[torch.Tensor]  # (N, 3, S, S) one tile per image, or N × (T_i, 3, S, S)
+ImageSizes = torch.Tensor | list[tuple[int, int]] | None  # (N, 2) width, height of each image as read
 # transformers renamed the decoder layers' cache argument (past_key_values → cache); pass it by the name it has.
 CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(Qwen2DecoderLayer.forward).parameters else "past_key_values"
 
@@ -220,43 +223,82 @@ class LlavaQwenModel(LlavaQwenPreTrainedModel):
 
     # ------------------------------------------------------------------------------------------- images
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 3, S, S) pixels → (N, T, D) LM-width features, T = patches (+1 newline for 'unpad' merges)."""
+        """(N, 3, S, S) tiles → (N, P, D) LM-width patch features (tower, then projector)."""
         tune_tower = any(p.requires_grad for p in self.vision_tower.parameters())
         with torch.set_grad_enabled(tune_tower and torch.is_grad_enabled()):
             patch_features = self.vision_tower(images)  # (N, P, W)
-        features = self.mm_projector(patch_features.to(self.mm_projector[0].weight.dtype))  # (N, P, D)
-        if "unpad" in self.config.mm_patch_merge_type:
-            newline = self.image_newline.to(features.dtype).expand(features.shape[0], 1, -1)  # (N, 1, D)
-            features = torch.cat([features, newline], dim=1)
+        return self.mm_projector(patch_features.to(self.mm_projector[0].weight.dtype))  # (N, P, D)
+
+    def image_features(self, images: ImageTiles, image_sizes: ImageSizes = None) -> list[torch.Tensor]:
+        """Each image's spliced features (T_i, D), as LLaVA-NeXT merges them.
+
+        images: a tensor (N, 3, S, S) of one tile per image, or a list of N tensors (T_i, 3, S, S). A single tile
+        gives its patch features plus one `image_newline` (for "unpad" merges). Several tiles are an anyres image:
+        the base tile's features, then the grid's, unpadded to `image_sizes[i]` (width, height) with a newline per
+        row (crossgraft.llava.anyres). All tiles of the batch go through the tower together.
+        """
+        per_image = list(images[:, None]) if isinstance(images, torch.Tensor) else list(images)
+        encoded = self.encode_images(torch.cat(per_image)).split([len(tiles) for tiles in per_image])
+        features = []
+        for index, image_features in enumerate(encoded):  # (T_i, P, D)
+            if len(image_features) > 1:
+                features.append(self._merge_anyres(index, image_features, image_sizes))
+            elif "unpad" in self.config.mm_patch_merge_type:
+                features.append(torch.cat([image_features[0], self.image_newline[None].to(image_features.dtype)]))
+            else:
+                features.append(image_features[0])
         return features
+
+    def _merge_anyres(self, index: int, image_features: torch.Tensor, image_sizes: ImageSizes) -> torch.Tensor:
+        config = self.config
+        tiles = len(image_features)
+        if not is_anyres(config.image_aspect_ratio) or "unpad" not in config.mm_patch_merge_type:
+            raise ShapeError(
+                f"image {index} comes as {tiles} tiles, but the model merges tiles only for image_aspect_ratio "
+                f"anyres[_max_N] with mm_patch_merge_type spatial_unpad (it has {config.image_aspect_ratio}, "
+                f"{config.mm_patch_merge_type}); process the images with the model's own settings"
+            )
+        if image_sizes is None or len(image_sizes) <= index:
+            raise ShapeError(f"image {index} comes as {tiles} anyres tiles but no image_sizes entry says its size")
+        width, height = (int(v) for v in image_sizes[index])
+        tile_size = self.vision_tower.image_size
+        grid = grid_shape((width, height), parse_grid_pinpoints(config.image_grid_pinpoints, tile_size), tile_size)
+        if tiles != 1 + grid[0] * grid[1]:
+            raise ShapeError(
+                f"image {index} ({width}x{height}) comes as {tiles} tiles, but the model's image_grid_pinpoints give "
+                f"it a {grid[0]}x{grid[1]} grid: 1 + {grid[0] * grid[1]} tiles (were the images processed with "
+                "other pinpoints?)"
+            )
+        most_tiles = max_tiles(config.image_aspect_ratio)
+        return merge_tiles(image_features[0], image_features[1:], (width, height), grid, self.image_newline, most_tiles)
 
     def prepare_multimodal_inputs(
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        images: torch.Tensor | None = None,
+        images: ImageTiles | None = None,
         padding_side: str | None = None,
+        image_sizes: ImageSizes = None,
     ) -> MultimodalInputs:
         """Splice image features in at the `<image>` placeholders, then re-pad the batch on `padding_side`
         (default: the config's tokenizer_padding_side; generation pads on the left).
 
-        Images are consumed in order: the k-th placeholder of the batch (row by row) takes images[k].
+        Images are consumed in order: the k-th placeholder of the batch (row by row) takes images[k] (see
+        `image_features` for the two forms of `images`).
         """
         config = self.config
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         placeholder = input_ids == config.image_token_index  # (B, S)
         placeholder_count = int(placeholder.sum())
-        image_count = 0 if images is None else images.shape[0]
+        image_count = 0 if images is None else len(images)
         if placeholder_count != image_count:
             raise ShapeError(
                 f"the batch has {placeholder_count} <image> placeholders but {image_count} images were given"
             )
         text_embeds = self.embed_tokens(input_ids.clamp(min=0))  # (B, S, D); placeholder rows are replaced
-        image_features = (  # (N, T, D)
-            self.encode_images(images) if images is not None and image_count else text_embeds.new_zeros(0, 0, 0)
-        )
+        image_features = self.image_features(images, image_sizes) if images is not None and image_count else []
 
         sequences, sequence_labels, sequence_is_image, contexts = [], [], [], []
         next_image = 0
@@ -273,7 +315,7 @@ class LlavaQwenModel(LlavaQwenPreTrainedModel):
                     piece_labels.append(row_labels[start:position])
                 if position == is_placeholder.numel():
                     break
-                features = image_features[next_image]  # (T, D)
+                features = image_features[next_image]  # (T_k, D)
                 next_image += 1
                 pieces.append(features.to(embeds.dtype))
                 piece_is_image.append(torch.ones(len(features), dtype=torch.bool, device=embeds.device))
@@ -434,16 +476,18 @@ class LlavaQwenForCausalLM(LlavaQwenPreTrainedModel):
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        images: torch.Tensor | None = None,
+        images: ImageTiles | None = None,
+        image_sizes: ImageSizes = None,
         logits_to_keep: int = 0,
         **kwargs: Any,
     ) -> CausalLMOutputWithPast:
-        """input_ids (B, S) with `<image>` placeholders (-200), images (N, 3, H, W) in placeholder order.
+        """input_ids (B, S) with `<image>` placeholders (-200); images in placeholder order, each one tile or its
+        anyres tiles, and image_sizes (N, 2) for the anyres ones (see `LlavaQwenModel.image_features`).
         Other keyword arguments (num_items_in_batch from the Trainer) go to the loss. There is no KV cache."""
         if kwargs.pop("past_key_values", None) is not None:
             raise NotImplementedError("a KV cache is not supported; generate() re-runs the prompt at every step")
         kwargs.pop("use_cache", None)
-        batch, hidden_states = self.splice_and_decode(input_ids, attention_mask, labels, images)
+        batch, hidden_states = self.splice_and_decode(input_ids, attention_mask, labels, images, image_sizes)
         if logits_to_keep:
             hidden_states = hidden_states[:, -logits_to_keep:]
         logits = self.lm_head(hidden_states)  # (B, L, vocab)
@@ -457,10 +501,11 @@ class LlavaQwenForCausalLM(LlavaQwenPreTrainedModel):
         input_ids: torch.Tensor | None,
         attention_mask: torch.Tensor | None,
         labels: torch.Tensor | None,
-        images: torch.Tensor | None,
+        images: ImageTiles | None,
+        image_sizes: ImageSizes = None,
     ) -> tuple[MultimodalInputs, torch.Tensor]:
         """The spliced batch and the decoder's last hidden states (B, L, D)."""
-        batch = self.model.prepare_multimodal_inputs(input_ids, attention_mask, labels, images)
+        batch = self.model.prepare_multimodal_inputs(input_ids, attention_mask, labels, images, None, image_sizes)
         hidden_states = self.model(
             inputs_embeds=batch.inputs_embeds,
             attention_mask=batch.attention_mask,
@@ -480,11 +525,12 @@ class LlavaQwenForCausalLM(LlavaQwenPreTrainedModel):
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
-        images: torch.Tensor | None = None,
+        images: ImageTiles | None = None,
         max_new_tokens: int = 32,
         eos_token_id: int | list[int] | None = None,
         pad_token_id: int | None = None,
         *,
+        image_sizes: ImageSizes = None,
         do_sample: bool = False,
         temperature: float = 1.0,
         top_p: float = 1.0,
@@ -517,7 +563,7 @@ class LlavaQwenForCausalLM(LlavaQwenPreTrainedModel):
         answers: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
         scores: list[torch.Tensor] = []
         finished = [False] * len(answers)
-        for logits, feed in steps(self, input_ids, attention_mask, images, max_new_tokens):
+        for logits, feed in steps(self, input_ids, attention_mask, images, image_sizes, max_new_tokens):
             next_tokens = choose(logits.float())  # (B,)
             if output_scores:
                 scores.append(logits)
@@ -556,10 +602,11 @@ def _cached_steps(
     model: LlavaQwenForCausalLM,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
-    images: torch.Tensor | None,
+    images: ImageTiles | None,
+    image_sizes: ImageSizes,
     max_new_tokens: int,
 ) -> DecodingSteps:
-    batch = model.model.prepare_multimodal_inputs(input_ids, attention_mask, None, images, padding_side="left")
+    batch = model.model.prepare_multimodal_inputs(input_ids, attention_mask, None, images, "left", image_sizes)
     cache = KeyValueCache(batch.attention_mask.shape[1] + max_new_tokens)
     key_is_real, key_is_image = batch.attention_mask, batch.image_token_mask  # (B, K)
     next_position = batch.attention_mask.sum(dim=1, keepdim=True)  # (B, 1): positions restart at 0 in every row
@@ -600,7 +647,8 @@ def _uncached_steps(
     model: LlavaQwenForCausalLM,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
-    images: torch.Tensor | None,
+    images: ImageTiles | None,
+    image_sizes: ImageSizes,
     max_new_tokens: int,
 ) -> DecodingSteps:
     prompts = [row[mask.bool()] for row, mask in zip(input_ids, attention_mask)]
@@ -614,7 +662,7 @@ def _uncached_steps(
     for _ in range(max_new_tokens):
         rows = [torch.cat([prompt, prompt.new_tensor(answer)]) for prompt, answer in zip(prompts, answers)]
         ids, mask = _right_pad(rows, pad)
-        batch, hidden = model.splice_and_decode(ids, mask, None, images)  # hidden: (B, L, D)
+        batch, hidden = model.splice_and_decode(ids, mask, None, images, image_sizes)  # hidden: (B, L, D)
         last = batch.attention_mask.shape[1] - 1 - batch.attention_mask.flip(1).argmax(dim=1)  # (B,)
         yield model.lm_head(hidden[torch.arange(len(rows)), last]), feed
 

@@ -31,7 +31,7 @@ from crossgraft.errors import TrainingError
 from crossgraft.files import write_text_atomic
 from crossgraft.graft import CheckpointError, file_problem
 from crossgraft.llava.config import AlternatingTrainingArguments, DataArguments, ModelArguments
-from crossgraft.llava.configuration import SUPPORTED_ASPECT_RATIOS, LlavaConfigError, LlavaQwenConfig
+from crossgraft.llava.configuration import LlavaConfigError
 from crossgraft.llava.data import LlavaDataError, Record, make_supervised_data_module, read_records, validate_record
 from crossgraft.llava.loading import (
     BackboneInit,
@@ -43,11 +43,12 @@ from crossgraft.llava.loading import (
     variant_mismatch,
 )
 from crossgraft.llava.modeling import LlavaQwenForCausalLM
-from crossgraft.llava.vision import SquareImageProcessor
+from crossgraft.llava.vision import ImageProcessor
 from crossgraft.lock import RunLock
-from crossgraft.runlog import setup_run_logging
+from crossgraft.runlog import console_logging, setup_run_logging
 
 LOG_FILE = "train_alternating.log"
+LOGGER_NAME = "crossgraft.llava"
 GATE_SUFFIXES = ("attn_gate", "ff_gate")
 
 
@@ -207,18 +208,17 @@ def describe_freeze_state(counts: dict[str, tuple[int, int]], args: AlternatingT
     return "\n".join(lines)
 
 
-def choose_aspect_ratio(requested: str | None, config: LlavaQwenConfig, logger: logging.Logger) -> str:
-    """--image_aspect_ratio when given, else the model config's when supported, else pad."""
-    if requested:
-        return requested
-    if config.image_aspect_ratio in SUPPORTED_ASPECT_RATIOS:
-        return config.image_aspect_ratio
-    logger.warning(
-        "the model config asks for image_aspect_ratio %r; anyres tiling is not implemented yet, so images "
-        "are padded to one square (pad)",
-        config.image_aspect_ratio,
-    )
-    return "pad"
+def image_processor_for(
+    model: LlavaQwenForCausalLM, aspect_ratio: str | None = None, grid_pinpoints: str | None = None
+) -> ImageProcessor:
+    """The image processor for --image_aspect_ratio / --image_grid_pinpoints (default: the model config's, as
+    LLaVA-NeXT reads them). The model config takes the settings too: the model merges anyres tiles by them, and
+    the saved config.json says how the run saw its images."""
+    processor = ImageProcessor.from_config(model.config, aspect_ratio, grid_pinpoints)
+    model.config.image_aspect_ratio = processor.aspect_ratio
+    if processor.grid_pinpoints:
+        model.config.image_grid_pinpoints = [list(resolution) for resolution in processor.grid_pinpoints]
+    return processor
 
 
 RUN_ARGS_FILE = "run_args.json"  # the model and data arguments of the run, as given
@@ -356,8 +356,9 @@ def train(
 ) -> TrainResult:
     """Train one LLaVA variant with the Hugging Face Trainer; a folder holding checkpoints resumes from its last
     complete one. The model, tokenizer and trainer state are written to --output_dir, which has one writer (an OS
-    lock the main process holds). A non-finite loss or gradient stops the run before the step that would apply
-    it: the last checkpoint stays as it was, and the reason goes to stderr and to the run's log."""
+    lock the main process holds). Nothing is written there until the model, the image processor and the data are
+    ready, so settings that cannot work leave no trace. A non-finite loss or gradient stops the run before the step
+    that would apply it: the last checkpoint stays as it was, and the reason goes to stderr and to the run's log."""
     if not data_args.data_path:
         raise LlavaDataError("--data_path is required to train")
     if not training_args.output_dir or training_args.output_dir == "trainer_output":
@@ -366,26 +367,32 @@ def train(
     resume = training_args.resume_from_checkpoint
     if resume is not None and (problem := checkpoint_problem(Path(resume))):
         raise CheckpointError(f"--resume_from_checkpoint {resume} cannot be resumed: {problem}")
+    run = prepare_run(model_args, data_args, training_args, console_logging(LOGGER_NAME))
     lock = RunLock(output_dir)
     try:
         if training_args.process_index == 0:
             lock.acquire()
-        return _train(model_args, data_args, training_args, output_dir, resume)
+        return _train(run, model_args, data_args, training_args, output_dir, resume)
     finally:
         lock.release()
 
 
-def _train(
+@dataclass
+class PreparedRun:
+    """Everything a run needs before it writes anything."""
+
+    model: LlavaQwenForCausalLM
+    tokenizer: Any
+    data_module: dict[str, Any]
+
+
+def prepare_run(
     model_args: ModelArguments,
     data_args: DataArguments,
     training_args: AlternatingTrainingArguments,
-    output_dir: Path,
-    resume: str | None,
-) -> TrainResult:
-    logger = setup_run_logging(output_dir, LOG_FILE, "crossgraft.llava")
-    if training_args.process_index == 0:  # the Trainer keeps its own arguments in training_args.bin
-        settings = {"model": asdict(model_args), "data": asdict(data_args)}
-        write_text_atomic(output_dir / RUN_ARGS_FILE, json.dumps(settings, indent=2, default=str) + "\n")
+    logger: logging.Logger,
+) -> PreparedRun:
+    """The model (trainable parts set), tokenizer, image processor and data, checked; nothing is written."""
     model = prepare_model(model_args, logger)
     tokenizer_source = model_args.tokenizer_name_or_path or model_args.model_name_or_path or model_args.backbone_model
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
@@ -397,13 +404,32 @@ def _train(
     counts = set_trainable_parts(model, model_args.tunable_parts)
     logger.info("%s", describe_freeze_state(counts, training_args))
 
-    aspect_ratio = choose_aspect_ratio(data_args.image_aspect_ratio, model.config, logger)
-    image_processor = SquareImageProcessor.from_config(model.config, aspect_ratio)
+    image_processor = image_processor_for(model, data_args.image_aspect_ratio, data_args.image_grid_pinpoints)
+    logger.info("%s", image_processor.describe())
     data_module = make_supervised_data_module(tokenizer, data_args, image_processor)
     logger.info("%d training records from %s", len(data_module["train_dataset"]), data_args.data_path)
+    return PreparedRun(model, tokenizer, data_module)
 
+
+def _train(
+    run: PreparedRun,
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    training_args: AlternatingTrainingArguments,
+    output_dir: Path,
+    resume: str | None,
+) -> TrainResult:
+    logger = setup_run_logging(output_dir, LOG_FILE, LOGGER_NAME)
+    if training_args.process_index == 0:  # the Trainer keeps its own arguments in training_args.bin
+        settings = {"model": asdict(model_args), "data": asdict(data_args)}
+        write_text_atomic(output_dir / RUN_ARGS_FILE, json.dumps(settings, indent=2, default=str) + "\n")
+    model, tokenizer = run.model, run.tokenizer
     trainer = AlternatingTrainer(
-        model=model, args=training_args, processing_class=tokenizer, callbacks=[RunLogCallback(logger)], **data_module
+        model=model,
+        args=training_args,
+        processing_class=tokenizer,
+        callbacks=[RunLogCallback(logger)],
+        **run.data_module,
     )
     if training_args.throughput_log_steps > 0:
         # First in line, so every reporter (console, log file, integrations) sees the merged record.
