@@ -18,6 +18,7 @@ from crossgraft.llava.config import (
     LlavaExportConfig,
     MakeSampleConfig,
     MakeTinyConfig,
+    MergeLoraConfig,
     ModelArguments,
     PlotRunsConfig,
 )
@@ -25,6 +26,7 @@ from crossgraft.llava.configuration import LlavaConfigError
 from crossgraft.llava.demo import format_results, run_demo
 from crossgraft.llava.evaluate import evaluate
 from crossgraft.llava.export import describe_export, export_llava_next
+from crossgraft.llava.lora import lora_base, merge_lora
 from crossgraft.llava.plots import plot_runs
 from crossgraft.llava.sample import make_sample, make_tiny_model
 from crossgraft.llava.train import backbone_plan, describe_plan, dry_run, inspect_data, train
@@ -112,6 +114,12 @@ def cmd_export(config: LlavaExportConfig) -> int:
     return 0
 
 
+def cmd_merge_lora(config: MergeLoraConfig) -> int:
+    out = merge_lora(config.model_name_or_path, config.out)
+    print(f"merged {config.model_name_or_path} (base {lora_base(config.model_name_or_path)}) into {out}")
+    return 0
+
+
 COMMANDS = {
     "train": Command(
         (ModelArguments, DataArguments, AlternatingTrainingArguments),
@@ -162,6 +170,14 @@ COMMANDS = {
         "mm_use_im_patch_token false (else LLaVA-NeXT's builder adds a token and resizes the embeddings). LLaVA-NeXT's "
         "builder picks the model class from the folder's name, so OUT's name is checked first. Gated "
         "alternating_cross runs are refused: their blocks exist in neither LLaVA-NeXT nor the alternating fork.",
+    ),
+    "merge-lora": Command(
+        MergeLoraConfig,
+        cmd_merge_lora,
+        "merge a LoRA run's adapters into its base and write an ordinary checkpoint",
+        "Loads the run's base (adapter_config.json's base_model_name_or_path, or the run's own base folder), its "
+        "fully trained parameters (non_lora_trainables.safetensors) and its adapters, merges them and writes "
+        "config.json, model.safetensors and the tokenizer to OUT (staged, then renamed).",
     ),
     "plot-runs": Command(
         PlotRunsConfig,

@@ -160,6 +160,24 @@ class AlternatingTrainingArguments(TrainingArguments):
             "records it (tokenizer_model_max_length). Default: the source checkpoint's (lmms-lab OV: 32768), else 2048"
         },
     )
+    lora_enable: bool = field(
+        default=False,
+        metadata={
+            "help": "train the language model through LoRA adapters on its linear layers (peft: pip install "
+            "'crossgraft[lora]'); its own weights stay frozen, the other --mm_tunable_parts and the gated blocks "
+            "train in full. Saves write the adapter and non_lora_trainables.safetensors"
+        },
+    )
+    lora_r: int = field(default=64, metadata={"help": "LoRA rank (LLaVA-NeXT's default)"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha: updates are scaled by alpha / r"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA branch's input"})
+    merge_lora: bool = field(
+        default=False,
+        metadata={
+            "help": "with --lora_enable: when training ends, also write the adapters merged into the weights as "
+            "OUTPUT_DIR/merged, a checkpoint that loads like any other"
+        },
+    )
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -173,6 +191,13 @@ class AlternatingTrainingArguments(TrainingArguments):
             raise LlavaConfigError(f"--learning_rate must be a finite number >= 0, got {self.learning_rate}")
         if self.model_max_length is not None and self.model_max_length < 1:
             raise LlavaConfigError(f"--model_max_length must be at least 1, got {self.model_max_length}")
+        if self.lora_r < 1 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
+            raise LlavaConfigError(
+                f"LoRA needs --lora_r >= 1, --lora_alpha > 0 and 0 <= --lora_dropout < 1, got {self.lora_r}, "
+                f"{self.lora_alpha}, {self.lora_dropout}"
+            )
+        if self.merge_lora and not self.lora_enable:
+            raise LlavaConfigError("--merge_lora merges LoRA adapters; it needs --lora_enable")
 
 
 @dataclass
@@ -366,6 +391,16 @@ class LlavaCompareConfig:
     )
     out: Path | None = field(default=None, metadata={"help": "folder for compare.txt / compare.json"})
     seed: int = field(default=0, metadata={"help": "bootstrap seed"})
+
+
+@dataclass
+class MergeLoraConfig:
+    """`merge-lora`: a LoRA run's adapters merged into its base, written as an ordinary checkpoint."""
+
+    out: Path = field(metadata={"help": "folder to write (new or empty)", "positional": True})
+    model_name_or_path: str = field(
+        metadata={"help": "the LoRA run (its --output_dir) or one of its checkpoint-N folders"}
+    )
 
 
 @dataclass

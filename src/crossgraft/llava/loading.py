@@ -29,6 +29,7 @@ from crossgraft.llava.configuration import (
     LlavaConfigError,
     LlavaQwenConfig,
 )
+from crossgraft.llava.lora import apply_lora_folder, is_lora_folder, lora_base
 from crossgraft.llava.modeling import LlavaQwenForCausalLM, check_attention_implementation
 
 VARIANTS = ("base", "alternating", "alternating_cross")
@@ -175,9 +176,13 @@ def load_model(
     dtype: torch.dtype | None = None,
 ) -> LlavaQwenForCausalLM:
     """Load a LLaVA checkpoint as its own variant; with `force`, into the class of `variant` instead (new
-    weights of that class, e.g. gated blocks, are created from config)."""
+    weights of that class, e.g. gated blocks, are created from config). A LoRA run folder loads as its base with
+    the run's adapters merged in (crossgraft.llava.lora)."""
     check_attention_implementation(attn_implementation)
     raw = read_raw_config(name_or_path)
+    if is_lora_folder(name_or_path):  # a LoRA run: its base, its fully trained parameters, its adapters merged
+        base = load_model(lora_base(name_or_path), variant, force, attn_implementation, dtype)
+        return apply_lora_folder(base, name_or_path, raw).merge_and_unload()
     kind = classify(raw, name_or_path)
     problem = variant_mismatch(kind, variant)
     if problem and not force:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +24,7 @@ from transformers import (
     TrainerControl,
     TrainerState,
     TrainingArguments,
+    set_seed,
 )
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -41,6 +43,17 @@ from crossgraft.llava.loading import (
     load_model,
     plan_init_from_backbone,
     variant_mismatch,
+)
+from crossgraft.llava.lora import (
+    BASE_FOLDER,
+    MERGED_FOLDER,
+    add_lora,
+    import_peft,
+    is_lora_model,
+    load_non_lora_trainables,
+    lora_target_pattern,
+    merge_into_folder,
+    save_lora_extras,
 )
 from crossgraft.llava.modeling import LlavaQwenForCausalLM
 from crossgraft.llava.vision import ImageProcessor
@@ -143,6 +156,18 @@ class AlternatingTrainer(Trainer):
             )
         return loss
 
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """peft saves only the adapter: a LoRA model's fully trained parameters and its config go beside it."""
+        super()._save(output_dir, state_dict)
+        if is_lora_model(cast(torch.nn.Module, self.model)) and self.args.should_save:
+            save_lora_extras(self.model, Path(output_dir or str(self.args.output_dir)))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        target = cast(torch.nn.Module, model if model is not None else self.model)
+        if is_lora_model(target):
+            load_non_lora_trainables(target, Path(resume_from_checkpoint))
+
     def create_optimizer(self, model: torch.nn.Module | None = None) -> torch.optim.Optimizer:
         """LLaVA-NeXT's groups: weight decay or none, times the part's learning rate (--mm_projector_lr,
         --mm_vision_tower_lr, else --learning_rate); the gates in their own group at --xattn_gate_lr."""
@@ -200,7 +225,10 @@ def describe_freeze_state(counts: dict[str, tuple[int, int]], args: AlternatingT
     lr = part_learning_rates(args)
     lines = ["what trains (--mm_tunable_parts; gated cross-attention blocks always train):"]
     for part, (trained, frozen) in counts.items():
-        if trained:
+        if trained and part == "mm_language_model" and args.lora_enable:
+            rate = args.learning_rate
+            lines.append(f"  {part:<18} LoRA     {trained:>14,} parameters frozen, adapters at lr {rate:g}")
+        elif trained:
             rate = lr.get(part) or args.learning_rate
             lines.append(f"  {part:<18} trained  {trained:>14,} parameters at lr {rate:g}")
         else:
@@ -384,6 +412,7 @@ class PreparedRun:
     model: LlavaQwenForCausalLM
     tokenizer: Any
     data_module: dict[str, Any]
+    lora_base: str | None = None  # with --lora_enable: the base_model_name_or_path its adapters record
 
 
 def prepare_run(
@@ -392,8 +421,21 @@ def prepare_run(
     training_args: AlternatingTrainingArguments,
     logger: logging.Logger,
 ) -> PreparedRun:
-    """The model (trainable parts set), tokenizer, image processor and data, checked; nothing is written."""
-    model = prepare_model(model_args, logger)
+    """The model (trainable parts set), tokenizer, image processor and data, checked; nothing is written. New
+    weights (gated blocks, a projector or tower built from config, LoRA adapters) are drawn after --seed is set, so
+    a run repeats."""
+    set_seed(training_args.seed)
+    if training_args.lora_enable and "mm_language_model" not in model_args.tunable_parts:
+        raise LlavaConfigError(
+            "--lora_enable trains the language model through adapters, but --mm_tunable_parts leaves it frozen: "
+            "add mm_language_model to --mm_tunable_parts, or drop --lora_enable"
+        )
+    lora_base_folder = Path(str(training_args.output_dir)) / BASE_FOLDER
+    if training_args.lora_enable and lora_base_folder.is_dir():  # a resumed run: the frozen start it wrote
+        logger.info("LoRA base: %s (written when this run started)", lora_base_folder)
+        model = load_model(str(lora_base_folder), attn_implementation=model_args.attn_implementation)
+    else:
+        model = prepare_model(model_args, logger)
     tokenizer_source = model_args.tokenizer_name_or_path or model_args.model_name_or_path or model_args.backbone_model
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
     model.config.tokenizer_model_max_length = (
@@ -408,7 +450,43 @@ def prepare_run(
     logger.info("%s", image_processor.describe())
     data_module = make_supervised_data_module(tokenizer, data_args, image_processor)
     logger.info("%d training records from %s", len(data_module["train_dataset"]), data_args.data_path)
-    return PreparedRun(model, tokenizer, data_module)
+    lora_base_source = None
+    if training_args.lora_enable:  # refused here, before anything is written: no peft, or nothing to adapt
+        import_peft()
+        lora_target_pattern(model)
+        lora_base_source = lora_base_of(model_args, lora_base_folder)
+    return PreparedRun(model, tokenizer, data_module, lora_base_source)
+
+
+def lora_base_of(model_args: ModelArguments, base_folder: Path) -> str:
+    """Where a LoRA run's frozen weights come from: the checkpoint it loads as it is, or else (a model built from a
+    backbone, or loaded into another variant) the copy the run writes to OUTPUT_DIR/base."""
+    source = model_args.model_name_or_path
+    if base_folder.is_dir() or model_args.init_from_backbone or not source:
+        return str(base_folder.resolve())
+    kind = inspect_checkpoint(source)
+    if variant_mismatch(kind, model_args.variant):  # loaded with --force into another class
+        return str(base_folder.resolve())
+    return str(Path(source).resolve()) if Path(source).exists() else source
+
+
+def wrap_in_lora(run: PreparedRun, args: AlternatingTrainingArguments, logger: logging.Logger) -> Any:
+    """Write the frozen start when the run is its own base, then add the adapters."""
+    assert run.lora_base is not None
+    base_folder = Path(run.lora_base)
+    if base_folder.name == BASE_FOLDER and base_folder.parent == Path(str(args.output_dir)).resolve():
+        if not base_folder.is_dir() and args.process_index == 0:
+            merge_into_folder(run.model, run.tokenizer, base_folder)
+            logger.info("LoRA base written to %s (the model as built, before training)", base_folder)
+    model = add_lora(run.model, args.lora_r, args.lora_alpha, args.lora_dropout, run.lora_base)
+    adapters = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    layers = sum(1 for n, _ in model.named_modules() if n.endswith(".lora_A"))
+    logger.info(
+        "LoRA r=%d alpha=%d dropout=%g: %s adapter parameters on %d linear layers of the language model (its own "
+        "weights frozen); base %s",
+        args.lora_r, args.lora_alpha, args.lora_dropout, f"{adapters:,}", layers, run.lora_base,
+    )  # fmt: skip
+    return model
 
 
 def _train(
@@ -423,7 +501,8 @@ def _train(
     if training_args.process_index == 0:  # the Trainer keeps its own arguments in training_args.bin
         settings = {"model": asdict(model_args), "data": asdict(data_args)}
         write_text_atomic(output_dir / RUN_ARGS_FILE, json.dumps(settings, indent=2, default=str) + "\n")
-    model, tokenizer = run.model, run.tokenizer
+    model = wrap_in_lora(run, training_args, logger) if run.lora_base else run.model
+    tokenizer = run.tokenizer
     trainer = AlternatingTrainer(
         model=model,
         args=training_args,
@@ -448,6 +527,12 @@ def _train(
     trainer.save_state()
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(str(output_dir))
+        if training_args.merge_lora:
+            merged = output_dir / MERGED_FOLDER
+            if merged.exists():  # a rerun of a finished run: the merge of this training replaces the old one
+                shutil.rmtree(merged)
+            merge_into_folder(trainer.model, tokenizer, merged)
+            logger.info("LoRA adapters merged into %s, an ordinary checkpoint", merged)
     logger.info(
         "done: %d steps, training loss %.4f; model written to %s", result.global_step, result.training_loss, output_dir
     )

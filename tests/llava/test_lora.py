@@ -1,0 +1,206 @@
+"""LoRA (peft) on the language model: identity at init, what trains, save / merge / reload, resume, refusals."""
+
+import copy
+import json
+
+import pytest
+import torch
+from helpers import QUIET
+from safetensors.torch import load_file, save_file
+
+from crossgraft.cli import main
+from crossgraft.graft import CheckpointError
+from crossgraft.llava import MODEL_CLASSES
+from crossgraft.llava.configuration import IMAGE_TOKEN_INDEX, LlavaConfigError
+from crossgraft.llava.loading import load_model, read_state_dict
+from crossgraft.llava.lora import (
+    NON_LORA_FILE,
+    add_lora,
+    apply_lora_folder,
+    lora_base,
+    lora_target_pattern,
+)
+from crossgraft.llava.sample import build_tiny_tokenizer, tiny_llava_config
+
+BASE, CROSS = "llava_qwen", "llava_qwen_with_alternating_cross_attn"
+LORA = ["--lora_enable", "--lora_r", "4", "--lora_alpha", "8", "--lora_dropout", "0.0"]
+
+
+def batch():
+    generator = torch.Generator().manual_seed(4)
+    input_ids = torch.randint(0, 250, (2, 10), generator=generator)
+    input_ids[0, 2] = input_ids[1, 4] = IMAGE_TOKEN_INDEX
+    attention_mask = torch.tensor([[1] * 10, [1] * 7 + [0] * 3])
+    return dict(
+        input_ids=input_ids, attention_mask=attention_mask, images=torch.randn(2, 3, 32, 32, generator=generator)
+    )
+
+
+def logits(model):
+    with torch.no_grad():
+        return model(**batch()).logits
+
+
+def open_gates(model):
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("_gate"):
+                parameter.fill_(0.5)
+    return model
+
+
+@pytest.mark.parametrize("kind, overrides", [(BASE, {}), (CROSS, {"xattn_every_n_layers": 2})])
+def test_lora_at_init_gives_bit_identical_logits(kind, overrides):
+    torch.manual_seed(0)
+    model = open_gates(MODEL_CLASSES[kind](tiny_llava_config(kind, build_tiny_tokenizer(), **overrides)).eval())
+    reference = logits(copy.deepcopy(model))
+    wrapped = add_lora(model, r=8, alpha=16, dropout=0.05, base="unused").eval()
+    assert torch.equal(logits(wrapped), reference)
+    adapted = {n.rsplit(".lora_A", 1)[0] for n, _ in wrapped.named_modules() if n.endswith(".lora_A")}
+    assert len(adapted) == 4 * 7  # every attention and MLP projection of the 4 decoder layers, nothing else
+    assert not any(".xattn." in n or "vision_tower" in n or "mm_projector" in n for n in adapted)
+
+
+def lora_run(source, sample, out, *extra, backbone=False):
+    model_flags = (
+        ["--backbone_model", str(source), "--init_from_backbone", "--variant", "alternating_cross"]
+        + ["--xattn_every_n_layers", "2", "--vision_tower", str(source.parent / "siglip")]
+        if backbone
+        else ["--model_name_or_path", str(source)]
+    )
+    return [
+        *model_flags,
+        "--data_path", str(sample), "--output_dir", str(out), "--per_device_train_batch_size", "4",
+        "--learning_rate", "1e-2", "--lr_scheduler_type", "constant", "--seed", "0", *QUIET, *LORA, *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def trained_lora_run(tiny_models, llava_sample, tmp_path_factory):
+    out = tmp_path_factory.mktemp("lora") / "run"
+    flags = lora_run(tiny_models[CROSS], llava_sample, out, "--max_steps", "6", "--save_strategy", "no")
+    assert main(["llava", "train", *flags]) == 0
+    return out
+
+
+def test_steps_change_only_the_adapters_and_the_parts_chosen_to_train(trained_lora_run, tiny_models):
+    out = trained_lora_run
+    assert lora_base(out) == str(tiny_models[CROSS].resolve())
+    adapter = load_file(str(out / "adapter_model.safetensors"))
+    lora_b = [tensor for name, tensor in adapter.items() if "lora_B" in name]
+    assert len(lora_b) == 28 and all(tensor.abs().sum() > 0 for tensor in lora_b)  # B starts at zero
+    base = read_state_dict(str(tiny_models[CROSS]))
+    full = load_file(str(out / NON_LORA_FILE))
+    # the default --mm_tunable_parts mm_mlp_adapter,mm_language_model: projector and newline in full, plus the
+    # gated blocks (always); the language model only through its adapters, the tower not at all
+    assert {name.split(".")[1] for name in full} == {"mm_projector", "image_newline", "xattn"}
+    assert all(not torch.equal(tensor, base[name]) for name, tensor in full.items() if not name.endswith("_gate"))
+    merged = load_model(str(out)).state_dict()
+    for name, tensor in merged.items():
+        adapted = name.startswith("model.layers.") and name.endswith("_proj.weight")
+        if name in full:
+            assert torch.equal(tensor, full[name]), name
+        elif adapted:
+            assert not torch.equal(tensor, base[name]), name  # merged: W + B·A·alpha/r
+        elif name in base:
+            assert torch.equal(tensor, base[name]), name  # the tower, embeddings, norms, biases: untouched
+
+
+def test_merge_then_reload_gives_the_logits_of_the_unmerged_model(trained_lora_run, tmp_path):
+    out = trained_lora_run
+    base = load_model(lora_base(out))
+    unmerged = apply_lora_folder(base, out, json.loads((out / "config.json").read_text())).eval()
+    before = logits(unmerged)
+    merged_folder = tmp_path / "merged"
+    assert main(["llava", "merge-lora", str(merged_folder), "--model_name_or_path", str(out)]) == 0
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in merged_folder.iterdir()}
+    reloaded = load_model(str(merged_folder)).eval()
+    assert type(reloaded).__name__ == "LlavaQwenWithAlternatingCrossAttnForCausalLM"
+    difference = (logits(reloaded) - before).abs().max().item()
+    assert difference <= 1e-5, difference
+    assert not torch.allclose(logits(load_model(lora_base(out)).eval()), before, atol=1e-3)  # training did act
+
+
+def test_a_lora_run_from_a_backbone_writes_its_base_resumes_and_merges(tiny_models, llava_sample, tmp_path):
+    """Built from a bare Qwen2 (a random gated block, a copied tower): the frozen start goes to OUTPUT_DIR/base
+    once. Cut at step 4 and resumed to 6, the run ends where an uninterrupted one does."""
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    source = tiny_models["qwen2"]
+    assert main(["llava", "train", *lora_run(source, llava_sample, whole, "--max_steps", "6", backbone=True)]) == 0
+    steps = ["--save_steps", "4"]
+    assert (
+        main(["llava", "train", *lora_run(source, llava_sample, cut, "--max_steps", "4", *steps, backbone=True)]) == 0
+    )
+    base_files = {p.name: p.stat().st_mtime_ns for p in (cut / "base").iterdir()}
+    flags = lora_run(source, llava_sample, cut, "--max_steps", "6", *steps, "--merge_lora", backbone=True)
+    assert main(["llava", "train", *flags]) == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (cut / "base").iterdir()} == base_files  # written once
+    log = (cut / "train_alternating.log").read_text()
+    assert f"resuming from {cut / 'checkpoint-4'}" in log and "written when this run started" in log
+    assert lora_base(cut) == str((cut / "base").resolve())
+    for name in ("adapter_model.safetensors", NON_LORA_FILE):
+        ours, reference = load_file(str(cut / name)), load_file(str(whole / name))
+        assert ours.keys() == reference.keys()
+        for key in ours:
+            assert torch.allclose(ours[key], reference[key], atol=1e-6), (name, key)
+    # --merge_lora: an ordinary checkpoint beside the adapter, equal to the adapters applied
+    assert (cut / "merged" / "model.safetensors").is_file() and not (cut / "merged" / "adapter_config.json").exists()
+    merged = logits(load_model(str(cut / "merged")).eval())
+    unmerged = logits(
+        apply_lora_folder(load_model(str(cut / "base")), cut, json.loads((cut / "config.json").read_text())).eval()
+    )
+    assert (merged - unmerged).abs().max() <= 1e-5
+
+
+def test_lora_settings_that_cannot_work_are_refused_before_anything_is_written(
+    tiny_models, llava_sample, tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "never"
+    frozen_language = lora_run(tiny_models[BASE], llava_sample, out, "--mm_tunable_parts", "mm_mlp_adapter")
+    assert main(["llava", "train", *frozen_language]) == 2
+    assert "add mm_language_model to --mm_tunable_parts, or drop --lora_enable" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "llava",
+                "train",
+                "--model_name_or_path",
+                "x",
+                "--data_path",
+                "y",
+                "--output_dir",
+                str(out),
+                "--merge_lora",
+            ]
+        )
+        == 2
+    )
+    assert "--merge_lora merges LoRA adapters; it needs --lora_enable" in capsys.readouterr().err
+    monkeypatch.setitem(__import__("sys").modules, "peft", None)  # peft not installed
+    assert main(["llava", "train", *lora_run(tiny_models[BASE], llava_sample, out)]) == 2
+    assert "pip install 'crossgraft[lora]'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_a_model_with_no_linear_layers_to_adapt_is_refused():
+    model = MODEL_CLASSES[BASE](tiny_llava_config(BASE, build_tiny_tokenizer(), num_hidden_layers=0))
+    with pytest.raises(LlavaConfigError, match="the llava_qwen model has no torch.nn.Linear layer under model.layers"):
+        lora_target_pattern(model)
+
+
+def test_broken_lora_folders_name_what_is_wrong(trained_lora_run, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(trained_lora_run, broken)
+    tensors = load_file(str(broken / NON_LORA_FILE))
+    tensors["model.image_newline"] = torch.zeros(3)
+    save_file(tensors, str(broken / NON_LORA_FILE))
+    with pytest.raises(CheckpointError, match=r"model.image_newline has shape \(3,\) but the model's is \(64,\)"):
+        load_model(str(broken))
+    (broken / NON_LORA_FILE).unlink()
+    with pytest.raises(CheckpointError, match="no non_lora_trainables.safetensors; this LoRA run folder is incomplete"):
+        load_model(str(broken))
+    with pytest.raises(CheckpointError, match="is not a LoRA run folder"):
+        main_merge = __import__("crossgraft.llava.lora", fromlist=["merge_lora"]).merge_lora
+        main_merge(lora_base(trained_lora_run), tmp_path / "out")
