@@ -204,3 +204,18 @@ def test_broken_lora_folders_name_what_is_wrong(trained_lora_run, tmp_path):
     with pytest.raises(CheckpointError, match="is not a LoRA run folder"):
         main_merge = __import__("crossgraft.llava.lora", fromlist=["merge_lora"]).merge_lora
         main_merge(lora_base(trained_lora_run), tmp_path / "out")
+
+
+def test_adapters_get_gradients_under_gradient_checkpointing_on_text_only_batches():
+    """Frozen embeddings and no image: the checkpointed layers' inputs need no gradient, the adapters still do."""
+    torch.manual_seed(0)
+    model = MODEL_CLASSES[BASE](tiny_llava_config(BASE, build_tiny_tokenizer()))
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_("mm_projector" in name)
+    wrapped = add_lora(model, r=4, alpha=8, dropout=0.0, base="unused")
+    wrapped.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    wrapped.train()
+    input_ids = torch.randint(0, 200, (2, 12))
+    wrapped(input_ids=input_ids, labels=input_ids).loss.backward()
+    grads = [p.grad for name, p in wrapped.named_parameters() if "lora_A" in name]
+    assert len(grads) == 28 and all(g is not None and g.abs().sum() > 0 for g in grads)

@@ -26,6 +26,7 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
+from transformers.integrations import is_deepspeed_zero3_enabled
 from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -454,6 +455,12 @@ def prepare_run(
     if training_args.lora_enable:  # refused here, before anything is written: no peft, or nothing to adapt
         import_peft()
         lora_target_pattern(model)
+        if is_deepspeed_zero3_enabled():
+            raise LlavaConfigError(
+                "--lora_enable with DeepSpeed ZeRO-3 is not supported: ZeRO-3 partitions the fully trained "
+                "parameters this trainer saves beside the adapter. Use ZeRO-2 (configs/deepspeed/zero2.json) for "
+                "LoRA runs; a 0.5B-7B OneVision with LoRA fits it"
+            )
         lora_base_source = lora_base_of(model_args, lora_base_folder)
     return PreparedRun(model, tokenizer, data_module, lora_base_source)
 
