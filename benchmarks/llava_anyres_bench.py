@@ -18,21 +18,13 @@ import time
 
 import numpy as np
 import torch
+from llava_bench import QWEN2_05B
 from PIL import Image
 
 from crossgraft.llava import MODEL_CLASSES
 from crossgraft.llava.configuration import IMAGE_TOKEN_INDEX
 from crossgraft.llava.vision import ImageProcessor
 
-QWEN2_05B = dict(
-    hidden_size=896,
-    intermediate_size=4864,
-    num_attention_heads=14,
-    num_key_value_heads=2,
-    tie_word_embeddings=True,
-    max_position_embeddings=32768,
-    rope_theta=1e6,
-)
 SO400M = dict(
     hidden_size=1152,
     intermediate_size=4304,
@@ -55,9 +47,8 @@ def build(variant: str, args: argparse.Namespace, aspect_ratio: str) -> torch.nn
     model_type, extra = MODEL_TYPES[variant]
     config_class = MODEL_CLASSES[model_type].config_class
     config = config_class(
-        **QWEN2_05B,
+        **{**QWEN2_05B, "vocab_size": args.vocab_size},
         **extra,
-        vocab_size=args.vocab_size,
         num_hidden_layers=args.layers,
         mm_vision_tower="bench-siglip",
         vision_config=dict(SO400M, num_hidden_layers=args.tower_layers + 1),  # select layer -2 drops one

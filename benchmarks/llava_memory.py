@@ -15,6 +15,7 @@ import argparse
 import re
 
 import torch
+from llava_bench import QWEN2_05B
 from torch import nn
 
 from crossgraft.llava import MODEL_CLASSES
@@ -22,14 +23,8 @@ from crossgraft.llava.lora import lora_target_pattern
 from crossgraft.llava.train import set_trainable_parts
 
 ONEVISION_05B = dict(  # lmms-lab/llava-onevision-qwen2-0.5b-ov's config.json, the fields that size the model
-    hidden_size=896,
-    intermediate_size=4864,
-    num_attention_heads=14,
+    QWEN2_05B,
     num_hidden_layers=24,
-    num_key_value_heads=2,
-    vocab_size=151936,
-    tie_word_embeddings=True,
-    max_position_embeddings=32768,
     mm_vision_tower="google/siglip-so400m-patch14-384",
     mm_vision_select_layer=-2,
     image_aspect_ratio="anyres_max_9",
