@@ -1,8 +1,9 @@
-"""Writing files so that an interruption never leaves half of one: the one atomic-write helper."""
+"""Writing files and folders so that an interruption never leaves half of one: the atomic-write helpers."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -49,6 +50,26 @@ def atomic_write(path: Path | str, binary: bool = False) -> Iterator[IO[Any]]:
             raise OutputError(f"cannot write {path}: {error.strerror or error}") from error
     except BaseException:
         tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_folder(out: Path | str) -> Iterator[Path]:
+    """Write a folder all or nothing: yields a fresh staging folder beside `out`, renamed to `out` when the block
+    ends; a block that fails removes it. `out` may not exist yet or be an empty folder, nothing else."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise OutputError(f"{out} exists and is not empty; choose a new folder")
+    staging = ensure_folder(out.parent) / f".{out.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)  # left by a process that was killed
+    staging.mkdir()
+    try:
+        yield staging
+        if out.exists():
+            out.rmdir()
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
         raise
 
 

@@ -18,14 +18,13 @@ neither codebase, which would drop them and run a different model.
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer
 
-from crossgraft.files import ensure_folder, write_text_atomic
+from crossgraft.files import atomic_folder, write_text_atomic
 from crossgraft.llava.configuration import (
     ALTERNATING_CROSS_MODEL_TYPE,
     ALTERNATING_MODEL_TYPE,
@@ -110,25 +109,15 @@ def export_llava_next(run: str, out: Path, dtype: str = "keep") -> LlavaNextExpo
             f"LLaVA-NeXT's builder picks the class from the folder name, and {out.name!r} would give {what}; "
             f"this {model_type} model needs {wanted}. Export to a folder named like {better}"
         )
-    if out.exists() and any(out.iterdir()):
-        raise LlavaConfigError(f"{out} exists and is not empty; choose a new folder")
-    model = load_model(run, dtype=DTYPES[dtype])
-    # LLaVA-NeXT's builder adds an <im_patch> token and resizes the embeddings unless told not to.
-    model.config.mm_use_im_patch_token = False
-    model.config.mm_use_im_start_end = False
-    model.config.use_mm_proj = True
-
-    staging = ensure_folder(out.with_name(f".{out.name}.partial"))
-    try:
+    with atomic_folder(out) as staging:  # a non-empty `out` is refused before the weights are read
+        model = load_model(run, dtype=DTYPES[dtype])
+        # LLaVA-NeXT's builder adds an <im_patch> token and resizes the embeddings unless told not to.
+        model.config.mm_use_im_patch_token = False
+        model.config.mm_use_im_start_end = False
+        model.config.use_mm_proj = True
         model.save_pretrained(staging)
         AutoTokenizer.from_pretrained(run).save_pretrained(staging)
         write_text_atomic(staging / "README.md", export_readme(out.name, model_type, wanted))
-        if out.exists():
-            out.rmdir()
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return LlavaNextExport(out, wanted, model_type != BASE_MODEL_TYPE)
 
 

@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import nn
 
-from crossgraft.files import ensure_folder
+from crossgraft.files import atomic_folder, atomic_write
 from crossgraft.graft import CheckpointError
 from crossgraft.llava.configuration import LlavaConfigError
 
@@ -110,9 +109,8 @@ def non_lora_trainables(model: Any) -> dict[str, torch.Tensor]:
 
 def save_lora_extras(model: Any, folder: Path) -> None:
     """Beside peft's adapter files: the fully trained parameters and the run's model config."""
-    temporary = folder / (NON_LORA_FILE + ".tmp")
-    save_file(non_lora_trainables(model), str(temporary), metadata={"format": "pt"})
-    temporary.replace(folder / NON_LORA_FILE)
+    with atomic_write(folder / NON_LORA_FILE, binary=True) as handle:
+        handle.write(save(non_lora_trainables(model), metadata={"format": "pt"}))
     model.get_base_model().config.save_pretrained(folder)
 
 
@@ -172,21 +170,14 @@ def apply_lora_folder(base_model: LlavaQwenForCausalLM, folder: str | Path, run_
     return peft.PeftModel.from_pretrained(base_model, str(folder))
 
 
-def merge_into_folder(model: Any, tokenizer: Any, out: Path) -> Path:
-    """Merge a LoRA model's adapters into its weights and write it, staged then renamed, as an ordinary
-    checkpoint (config.json, model.safetensors, tokenizer)."""
+def write_checkpoint(model: Any, tokenizer: Any, out: Path) -> Path:
+    """Write `model` as an ordinary checkpoint (config.json, model.safetensors, tokenizer) into the new folder `out`,
+    all or nothing; a LoRA model's adapters are merged into its weights first."""
     merged = model.merge_and_unload() if is_lora_model(model) else model
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise CheckpointError(f"{out} exists and is not empty; choose a new folder for the merged model")
-    staging = ensure_folder(out.parent) / f".{out.name}.partial"
-    if staging.exists():
-        shutil.rmtree(staging)
-    merged.save_pretrained(staging)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(staging)
-    if out.exists():
-        out.rmdir()
-    staging.rename(out)
+    with atomic_folder(out) as staging:
+        merged.save_pretrained(staging)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
     return out
 
 
@@ -200,4 +191,4 @@ def merge_lora(run: str | Path, out: str | Path) -> Path:
         raise CheckpointError(f"{run} is not a LoRA run folder (it has no {ADAPTER_CONFIG})")
     model = load_model(str(run))  # base + fully trained parameters + adapters, merged
     tokenizer = AutoTokenizer.from_pretrained(str(run))
-    return merge_into_folder(model, tokenizer, Path(out))
+    return write_checkpoint(model, tokenizer, Path(out))

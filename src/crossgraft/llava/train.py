@@ -53,8 +53,8 @@ from crossgraft.llava.lora import (
     is_lora_model,
     load_non_lora_trainables,
     lora_target_pattern,
-    merge_into_folder,
     save_lora_extras,
+    write_checkpoint,
 )
 from crossgraft.llava.modeling import LlavaQwenForCausalLM
 from crossgraft.llava.vision import ImageProcessor
@@ -480,11 +480,10 @@ def lora_base_of(model_args: ModelArguments, base_folder: Path) -> str:
 def wrap_in_lora(run: PreparedRun, args: AlternatingTrainingArguments, logger: logging.Logger) -> Any:
     """Write the frozen start when the run is its own base, then add the adapters."""
     assert run.lora_base is not None
-    base_folder = Path(run.lora_base)
-    if base_folder.name == BASE_FOLDER and base_folder.parent == Path(str(args.output_dir)).resolve():
-        if not base_folder.is_dir() and args.process_index == 0:
-            merge_into_folder(run.model, run.tokenizer, base_folder)
-            logger.info("LoRA base written to %s (the model as built, before training)", base_folder)
+    base_folder = (Path(str(args.output_dir)) / BASE_FOLDER).resolve()
+    if run.lora_base == str(base_folder) and not base_folder.is_dir() and args.process_index == 0:
+        write_checkpoint(run.model, run.tokenizer, base_folder)
+        logger.info("LoRA base written to %s (the model as built, before training)", base_folder)
     model = add_lora(run.model, args.lora_r, args.lora_alpha, args.lora_dropout, run.lora_base)
     adapters = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
     layers = sum(1 for n, _ in model.named_modules() if n.endswith(".lora_A"))
@@ -538,7 +537,7 @@ def _train(
             merged = output_dir / MERGED_FOLDER
             if merged.exists():  # a rerun of a finished run: the merge of this training replaces the old one
                 shutil.rmtree(merged)
-            merge_into_folder(trainer.model, tokenizer, merged)
+            write_checkpoint(trainer.model, tokenizer, merged)
             logger.info("LoRA adapters merged into %s, an ordinary checkpoint", merged)
     logger.info(
         "done: %d steps, training loss %.4f; model written to %s", result.global_step, result.training_loss, output_dir
