@@ -146,27 +146,7 @@ def test_each_tunable_part_trains_at_its_own_learning_rate(tiny_models, tmp_path
 
 def test_training_learns_the_captions_and_resumes(tiny_models, llava_sample, tmp_path):
     output_dir = tmp_path / "learn"
-    common = [
-        "--model_name_or_path",
-        str(tiny_models[ALT]),
-        "--data_path",
-        str(llava_sample),
-        "--output_dir",
-        str(output_dir),
-        "--per_device_train_batch_size",
-        "4",
-        "--learning_rate",
-        "3e-3",
-        "--logging_steps",
-        "2",
-        "--save_steps",
-        "30",
-        "--lr_scheduler_type",
-        "constant",
-        "--seed",
-        "0",
-        *QUIET,
-    ]
+    common = short_llava_run(tiny_models[ALT], llava_sample, output_dir, "--logging_steps", "2", "--save_steps", "30")
     assert train_main([*common, "--max_steps", "30"]) == 0
     losses = [r["loss"] for r in log_history(output_dir) if "loss" in r]
     assert losses[-1] < 0.5 * losses[0], losses  # the captions are learned, not just run

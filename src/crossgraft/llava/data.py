@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 import yaml
+from PIL import Image
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
@@ -22,7 +23,7 @@ from crossgraft.files import read_text
 from crossgraft.images import read_rgb, set_max_pixels
 from crossgraft.llava.config import DEFAULT_SYSTEM_PROMPT, DataArguments
 from crossgraft.llava.configuration import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from crossgraft.llava.vision import ImageProcessor, ProcessedImage
+from crossgraft.llava.vision import ImageProcessor
 
 IMAGE_PLACEHOLDER = "<image>"
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
@@ -293,6 +294,15 @@ def generation_prompt(
 
 
 # --------------------------------------------------------------------------------------- dataset, collator
+def image_inputs(image_processor: ImageProcessor, images: list[Image.Image]) -> dict[str, Any]:
+    """{'images': [(T_i, 3, S, S)], 'image_sizes': (N, 2)} for one sample's images, else {}. A sample with several
+    images gets one padded tile per image whatever the aspect-ratio mode (LLaVA-NeXT's rule)."""
+    if not images:
+        return {}
+    processed = [image_processor(image, single_tile=len(images) > 1) for image in images]
+    return {"images": [p.tiles for p in processed], "image_sizes": torch.tensor([p.size for p in processed])}
+
+
 class LazySupervisedDataset(Dataset):
     """Records are validated up front; tokenising and image loading happen per item."""
 
@@ -321,25 +331,19 @@ class LazySupervisedDataset(Dataset):
         base = Path(self.image_folder) if self.image_folder else Path(record.source).parent
         return Path(name) if Path(name).is_absolute() else base / name
 
-    def load_image(self, record: Record, name: str, single_tile: bool = False) -> ProcessedImage:
-        """The image's tiles and size; `single_tile` for samples with several images (LLaVA-NeXT pads each of
-        those to one square whatever the aspect-ratio mode)."""
+    def read_image(self, record: Record, name: str) -> Image.Image:
         path = self._image_path(record, name)
         if not path.is_file():
             raise LlavaDataError(f"{record.where}: image not found: {path}")
         try:
-            image = read_rgb(path)
+            return read_rgb(path)
         except DataError as error:
             raise LlavaDataError(f"{record.where}: {error}") from error
-        return self.image_processor(image, single_tile)
 
     def load_images(self, record: Record) -> dict[str, Any]:
-        """{'images': [(T_i, 3, S, S)], 'image_sizes': (N, 2)} for a record with images, else {}."""
-        names = record.image_paths
-        if not names:
-            return {}
-        processed = [self.load_image(record, name, single_tile=len(names) > 1) for name in names]
-        return {"images": [p.tiles for p in processed], "image_sizes": torch.tensor([p.size for p in processed])}
+        """The record's images as model inputs (see `image_inputs`), else {}."""
+        images = [self.read_image(record, name) for name in record.image_paths]
+        return image_inputs(self.image_processor, images)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         record = self.records[index]

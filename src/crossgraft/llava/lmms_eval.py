@@ -22,7 +22,7 @@ from transformers import AutoTokenizer
 
 from crossgraft.llava.config import DEFAULT_SYSTEM_PROMPT
 from crossgraft.llava.configuration import IGNORE_INDEX, LlavaConfigError
-from crossgraft.llava.data import IMAGE_PLACEHOLDER, DataCollatorForSupervisedDataset, generation_prompt
+from crossgraft.llava.data import IMAGE_PLACEHOLDER, DataCollatorForSupervisedDataset, generation_prompt, image_inputs
 from crossgraft.llava.evaluate import answer_losses
 from crossgraft.llava.loading import load_model
 from crossgraft.llava.train import image_processor_for
@@ -100,12 +100,9 @@ class CrossgraftLlava(LmmsBase):
         if answer is not None:
             answer_ids = self.tokenizer(answer, add_special_tokens=False).input_ids
             prompt, labels = prompt + answer_ids, labels + answer_ids
-        item: dict[str, Any] = {"input_ids": torch.tensor(prompt), "labels": torch.tensor(labels)}
-        if visuals:  # several images: each one padded square, as LLaVA-NeXT and lmms-eval's OneVision do
-            processed = [self.image_processor(visual, single_tile=len(visuals) > 1) for visual in visuals]
-            item["images"] = [p.tiles for p in processed]
-            item["image_sizes"] = torch.tensor([p.size for p in processed])
-        return item
+        # several images: one padded tile each, as in LLaVA-NeXT and lmms-eval's OneVision
+        images = image_inputs(self.image_processor, visuals)
+        return {"input_ids": torch.tensor(prompt), "labels": torch.tensor(labels), **images}
 
     def _batch(self, items: list[dict[str, Any]]) -> dict[str, Any]:
         batch = self.collate(items)

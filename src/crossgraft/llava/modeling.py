@@ -237,8 +237,11 @@ class LlavaQwenModel(LlavaQwenPreTrainedModel):
         the base tile's features, then the grid's, unpadded to `image_sizes[i]` (width, height) with a newline per
         row (crossgraft.llava.anyres). All tiles of the batch go through the tower together.
         """
-        per_image = list(images[:, None]) if isinstance(images, torch.Tensor) else list(images)
-        encoded = self.encode_images(torch.cat(per_image)).split([len(tiles) for tiles in per_image])
+        if isinstance(images, torch.Tensor):  # one tile per image, already one batch
+            tiles, tile_counts = images, [1] * len(images)
+        else:
+            tiles, tile_counts = torch.cat(list(images)), [len(image_tiles) for image_tiles in images]
+        encoded = self.encode_images(tiles).split(tile_counts)
         features = []
         for index, image_features in enumerate(encoded):  # (T_i, P, D)
             if len(image_features) > 1:

@@ -117,7 +117,6 @@ class ImageProcessor:
         if not isinstance(size, int):
             raise LlavaConfigError(f"the vision tower's images must be square, got image_size {size}")
         aspect_ratio = aspect_ratio or config.image_aspect_ratio
-        check_aspect_ratio(aspect_ratio)
         if is_anyres(aspect_ratio) and "unpad" not in config.mm_patch_merge_type:
             raise LlavaConfigError(
                 f"image_aspect_ratio {aspect_ratio} is merged with mm_patch_merge_type spatial_unpad (OneVision's); "
