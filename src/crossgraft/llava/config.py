@@ -14,7 +14,7 @@ from transformers import TrainingArguments
 from crossgraft.images import MAX_PIXELS_HELP
 from crossgraft.llava.anyres import ASPECT_RATIO_HELP, check_aspect_ratio
 from crossgraft.llava.configuration import XATTN_MODES, LlavaConfigError
-from crossgraft.llava.loading import DEFAULT_SKIP_PREFIXES
+from crossgraft.llava.loading import DEFAULT_SKIP_PREFIXES, TORCH_DTYPES
 from crossgraft.llava.modeling import SUPPORTED_ATTENTION
 from crossgraft.llava.sample import TINY_TYPES
 
@@ -425,5 +425,5 @@ class LlavaExportConfig:
     )
     dtype: str = field(
         default="keep",
-        metadata={"help": "weights dtype of the export", "choices": ["keep", "bfloat16", "float16", "float32"]},
+        metadata={"help": "weights dtype of the export", "choices": ["keep", *TORCH_DTYPES]},
     )

@@ -21,7 +21,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from transformers import AutoTokenizer
 
 from crossgraft.files import atomic_folder, write_text_atomic
@@ -31,10 +30,10 @@ from crossgraft.llava.configuration import (
     BASE_MODEL_TYPE,
     LlavaConfigError,
 )
-from crossgraft.llava.loading import MODEL_TYPE_OF_VARIANT, classify, load_model, read_raw_config
+from crossgraft.llava.loading import MODEL_TYPE_OF_VARIANT, TORCH_DTYPES, classify, load_model, read_raw_config
 
 EXPORT_TARGETS = ("llava-next",)
-DTYPES = {"keep": None, "bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+DTYPES = {"keep": None, **TORCH_DTYPES}
 # Substrings LLaVA-NeXT's builder tests for before (or instead of) 'qwen', in its branch order.
 OTHER_BRANCHES = (
     "lora",

@@ -24,11 +24,11 @@ from crossgraft.llava.config import DEFAULT_SYSTEM_PROMPT
 from crossgraft.llava.configuration import IGNORE_INDEX, LlavaConfigError
 from crossgraft.llava.data import IMAGE_PLACEHOLDER, DataCollatorForSupervisedDataset, generation_prompt, image_inputs
 from crossgraft.llava.evaluate import answer_losses
-from crossgraft.llava.loading import load_model
+from crossgraft.llava.loading import TORCH_DTYPES, load_model
 from crossgraft.llava.train import image_processor_for
 
 MODEL_ID = "crossgraft_llava"
-DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {"auto": None, **TORCH_DTYPES}  # lmms-eval's spelling of "as stored"
 
 if TYPE_CHECKING:
     LmmsBase = object

@@ -33,6 +33,7 @@ from crossgraft.llava.lora import apply_lora_folder, is_lora_folder, lora_base
 from crossgraft.llava.modeling import LlavaQwenForCausalLM, check_attention_implementation
 
 VARIANTS = ("base", "alternating", "alternating_cross")
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # by name
 MODEL_TYPE_OF_VARIANT = {
     "base": BASE_MODEL_TYPE,
     "alternating": ALTERNATING_MODEL_TYPE,
