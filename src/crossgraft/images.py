@@ -12,15 +12,9 @@ from PIL import Image, UnidentifiedImageError
 
 from crossgraft.errors import ConfigError, DataError, OutputError
 from crossgraft.files import atomic_write
+from crossgraft.limits import DEFAULT_MAX_PIXELS, MAX_PIXELS_FLAG
 
-# PIL warns above MAX_IMAGE_PIXELS and refuses above twice it; the refusal is what the flag sets
-DEFAULT_MAX_PIXELS = 2 * (Image.MAX_IMAGE_PIXELS or 89_478_485)  # 178,956,970 pixels, e.g. 13,377 x 13,377
 SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
-MAX_PIXELS_FLAG = "--max_image_pixels"
-MAX_PIXELS_HELP = (
-    f"decompression-bomb guard: images with more pixels are refused (default {DEFAULT_MAX_PIXELS:,}); raise it "
-    "for large images you trust"
-)
 
 
 def set_max_pixels(limit: int | None) -> None:

@@ -7,9 +7,10 @@ import json
 import pytest
 
 from crossgraft.anomaly import config as cfg
+from crossgraft.anomaly import run_folder
 from crossgraft.anomaly.cli import COMMANDS, build_parser
+from crossgraft.anomaly.config import SyntheticConfig
 from crossgraft.anomaly.data import DataError
-from crossgraft.anomaly.data.synthetic import SyntheticConfig
 from crossgraft.args import nested_fields
 from crossgraft.errors import ConfigError
 
@@ -143,13 +144,13 @@ UNVERSIONED = {  # run_config.json as crossgraft wrote it before the file had a 
 
 
 def test_an_older_run_config_is_read(tmp_path):
-    (tmp_path / cfg.RUN_CONFIG).write_text(json.dumps(UNVERSIONED))
-    saved = cfg.load_run_config(tmp_path)
+    (tmp_path / run_folder.RUN_CONFIG).write_text(json.dumps(UNVERSIONED))
+    saved = run_folder.load_run_config(tmp_path)
     assert saved.config.variant == "cross_attn" and saved.config.cross.text_cross_attn_weight == 0.2
     assert saved.config.k_shot is None and saved.config.data.classes == ["dots"]
     assert saved.quirks == cfg.PRESETS["reference"] and (saved.image_size, saved.surgery_from) == (64, 2)
     assert saved.descriptions is None  # not recorded then: read from config.class_descriptions
     del UNVERSIONED["quirks"]
-    (tmp_path / cfg.RUN_CONFIG).write_text(json.dumps(UNVERSIONED))
+    (tmp_path / run_folder.RUN_CONFIG).write_text(json.dumps(UNVERSIONED))
     with pytest.raises(ConfigError, match="is incomplete or not a crossgraft run config: no 'quirks'"):
-        cfg.load_run_config(tmp_path)
+        run_folder.load_run_config(tmp_path)

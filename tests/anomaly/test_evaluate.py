@@ -6,10 +6,12 @@ import json
 import pytest
 from helpers import quick_train_config
 
-from crossgraft.anomaly.config import DataConfig, EvalConfig, load_run_config
+from crossgraft.anomaly.config import DataConfig, EvalConfig
+from crossgraft.anomaly.data import load_data
 from crossgraft.anomaly.data.records import write_jsonl
 from crossgraft.anomaly.evaluate import evaluate
 from crossgraft.anomaly.metrics import mean_metrics
+from crossgraft.anomaly.run_folder import load_run_config
 from crossgraft.anomaly.train import train
 
 
@@ -66,7 +68,7 @@ def test_a_cross_attention_run_scores_the_same_at_batch_1_and_4(cross_run, synth
 
 
 def test_image_level_only_evaluation_without_masks(trained_run, synthetic_root, tmp_path):
-    samples = synthetic(synthetic_root, classes=["dots"]).load("test")
+    samples = load_data(synthetic(synthetic_root, classes=["dots"]), "test")
     no_masks = [s.__class__(s.image_path, s.label, s.class_name, s.defect_type, None) for s in samples]
     meta = write_jsonl(no_masks, tmp_path / "no_masks.jsonl", root=synthetic_root)
     data = synthetic(synthetic_root, meta=meta)

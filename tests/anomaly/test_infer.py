@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from crossgraft.anomaly.config import RUN_CONFIG
 from crossgraft.anomaly.infer import fuse_image_scores, gaussian_blur, level_logit_gap, load_trained
+from crossgraft.anomaly.run_folder import RUN_CONFIG
 from crossgraft.errors import ConfigError
 from crossgraft.graft import CheckpointError
 

@@ -7,9 +7,10 @@ import json
 import pytest
 from helpers import quick_train_config
 
-from crossgraft.anomaly.config import DataConfig, EvalConfig, QuirkConfig, load_run_config
+from crossgraft.anomaly.config import DataConfig, EvalConfig, QuirkConfig
 from crossgraft.anomaly.evaluate import evaluate
 from crossgraft.anomaly.prompts import class_sentences, class_text, descriptions_for, load_class_descriptions
+from crossgraft.anomaly.run_folder import load_run_config
 from crossgraft.anomaly.train import train
 from crossgraft.cli import main
 from crossgraft.errors import ConfigError

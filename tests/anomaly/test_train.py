@@ -13,8 +13,9 @@ from helpers import adapter_weights
 from helpers import quick_train_config as quick_config
 
 import crossgraft.anomaly.train as train_module
-from crossgraft.anomaly.config import RUN_CONFIG, AdapterConfig, CrossAttentionConfig, TrainConfig, load_run_config
+from crossgraft.anomaly.config import AdapterConfig, CrossAttentionConfig, TrainConfig
 from crossgraft.anomaly.data import DataError
+from crossgraft.anomaly.run_folder import RUN_CONFIG, load_run_config
 from crossgraft.anomaly.train import TrainingError, train
 from crossgraft.errors import ConfigError
 from crossgraft.graft import CheckpointError

@@ -6,6 +6,7 @@ from PIL import Image
 from scipy import ndimage
 
 from crossgraft.anomaly.config import DataConfig, EvalConfig
+from crossgraft.anomaly.data import load_data
 from crossgraft.anomaly.evaluate import evaluate
 from crossgraft.anomaly.visualize import (
     ANOMALOUS_FRAME,
@@ -141,7 +142,7 @@ def test_the_contact_sheet_ranks_by_score_and_marks_the_wrong_side_of_the_thresh
 def test_evaluation_draws_every_image_and_a_sheet_per_class(trained_run, synthetic_root, tmp_path):
     data = DataConfig(dataset="synthetic", data_root=synthetic_root, classes=["stripes"])
     evaluate(EvalConfig(data=data, save_path=trained_run, visualize=True, plots=False, out=tmp_path))
-    samples = data.load("test")
+    samples = load_data(data, "test")
     panels = sorted((tmp_path / "visualize" / "stripes").glob("*.png"))
     assert len(panels) == len(samples)
     layout = panel_layout(64)  # the quick runs' image size

@@ -15,7 +15,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, cast
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -24,11 +24,11 @@ from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTokenizer, C
 from transformers.activations import ACT2FN
 from transformers.models.clip.modeling_clip import CLIPAttention, CLIPEncoderLayer
 
+from crossgraft.anomaly.config import BackboneConfig, GeluKind, VVMode
 from crossgraft.anomaly.tiny_tokenizer import build_tiny_tokenizer
+from crossgraft.devices import resolve_device
 from crossgraft.errors import CrossgraftError
 
-GeluKind = Literal["quick", "exact"]
-VVMode = Literal["tokens", "batch", "alone"]
 GELU_ACTIVATIONS = {"quick": "quick_gelu", "exact": "gelu"}
 OPENAI_CHECKPOINT_SUFFIXES = {".pt", ".pth", ".bin"}
 # The tokenizer is the same BPE for every OpenAI CLIP; used when a .pt file comes without --tokenizer.
@@ -585,3 +585,14 @@ def _convert_block(state_dict: dict[str, torch.Tensor], source: str, target: str
         for param in ("weight", "bias"):
             renamed[f"{target_name}.{param}"] = state_dict[f"{source}{source_name}.{param}"]
     return {f"{target}{name}": value for name, value in renamed.items()}
+
+
+def load_backbone(config: BackboneConfig, gelu: GeluKind, device: str | torch.device = "cpu") -> FrozenCLIP:
+    """The frozen CLIP a `BackboneConfig` names, at its image size (`device` may be `auto`)."""
+    return load_clip(
+        config.clip,
+        image_size=config.image_size,
+        gelu=gelu,
+        tokenizer=config.tokenizer,
+        device=resolve_device(device) if isinstance(device, str) else device,
+    )

@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from crossgraft.anomaly import config as cfg
+from crossgraft.anomaly.catalog import get_spec
 from crossgraft.anomaly.compare import compare
-from crossgraft.anomaly.data import get_spec, sample_k_shot, summarize_samples, write_jsonl
+from crossgraft.anomaly.data import load_data, sample_k_shot, summarize_samples, write_jsonl
 from crossgraft.anomaly.data.synthetic import make_synthetic_dataset
 from crossgraft.anomaly.demo import run_ablation_demo, run_demo
 from crossgraft.anomaly.diagnostics import feature_report, grad_flow, write_attention_maps
@@ -119,13 +120,13 @@ def cmd_make_synthetic(config: cfg.MakeSyntheticConfig) -> int:
 
 
 def cmd_inspect_data(config: cfg.InspectConfig) -> int:
-    samples = config.data.load(config.split)
+    samples = load_data(config.data, config.split)
     print(summarize_samples(samples, get_spec(config.data.dataset), config.split, config.data.root))
     return 0
 
 
 def cmd_k_shot(config: cfg.KShotConfig) -> int:
-    chosen = sample_k_shot(config.data.load(config.split), config.shot, config.seed)
+    chosen = sample_k_shot(load_data(config.data, config.split), config.shot, config.seed)
     out = write_jsonl(chosen, config.jsonl, root=config.data.root)
     print(f"{len(chosen)} images ({config.shot} per class, seed {config.seed}) written to {out}")
     print(f"use it with --meta {out}")

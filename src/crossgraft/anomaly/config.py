@@ -18,24 +18,15 @@ cannot work are refused (`ConfigError`) when a config is made, before anything i
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-
-from crossgraft import __version__
-from crossgraft.anomaly.backbone import FrozenCLIP, GeluKind, VVMode, load_clip
-from crossgraft.anomaly.data import Sample, get_spec, load_samples
-from crossgraft.anomaly.data.datasets import default_data_root
-from crossgraft.anomaly.data.synthetic import SyntheticConfig
-from crossgraft.anomaly.prompts import DescriptionTable
-from crossgraft.args import ConfigArgumentParser, config_to_dict, read_config_file
+from crossgraft.anomaly.catalog import default_data_root, get_spec
+from crossgraft.args import config_to_dict
 from crossgraft.errors import ConfigError
-from crossgraft.files import write_text_atomic
-from crossgraft.images import MAX_PIXELS_HELP, set_max_pixels
+from crossgraft.limits import MAX_PIXELS_HELP
 
 PAPER_CLIP = "openai/clip-vit-large-patch14-336"
 PAPER_IMAGE_SIZE = 518  # AA-CLIP's run size for ViT-L/14 (37 x 37 patches)
@@ -45,9 +36,6 @@ CLASS_DESCRIPTIONS_HELP = (
     "description}}, or the public AA-CLIP checkout (a folder) or its dataset/constants.py, whose REAL_NAMES table "
     "is read as data (never run); a per-dataset table gives the --dataset's descriptions"
 )
-RUN_CONFIG = "run_config.json"
-TRAIN_SAMPLES = "train_samples.jsonl"  # the samples a run trained on, one json record per line
-RUN_CONFIG_FORMAT = "crossgraft.anomaly.run/1"
 VARIANTS = {  # variant -> (text cross-attention, image cross-attention)
     "base": (False, False),
     "text_cross_attn": (True, False),
@@ -57,13 +45,8 @@ VARIANTS = {  # variant -> (text cross-attention, image cross-attention)
 Variant = Literal["base", "text_cross_attn", "image_cross_attn", "cross_attn"]
 Device = str  # auto, cpu, cuda or cuda:N
 DEVICE_HELP = "auto, cpu, cuda or cuda:N"
-
-
-def resolve_device(name: Device) -> str:
-    """`auto` becomes cuda when a GPU is there, else cpu."""
-    if name != "auto":
-        return name
-    return "cuda" if torch.cuda.is_available() else "cpu"
+GeluKind = Literal["quick", "exact"]
+VVMode = Literal["tokens", "batch", "alone"]  # V-V attention over tokens, across the batch axis, or each image alone
 
 
 def _path(value: Path | str | None) -> Path | None:
@@ -136,18 +119,6 @@ class DataConfig:
     def domain(self) -> str:
         return get_spec(self.dataset).domain
 
-    def load(self, split: str = "test") -> list[Sample]:
-        """Read and check the samples of one split (every file is decoded up front)."""
-        set_max_pixels(self.max_image_pixels)
-        return load_samples(
-            self.dataset,
-            self.root,
-            split=split,
-            meta=self.meta,
-            classes=self.classes,
-            allow_missing_masks=self.allow_missing_masks,
-        )
-
     def resolved(self) -> DataConfig:
         """The same selection with the default root written out (what a run folder records)."""
         return replace(self, data_root=self.root)
@@ -188,11 +159,6 @@ class BackboneConfig:
         if self.img_size is not None:
             return self.img_size
         return None if self.clip == TINY_CLIP else PAPER_IMAGE_SIZE
-
-    def load(self, gelu: GeluKind, device: Device = "cpu") -> FrozenCLIP:
-        return load_clip(
-            self.clip, image_size=self.image_size, gelu=gelu, tokenizer=self.tokenizer, device=resolve_device(device)
-        )
 
 
 @dataclass
@@ -530,137 +496,6 @@ class TrainConfig:
         return self.cross.variant
 
 
-@dataclass
-class SavedRun:
-    """A training run as its folder records it: the config, and what the run resolved from it."""
-
-    config: TrainConfig
-    image_size: int  # pixels
-    surgery_from: int  # 1-based first V-V block
-    quirks: Quirks
-    descriptions: DescriptionTable | None  # the class descriptions the prompts used; None: not recorded (older run)
-    loop: int | None = None  # the feedback round a loop_N/ folder holds
-
-
-def save_run_config(save_path: Path, run: SavedRun) -> Path:
-    """Write SAVE_PATH/run_config.json: the settings as flags in sections (so `--config` reads it back), and
-    what the run resolved from them."""
-    document = {
-        "format": RUN_CONFIG_FORMAT,
-        "crossgraft_version": __version__,
-        **config_to_dict(run.config),
-        "resolved": {
-            "img_size": run.image_size,
-            "surgery_from": run.surgery_from,
-            "quirks": config_to_dict(run.quirks),
-            "descriptions": run.descriptions,
-            "loop": run.loop,
-        },
-    }
-    return write_text_atomic(Path(save_path) / RUN_CONFIG, json.dumps(document, indent=2) + "\n")
-
-
-def load_run_config(save_path: Path) -> SavedRun:
-    """Read SAVE_PATH/run_config.json; a missing, corrupt or incomplete file is a ConfigError naming it."""
-    path = Path(save_path) / RUN_CONFIG
-    if not path.is_file():
-        raise ConfigError(f"{path} not found: is {save_path} a crossgraft training folder?")
-    document = read_config_file(path)
-    if "format" not in document:
-        document = _from_unversioned(document, path)
-    resolved = document.get("resolved")
-    if not isinstance(resolved, dict):
-        raise ConfigError(f"{path} is incomplete: no 'resolved' section (was it edited or cut short?)")
-    missing = [key for key in ("img_size", "surgery_from", "quirks") if key not in resolved]
-    missing += [
-        f"{section}.{name}"
-        for section, names in MODEL_SETTINGS.items()
-        for name in names
-        if not isinstance(document.get(section), dict) or name not in document[section]
-    ]
-    if missing:
-        raise ConfigError(
-            f"{path} is incomplete: no {', '.join(missing)} (the settings that define the model; was it edited or "
-            "cut short?)"
-        )
-    parser = ConfigArgumentParser(TrainConfig)
-    parser.apply_settings(document, str(path))
-    config = parser.parse([])
-    try:
-        quirks = Quirks(**resolved["quirks"])
-    except TypeError as error:
-        raise ConfigError(f"{path}: the resolved quirks are not readable ({error})") from error
-    return SavedRun(
-        config=config,
-        image_size=int(resolved["img_size"]),
-        surgery_from=int(resolved["surgery_from"]),
-        quirks=quirks,
-        descriptions=resolved.get("descriptions"),
-        loop=resolved.get("loop"),
-    )
-
-
-# the sections a run config must spell out in full: they define the model that test and predict rebuild (a setting
-# that only changes how training feeds images, and runs written before it existed, may leave it out)
-TRAINING_ONLY = {"stage1_augment"}
-MODEL_SETTINGS = {
-    section: [f.name for f in fields(dtype) if f.init and f.name not in TRAINING_ONLY]
-    for section, dtype in (
-        ("backbone", BackboneConfig),
-        ("adapter", AdapterConfig),
-        ("quirks", QuirkConfig),
-        ("cross", CrossAttentionConfig),
-    )
-} | {"data": ["dataset"]}
-
-
-LEGACY_TOP_LEVEL = (
-    "save_path text_epoch image_epoch text_lr image_lr text_batch_size image_batch_size milestones gamma "
-    "text_norm_weight seed resume num_workers device mixed_precision class_descriptions load_base_text_adapter "
-    "load_base_image_adapter num_feedback_loops eval_each_loop eval_dataset eval_data_root eval_classes"
-).split()
-LEGACY_CROSS_NAMES = {
-    "variant": "variant",
-    "text_weight": "text_cross_attn_weight",
-    "image_weight": "image_cross_attn_weight",
-    "learnable_weight": "learnable_cross_attn_weight",
-    "heads": "cross_attn_heads",
-    "dropout": "cross_attn_dropout",
-    "image_norm_match": "image_norm_match",
-}
-
-
-def _from_unversioned(old: dict[str, Any], path: Path) -> dict[str, Any]:
-    """A run_config.json as crossgraft wrote it before the format had a name (flat, resolved values mixed in)."""
-    try:
-        quirks = old["quirks"]
-        return {
-            "data": {k: old[k] for k in ("dataset", "data_root", "meta", "classes", "allow_missing_masks") if k in old},
-            "backbone": {"clip": old["clip"], "tokenizer": old.get("tokenizer"), "img_size": old["img_size"]},
-            **{key: old[key] for key in LEGACY_TOP_LEVEL if key in old},
-            "shot": old.get("shot") or 32,
-            "full_shot": old.get("shot") is None,
-            "adapter": {**old["adapter"], "surgery_until_layer": old.get("surgery_until_layer")},
-            "quirks": {
-                "preset": old.get("preset", "reference"),
-                "vv_attention": quirks["vv_mode"],
-                "stage1_levels": "last" if quirks["stage1_last_level_only"] else "all",
-                "stage1_image_loss": "on" if quirks["stage1_image_loss"] else "off",
-                "gelu": quirks["gelu"],
-            },
-            "cross": {LEGACY_CROSS_NAMES[k]: v for k, v in old.get("cross", {}).items() if k in LEGACY_CROSS_NAMES},
-            "resolved": {
-                "img_size": old["img_size"],
-                "surgery_from": old["surgery_from"],
-                "quirks": quirks,
-                "descriptions": None,
-                "loop": old.get("loop"),
-            },
-        }
-    except (KeyError, TypeError) as error:
-        raise ConfigError(f"{path} is incomplete or not a crossgraft run config: no {error}") from error
-
-
 # ===================================================================================== other commands
 RUN_FOLDER_HELP = "the training run folder"
 EPOCH_HELP = "use image_adapter_{epoch}.pth (default: the latest image_adapter.pth)"
@@ -971,6 +806,29 @@ class PlotRunConfig:
 
     def __post_init__(self) -> None:
         self.run, self.out = Path(self.run), _path(self.out)
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """What the synthetic generator writes; the same config writes the same images."""
+
+    _argument_group_name = "synthetic data"
+
+    classes: int = field(default=6, metadata={"help": "number of object/texture classes"})
+    train_per_class: int = field(default=10, metadata={"help": "normal training images per class"})
+    test_per_class: int = field(
+        default=12, metadata={"help": "test images per class: half normal, the rest spread over scratch/spot/missing"}
+    )
+    size: int = field(default=128, metadata={"help": "image side in pixels"})
+    seed: int = field(default=0, metadata={"help": "the same seed writes the same images"})
+
+    def __post_init__(self) -> None:
+        if self.classes < 1 or self.train_per_class < 0 or self.test_per_class < 2 or self.size < 32:
+            raise ConfigError(
+                "synthetic data needs --classes >= 1, --train_per_class >= 0, --test_per_class >= 2 (one good, one "
+                f"defective) and --size >= 32; got {self.classes}, {self.train_per_class}, {self.test_per_class}, "
+                f"{self.size}"
+            )
 
 
 DEMO_SYNTHETIC = SyntheticConfig(classes=8, train_per_class=2, test_per_class=16, size=128, seed=0)

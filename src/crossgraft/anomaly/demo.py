@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from crossgraft.anomaly.backbone import load_backbone
 from crossgraft.anomaly.compare import compare
 from crossgraft.anomaly.config import (
     AblationConfig,
@@ -22,16 +23,17 @@ from crossgraft.anomaly.config import (
     DataConfig,
     DemoConfig,
     EvalConfig,
+    SyntheticConfig,
     TrainConfig,
-    resolve_device,
 )
-from crossgraft.anomaly.data.synthetic import SyntheticConfig, class_names, make_synthetic_dataset
+from crossgraft.anomaly.data.synthetic import class_names, make_synthetic_dataset
 from crossgraft.anomaly.evaluate import evaluate, evaluate_model
 from crossgraft.anomaly.metrics import AnomalyMetrics, mean_metrics
 from crossgraft.anomaly.model import AdaptedCLIP
 from crossgraft.anomaly.plots import plot_run
 from crossgraft.anomaly.report import percent
 from crossgraft.anomaly.train import train
+from crossgraft.devices import resolve_device
 from crossgraft.runlog import setup_run_logging
 
 TRAIN_SEED = 111  # the demos' training seed (the public code's default)
@@ -98,7 +100,9 @@ def run_demo(config: DemoConfig) -> dict[str, dict[str, AnomalyMetrics]]:
     torch.manual_seed(TRAIN_SEED)
     device = resolve_device(config.device)
     quirks = training.quirks.resolve()
-    untrained = AdaptedCLIP(training.backbone.load(quirks.gelu, device), vv_mode=quirks.vv_mode).to(device).eval()
+    untrained = (
+        AdaptedCLIP(load_backbone(training.backbone, quirks.gelu, device), vv_mode=quirks.vv_mode).to(device).eval()
+    )
     results = {
         "untrained, held-out classes": evaluate_model(
             untrained,

@@ -10,21 +10,22 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from crossgraft.anomaly.backbone import load_backbone
 from crossgraft.anomaly.config import (
     AttentionMapsConfig,
     CrossAttentionConfig,
     FeaturesConfig,
     GradFlowConfig,
     Variant,
-    resolve_device,
 )
-from crossgraft.anomaly.data import AnomalyDataset, EvalTransform
+from crossgraft.anomaly.data import AnomalyDataset, EvalTransform, load_data
 from crossgraft.anomaly.data.formats import output_stem, read_folder
 from crossgraft.anomaly.infer import load_trained
 from crossgraft.anomaly.losses import stage2_loss
 from crossgraft.anomaly.model import AdaptedCLIP, TextSide
 from crossgraft.anomaly.prompts import class_sentences, class_text
 from crossgraft.anomaly.visualize import PanelText, load_rgb, save_panel
+from crossgraft.devices import resolve_device
 from crossgraft.errors import ConfigError
 from crossgraft.images import set_max_pixels
 
@@ -161,10 +162,10 @@ def grad_flow(config: GradFlowConfig) -> list[GradientFlow]:
         model = load_trained(config.save_path, config.epoch, device=device).model
     else:
         torch.manual_seed(config.seed)
-        backbone = config.backbone.load("quick", device)
+        backbone = load_backbone(config.backbone, "quick", device)
         cross = CrossAttentionConfig(variant="image_cross_attn", image_cross_attn_weight=config.image_cross_attn_weight)
         model = AdaptedCLIP(backbone, cross=cross).to(device)
-    samples = [s for s in config.data.load("test") if s.label == 1]
+    samples = [s for s in load_data(config.data, "test") if s.label == 1]
     generator = torch.Generator().manual_seed(config.seed)
     dataset = AnomalyDataset(samples, EvalTransform(model.backbone.image_size))
     batch = next(iter(DataLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=generator)))
@@ -206,7 +207,7 @@ def write_attention_maps(config: AttentionMapsConfig) -> AttentionMaps:
 def feature_report(config: FeaturesConfig) -> str:
     """Load a backbone, run random images through its plain and V-V paths and describe what comes out: a quick
     check that weights, tokenizer and image size fit together."""
-    backbone = config.backbone.load(config.gelu, config.device)
+    backbone = load_backbone(config.backbone, config.gelu, config.device)
     images = torch.randn(config.batch, 3, backbone.image_size, backbone.image_size, device=backbone.device)
     features = backbone.encode_image(images)
     vv = backbone.encode_image_vv(images, surgery_from=backbone.levels[0])

@@ -8,8 +8,9 @@ import numpy as np
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from crossgraft.anomaly.config import EvalConfig, resolve_device
-from crossgraft.anomaly.data import AnomalyDataset, EvalTransform, Sample, get_spec, group_by_class
+from crossgraft.anomaly.catalog import get_spec
+from crossgraft.anomaly.config import EvalConfig
+from crossgraft.anomaly.data import AnomalyDataset, EvalTransform, Sample, group_by_class, load_data
 from crossgraft.anomaly.infer import anomaly_maps, batch_text, fuse_image_scores, load_trained
 from crossgraft.anomaly.metrics import AnomalyMetrics, ClassCurves, ClassEvaluation, ClassMetricsAccumulator
 from crossgraft.anomaly.model import AdaptedCLIP, TextSide
@@ -17,6 +18,7 @@ from crossgraft.anomaly.plots import class_metrics_figure, write_curve_figures
 from crossgraft.anomaly.prompts import class_text, public_prompts_warning
 from crossgraft.anomaly.report import format_table, write_csv, write_json
 from crossgraft.anomaly.visualize import PanelText, load_rgb, save_contact_sheet, save_panel, sheet_entry, verdict
+from crossgraft.devices import resolve_device
 from crossgraft.plots import save_figure
 from crossgraft.runlog import setup_run_logging
 
@@ -45,7 +47,7 @@ def evaluate_model(
     logger = setup_run_logging(out, "test.log", name="crossgraft.test")
     if warning:
         logger.warning(warning)
-    samples = config.data.load("test")
+    samples = load_data(config.data, "test")
     logger.info(
         "evaluating %s on %s: %d images; text adapter %s",
         label,

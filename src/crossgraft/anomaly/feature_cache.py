@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from crossgraft.anomaly.backbone import FrozenCLIP, VVMode
+from crossgraft.anomaly.backbone import FrozenCLIP
+from crossgraft.anomaly.config import VVMode
 from crossgraft.anomaly.model import stage1_features
 
 CACHE_FILE = "stage1_features{tag}.cache.npy"

@@ -10,14 +10,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from crossgraft.anomaly.backbone import load_backbone
+from crossgraft.anomaly.catalog import MEDICAL
 from crossgraft.anomaly.checkpoints import image_file, load_image_adapter, load_text_adapter, text_file
-from crossgraft.anomaly.config import RUN_CONFIG, TRAIN_SAMPLES, SavedRun, load_run_config, resolve_device
-from crossgraft.anomaly.data.datasets import MEDICAL
 from crossgraft.anomaly.data.formats import read_jsonl
 from crossgraft.anomaly.data.records import Sample
 from crossgraft.anomaly.losses import LOGIT_SCALE
 from crossgraft.anomaly.model import AdaptedCLIP, TextSide
 from crossgraft.anomaly.prompts import class_sentences, descriptions_for, load_class_descriptions
+from crossgraft.anomaly.run_folder import RUN_CONFIG, TRAIN_SAMPLES, SavedRun, load_run_config
+from crossgraft.devices import resolve_device
 from crossgraft.errors import ConfigError
 from crossgraft.graft import CheckpointError
 
@@ -180,7 +182,7 @@ def load_trained(
     saved = load_run_config(save_path)
     config = saved.config
     size = saved.image_size if image_size is None else image_size
-    backbone = replace(config.backbone, img_size=size).load(saved.quirks.gelu, device)
+    backbone = load_backbone(replace(config.backbone, img_size=size), saved.quirks.gelu, device)
     model = AdaptedCLIP(backbone, config.adapter, config.cross, saved.quirks.vv_mode).to(resolve_device(device))
     if model.surgery_from != saved.surgery_from:
         raise ConfigError(

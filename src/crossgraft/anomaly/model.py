@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from crossgraft.anomaly.backbone import FrozenCLIP, VVMode
-from crossgraft.anomaly.config import AdapterConfig, CrossAttentionConfig
+from crossgraft.anomaly.backbone import FrozenCLIP
+from crossgraft.anomaly.config import AdapterConfig, CrossAttentionConfig, VVMode
 from crossgraft.anomaly.modules import CrossAttention, SimpleAdapter, SimpleProj, xavier_init
 from crossgraft.anomaly.prompts import NORMAL_STATES, TEMPLATES, class_sentences
 from crossgraft.errors import ConfigError, ShapeError

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from crossgraft.anomaly.data.datasets import PUBLIC_DATA_ROOTS
+from crossgraft.anomaly.catalog import PUBLIC_DATA_ROOTS
 from crossgraft.errors import ConfigError
 
 NORMAL_STATES = ("{}", "a {}", "the {}")

@@ -25,6 +25,8 @@ from torch.optim.lr_scheduler import MultiStepLR
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from crossgraft.anomaly.backbone import load_backbone
+from crossgraft.anomaly.catalog import get_spec
 from crossgraft.anomaly.checkpoints import (
     check_image_adapter,
     check_text_adapter,
@@ -35,25 +37,14 @@ from crossgraft.anomaly.checkpoints import (
     save_text_adapter,
     text_file,
 )
-from crossgraft.anomaly.config import (
-    RUN_CONFIG,
-    TINY_CLIP,
-    TRAIN_SAMPLES,
-    DataConfig,
-    EvalConfig,
-    SavedRun,
-    TrainConfig,
-    load_run_config,
-    resolve_device,
-    save_run_config,
-)
+from crossgraft.anomaly.config import TINY_CLIP, DataConfig, EvalConfig, TrainConfig
 from crossgraft.anomaly.data import (
     AnomalyDataset,
     AugmentConfig,
     EvalTransform,
     Sample,
     TrainTransform,
-    get_spec,
+    load_data,
     sample_k_shot,
     write_jsonl,
 )
@@ -70,7 +61,9 @@ from crossgraft.anomaly.prompts import (
     load_class_descriptions,
     public_prompts_warning,
 )
+from crossgraft.anomaly.run_folder import RUN_CONFIG, TRAIN_SAMPLES, SavedRun, load_run_config, save_run_config
 from crossgraft.args import flatten_config
+from crossgraft.devices import resolve_device
 from crossgraft.errors import TrainingError
 from crossgraft.lock import RunLock
 from crossgraft.runlog import setup_run_logging
@@ -326,14 +319,14 @@ def _train(config: TrainConfig, accelerator: Accelerator, lock: RunLock) -> Adap
         lock.acquire()
     check_run_folder(config)
     data = config.data.resolved()
-    samples = data.load("test")
+    samples = load_data(data, "test")
     if config.k_shot is not None:
         samples = sample_k_shot(samples, config.k_shot, config.seed)
     table = load_class_descriptions(config.class_descriptions)
     descriptions = descriptions_for(table, get_spec(data.dataset).name, str(config.class_descriptions))
     class_names = sorted({s.class_name for s in samples})
     quirks = config.quirks.resolve()
-    backbone = config.backbone.load(quirks.gelu, accelerator.device)
+    backbone = load_backbone(config.backbone, quirks.gelu, accelerator.device)
     torch.manual_seed(config.seed)  # adapter init: a resumed run re-creates the same untrained adapters
     model = AdaptedCLIP(backbone, config.adapter, config.cross, quirks.vv_mode).to(accelerator.device)
     base = load_base_adapters(model, config.load_base_text_adapter, config.load_base_image_adapter)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from transformers import TrainingArguments
 
-from crossgraft.images import MAX_PIXELS_HELP
+from crossgraft.limits import MAX_PIXELS_HELP
 from crossgraft.llava.anyres import ASPECT_RATIO_HELP, check_aspect_ratio
 from crossgraft.llava.configuration import XATTN_MODES, LlavaConfigError
 from crossgraft.llava.loading import DEFAULT_SKIP_PREFIXES, TORCH_DTYPES

@@ -2,10 +2,8 @@
 
 from crossgraft.anomaly.data.dataset import AnomalyDataset
 from crossgraft.anomaly.data.datasets import (
-    DATASETS,
-    DatasetSpec,
-    get_spec,
     group_by_class,
+    load_data,
     load_samples,
     summarize_samples,
 )
@@ -14,15 +12,13 @@ from crossgraft.anomaly.data.records import DataError, Sample, write_jsonl
 from crossgraft.anomaly.data.transforms import AugmentConfig, EvalTransform, TrainTransform
 
 __all__ = [
-    "DATASETS",
     "AnomalyDataset",
     "AugmentConfig",
     "DataError",
-    "DatasetSpec",
     "Sample",
     "EvalTransform",
     "TrainTransform",
-    "get_spec",
+    "load_data",
     "group_by_class",
     "load_samples",
     "sample_k_shot",

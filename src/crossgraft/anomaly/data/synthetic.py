@@ -11,13 +11,13 @@ that was painted (for objects, its part that lies on the object):
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from crossgraft.errors import ConfigError
+from crossgraft.anomaly.config import SyntheticConfig
 from crossgraft.files import write_text_atomic
 from crossgraft.images import save_image
 
@@ -27,29 +27,6 @@ DEFECTS = ("scratch", "spot", "missing")
 PALETTE_JITTER = 30.0  # per-image shift of a class's colours
 TEXTURE_MIN, TEXTURE_MAX = 100.0, 230.0  # texture and background colours
 DEFECT_MAX = 45.0  # defect colours lie below this
-
-
-@dataclass(frozen=True)
-class SyntheticConfig:
-    """What the synthetic generator writes; the same config writes the same images."""
-
-    _argument_group_name = "synthetic data"
-
-    classes: int = field(default=6, metadata={"help": "number of object/texture classes"})
-    train_per_class: int = field(default=10, metadata={"help": "normal training images per class"})
-    test_per_class: int = field(
-        default=12, metadata={"help": "test images per class: half normal, the rest spread over scratch/spot/missing"}
-    )
-    size: int = field(default=128, metadata={"help": "image side in pixels"})
-    seed: int = field(default=0, metadata={"help": "the same seed writes the same images"})
-
-    def __post_init__(self) -> None:
-        if self.classes < 1 or self.train_per_class < 0 or self.test_per_class < 2 or self.size < 32:
-            raise ConfigError(
-                "synthetic data needs --classes >= 1, --train_per_class >= 0, --test_per_class >= 2 (one good, one "
-                f"defective) and --size >= 32; got {self.classes}, {self.train_per_class}, {self.test_per_class}, "
-                f"{self.size}"
-            )
 
 
 def class_names(count: int) -> list[str]:

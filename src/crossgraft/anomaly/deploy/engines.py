@@ -17,10 +17,11 @@ import numpy as np
 import torch
 
 from crossgraft import __version__
-from crossgraft.anomaly.config import PredictConfig, ServeConfig, resolve_device
+from crossgraft.anomaly.config import PredictConfig, ServeConfig
 from crossgraft.anomaly.deploy.graph import INPUT_NAMES, AnomalyGraph, GraphOutput
 from crossgraft.anomaly.infer import TrainedRun, load_trained
 from crossgraft.anomaly.prompts import class_text
+from crossgraft.devices import resolve_device
 from crossgraft.errors import ConfigError
 from crossgraft.graft import CheckpointError
 

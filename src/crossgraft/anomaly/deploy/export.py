@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from crossgraft.anomaly.config import RUN_CONFIG, ExportConfig
+from crossgraft.anomaly.config import ExportConfig
 from crossgraft.anomaly.data.transforms import CLIP_MEAN, CLIP_STD
 from crossgraft.anomaly.deploy.engines import (
     METADATA,
@@ -44,6 +44,7 @@ from crossgraft.anomaly.deploy.graph import INPUT_NAMES, OUTPUT_NAMES, AnomalyGr
 from crossgraft.anomaly.infer import load_trained
 from crossgraft.anomaly.predict import fit_threshold
 from crossgraft.anomaly.prompts import class_text
+from crossgraft.anomaly.run_folder import RUN_CONFIG
 from crossgraft.errors import ConfigError, OutputError
 from crossgraft.files import ensure_folder, write_text_atomic
 from crossgraft.images import set_max_pixels
