@@ -1,5 +1,6 @@
 """Small builders shared by test modules (on sys.path through pytest's `pythonpath`)."""
 
+import socket
 import subprocess
 import sys
 import time
@@ -55,6 +56,38 @@ def tied_class(seed=3, images=6, size=24):
     labels = masks.reshape(images, -1).any(1).astype(int)
     image_scores = np.round(scores.reshape(images, -1).max(1) + rng.normal(0, 0.2, images), 1).astype(np.float32)
     return scores, masks, image_scores, labels
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now, for a multi-process test's rendezvous (torchrun's fixed default, 29500,
+    may be held by another process on the machine)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def launch_failure(result: subprocess.CompletedProcess) -> str:
+    """What a failed multi-process launch said: its exit code, and every rank's output (torchrun passes each
+    worker's stdout and stderr through; the rendezvous and gloo messages are there too)."""
+    return (
+        f"exit code {result.returncode}\n--- stdout (all ranks) ---\n{result.stdout[-6000:]}\n"
+        f"--- stderr (all ranks, torchrun's agent) ---\n{result.stderr[-12000:]}"
+    )
+
+
+def torchrun(nproc: int) -> list[str]:
+    """`python -m torch.distributed.run` with `nproc` processes on a free local port."""
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+    ]
 
 
 def run_with_faults(plan, args, timeout=300):

@@ -28,6 +28,17 @@ def _guarded(run: Callable[[], int]) -> int:
     except CrossgraftError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    finally:
+        _close_process_group()
+
+
+def _close_process_group() -> None:
+    """A command that ran under torchrun / accelerate launch closes its process group before the interpreter exits:
+    left to the interpreter's shutdown, gloo's connection threads can abort one process (SIGABRT) while another
+    still uses them. (torch is looked up, never imported here: a command that did not need it stays light.)"""
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        distributed.destroy_process_group()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from helpers import adapter_weights
+from helpers import adapter_weights, launch_failure, torchrun
 from helpers import quick_train_config as quick_config
 
 import crossgraft.anomaly.train as train_module
@@ -205,10 +205,9 @@ def test_two_processes_train_like_one_on_the_same_global_batch(synthetic_root, t
         )
         assert result.returncode == 0, result.stderr[-2000:]
     runs["ddp"] = tmp_path / "ddp"
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    command += _train_command(synthetic_root, runs["ddp"], 2)
+    command = [*torchrun(2), *_train_command(synthetic_root, runs["ddp"], 2)]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.returncode == 0, launch_failure(result)
     assert result.stdout.count("training on 4 images") == 1  # only the main process logs
     assert (runs["ddp"] / "train.log").read_text().count("training image epoch 1") == 1
     single4, single2, ddp = (adapter_weights(runs[name]) for name in ("single4", "single2", "ddp"))

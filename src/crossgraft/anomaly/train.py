@@ -307,7 +307,10 @@ def train(config: TrainConfig) -> AdaptedCLIP:
     accelerator = Accelerator(cpu=resolve_device(config.device) == "cpu", mixed_precision=config.mixed_precision)
     lock = RunLock(config.save_path)
     try:
-        return _train(config, accelerator, lock)
+        model = _train(config, accelerator, lock)
+        # every process leaves together: none starts closing its connections while the main one still saves
+        accelerator.wait_for_everyone()
+        return model
     finally:
         lock.release()
 
