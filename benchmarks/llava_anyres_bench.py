@@ -23,7 +23,7 @@ from PIL import Image
 
 from crossgraft.llava import MODEL_CLASSES
 from crossgraft.llava.configuration import IMAGE_TOKEN_INDEX
-from crossgraft.llava.vision import ImageProcessor
+from crossgraft.llava.processing import ImageProcessor
 
 SO400M = dict(
     hidden_size=1152,

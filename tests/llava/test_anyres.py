@@ -11,7 +11,6 @@ from PIL import Image
 from crossgraft.errors import ShapeError
 from crossgraft.llava import MODEL_CLASSES
 from crossgraft.llava.anyres import (
-    check_aspect_ratio,
     grid_shape,
     merge_tiles,
     parse_grid_pinpoints,
@@ -19,10 +18,10 @@ from crossgraft.llava.anyres import (
     select_best_resolution,
     unpad,
 )
-from crossgraft.llava.configuration import IMAGE_TOKEN_INDEX, LlavaConfigError
+from crossgraft.llava.configuration import IMAGE_TOKEN_INDEX, LlavaConfigError, check_aspect_ratio
 from crossgraft.llava.data import DataCollatorForSupervisedDataset, LazySupervisedDataset, Record
+from crossgraft.llava.processing import ImageProcessor
 from crossgraft.llava.sample import tiny_llava_config
-from crossgraft.llava.vision import ImageProcessor
 
 BASE, ALT, CROSS = "llava_qwen", "llava_qwen_with_alternating_attn", "llava_qwen_with_alternating_cross_attn"
 

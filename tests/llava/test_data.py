@@ -19,7 +19,7 @@ from crossgraft.llava.data import (
     read_records,
     tokenize_conversation,
 )
-from crossgraft.llava.vision import ImageProcessor
+from crossgraft.llava.processing import ImageProcessor
 
 
 def record(index, caption="a caption", image=None):
@@ -260,7 +260,7 @@ def test_llava_next_label_mode_learns_what_preprocess_qwen_learns(tiny_tokenizer
 
 def test_the_label_mode_reaches_the_training_data(tiny_tokenizer, llava_sample):
     from crossgraft.llava.data import make_supervised_data_module
-    from crossgraft.llava.vision import ImageProcessor
+    from crossgraft.llava.processing import ImageProcessor
 
     processor = ImageProcessor(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     learned = {}

@@ -13,7 +13,7 @@ from crossgraft.llava.configuration import LlavaConfigError
 from crossgraft.llava.data import DataCollatorForSupervisedDataset, LazySupervisedDataset, LlavaDataError, load_records
 from crossgraft.llava.evaluate import PREDICTIONS_FILE, evaluate
 from crossgraft.llava.loading import load_model
-from crossgraft.llava.vision import ImageProcessor
+from crossgraft.llava.processing import ImageProcessor
 
 
 @pytest.fixture(scope="module")

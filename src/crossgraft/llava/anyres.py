@@ -22,22 +22,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from crossgraft.llava.configuration import LlavaConfigError
+from crossgraft.llava.configuration import ANYRES_PATTERN, LlavaConfigError
 
-SQUARE_ASPECT_RATIOS = ("pad", "square")  # one tile per image
-ANYRES_PATTERN = re.compile(r"anyres(?:_max_(\d+))?")
-ASPECT_RATIO_HELP = "pad, square, anyres or anyres_max_N (N ≥ 1 tiles, OneVision: anyres_max_9)"
 MAX_TILES_SLACK = 1.1  # LLaVA-NeXT shrinks the map only when it exceeds N tiles by more than 10%
 
 Resolution = tuple[int, int]  # (width, height) in pixels
-
-
-def check_aspect_ratio(value: str) -> None:
-    """Refuse an image_aspect_ratio this package cannot process, naming the ones it can."""
-    match = ANYRES_PATTERN.fullmatch(value)
-    if value in SQUARE_ASPECT_RATIOS or (match and (match.group(1) is None or int(match.group(1)) >= 1)):
-        return
-    raise LlavaConfigError(f"image_aspect_ratio {value!r} is not supported; use {ASPECT_RATIO_HELP}")
 
 
 def is_anyres(aspect_ratio: str) -> bool:

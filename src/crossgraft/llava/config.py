@@ -12,11 +12,16 @@ from pathlib import Path
 from transformers import TrainingArguments
 
 from crossgraft.limits import MAX_PIXELS_HELP
-from crossgraft.llava.anyres import ASPECT_RATIO_HELP, check_aspect_ratio
-from crossgraft.llava.configuration import XATTN_MODES, LlavaConfigError
-from crossgraft.llava.loading import DEFAULT_SKIP_PREFIXES, TORCH_DTYPES
-from crossgraft.llava.modeling import SUPPORTED_ATTENTION
-from crossgraft.llava.sample import TINY_TYPES
+from crossgraft.llava.configuration import (
+    ASPECT_RATIO_HELP,
+    DEFAULT_SKIP_PREFIXES,
+    DTYPE_NAMES,
+    SUPPORTED_ATTENTION,
+    TINY_TYPES,
+    XATTN_MODES,
+    LlavaConfigError,
+    check_aspect_ratio,
+)
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."  # LLaVA-NeXT's qwen_1_5 template
 TUNABLE_PARTS = ("mm_vision_tower", "mm_mlp_adapter", "mm_language_model")  # LLaVA-NeXT's names
@@ -101,7 +106,7 @@ class ModelArguments:
     attn_implementation: str = field(
         default="sdpa",
         metadata={
-            "help": "eager or sdpa (flash_attention_2 cannot express the alternating masks)",
+            "help": "eager, sdpa or flex_attention (flash_attention_2 cannot express the alternating masks)",
             "choices": list(SUPPORTED_ATTENTION),
         },
     )
@@ -346,7 +351,7 @@ class EvaluateConfig:
         },
     )
     attn_implementation: str = field(
-        default="sdpa", metadata={"help": "eager or sdpa", "choices": list(SUPPORTED_ATTENTION)}
+        default="sdpa", metadata={"help": "eager, sdpa or flex_attention", "choices": list(SUPPORTED_ATTENTION)}
     )
     max_image_pixels: int | None = field(default=None, metadata={"help": MAX_PIXELS_HELP})
 
@@ -425,5 +430,5 @@ class LlavaExportConfig:
     )
     dtype: str = field(
         default="keep",
-        metadata={"help": "weights dtype of the export", "choices": ["keep", *TORCH_DTYPES]},
+        metadata={"help": "weights dtype of the export", "choices": ["keep", *DTYPE_NAMES]},
     )

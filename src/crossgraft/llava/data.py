@@ -23,7 +23,7 @@ from crossgraft.files import read_text
 from crossgraft.images import read_rgb, set_max_pixels
 from crossgraft.llava.config import DEFAULT_SYSTEM_PROMPT, DataArguments
 from crossgraft.llava.configuration import IGNORE_INDEX, IMAGE_TOKEN_INDEX
-from crossgraft.llava.vision import ImageProcessor
+from crossgraft.llava.processing import ImageProcessor
 
 IMAGE_PLACEHOLDER = "<image>"
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}

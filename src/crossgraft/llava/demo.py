@@ -25,9 +25,9 @@ from crossgraft.llava.data import DataCollatorForSupervisedDataset, LazySupervis
 from crossgraft.llava.evaluate import evaluate
 from crossgraft.llava.loading import load_model
 from crossgraft.llava.plots import plot_runs
+from crossgraft.llava.processing import ImageProcessor
 from crossgraft.llava.sample import make_sample, make_tiny_model
 from crossgraft.llava.train import train
-from crossgraft.llava.vision import ImageProcessor
 from crossgraft.llava.visualize import draw_attention_rules
 
 # (name, ModelArguments fields); every variant starts from the same backbone with its projector kept.

@@ -39,7 +39,7 @@ from crossgraft.llava.data import (
 )
 from crossgraft.llava.loading import load_model
 from crossgraft.llava.modeling import LlavaQwenForCausalLM
-from crossgraft.llava.train import image_processor_for
+from crossgraft.llava.processing import ImageProcessor
 from crossgraft.runlog import setup_run_logging
 
 SETTINGS_FILE = "evaluation.json"
@@ -238,7 +238,8 @@ def evaluate(config: EvaluateConfig, model: LlavaQwenForCausalLM | None = None) 
             model = load_model(config.model_name_or_path, attn_implementation=config.attn_implementation)
         model.eval()
         tokenizer = AutoTokenizer.from_pretrained(config.model_name_or_path)
-        processor = image_processor_for(model, config.image_aspect_ratio, config.image_grid_pinpoints)
+        processor = ImageProcessor.from_config(model.config, config.image_aspect_ratio, config.image_grid_pinpoints)
+        model.config.update(processor.config_settings())  # the model merges anyres tiles as they are cut
         dataset = LazySupervisedDataset(
             [s.record for s in todo], tokenizer, processor, config.image_folder, config.system_prompt
         )

@@ -25,7 +25,7 @@ from crossgraft.llava.configuration import IGNORE_INDEX, LlavaConfigError
 from crossgraft.llava.data import IMAGE_PLACEHOLDER, DataCollatorForSupervisedDataset, generation_prompt, image_inputs
 from crossgraft.llava.evaluate import answer_losses
 from crossgraft.llava.loading import TORCH_DTYPES, load_model
-from crossgraft.llava.train import image_processor_for
+from crossgraft.llava.processing import ImageProcessor
 
 MODEL_ID = "crossgraft_llava"
 DTYPES = {"auto": None, **TORCH_DTYPES}  # lmms-eval's spelling of "as stored"
@@ -71,7 +71,8 @@ class CrossgraftLlava(LmmsBase):
         self.model.to(device).eval()  # type: ignore[arg-type]
         self.device = torch.device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(pretrained)
-        self.image_processor = image_processor_for(self.model, image_aspect_ratio)
+        self.image_processor = ImageProcessor.from_config(self.model.config, image_aspect_ratio)
+        self.model.config.update(self.image_processor.config_settings())  # the model merges tiles as they are cut
         self.batch_size = int(batch_size)
         self.max_new_tokens = int(max_new_tokens)
         self.system_prompt = system_prompt

@@ -25,6 +25,8 @@ from crossgraft.llava.configuration import (
     ALTERNATING_MODEL_TYPE,
     BASE_MODEL_TYPE,
     CONFIG_CLASSES,
+    DEFAULT_SKIP_PREFIXES,
+    DTYPE_NAMES,
     KNOWN_VISION_TOWERS,
     LlavaConfigError,
     LlavaQwenConfig,
@@ -33,16 +35,13 @@ from crossgraft.llava.lora import apply_lora_folder, is_lora_folder, lora_base
 from crossgraft.llava.modeling import LlavaQwenForCausalLM, check_attention_implementation
 
 VARIANTS = ("base", "alternating", "alternating_cross")
-TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}  # by name
+TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}
 MODEL_TYPE_OF_VARIANT = {
     "base": BASE_MODEL_TYPE,
     "alternating": ALTERNATING_MODEL_TYPE,
     "alternating_cross": ALTERNATING_CROSS_MODEL_TYPE,
 }
 VARIANT_OF_MODEL_TYPE = {model_type: variant for variant, model_type in MODEL_TYPE_OF_VARIANT.items()}
-# A LLaVA backbone's projector is kept (the seed's list also skipped mm_projector, which re-randomised OneVision's
-# trained projector; --init_skip_prefixes mm_projector,vision_resampler does that)
-DEFAULT_SKIP_PREFIXES = ("vision_resampler",)
 _NOT_CONFIG_FIELDS = ("model_type", "architectures", "transformers_version", "auto_map", "_name_or_path")
 
 

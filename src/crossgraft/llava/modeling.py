@@ -35,6 +35,7 @@ from crossgraft.errors import ShapeError
 from crossgraft.llava.anyres import grid_shape, is_anyres, max_tiles, merge_tiles, parse_grid_pinpoints
 from crossgraft.llava.configuration import (
     IGNORE_INDEX,
+    SUPPORTED_ATTENTION,
     LlavaConfigError,
     LlavaQwenAlternatingConfig,
     LlavaQwenAlternatingCrossConfig,
@@ -43,7 +44,6 @@ from crossgraft.llava.configuration import (
 from crossgraft.llava.masks import additive, flex_block_masks, layer_masks
 from crossgraft.llava.vision import SigLipVisionTower, build_projector
 
-SUPPORTED_ATTENTION = ("eager", "sdpa", "flex_attention")
 ImageTiles = torch.Tensor | list[torch.Tensor]  # (N, 3, S, S) one tile per image, or N × (T_i, 3, S, S)
 ImageSizes = torch.Tensor | list[tuple[int, int]] | None  # (N, 2) width, height of each image as read
 # transformers renamed the decoder layers' cache argument (past_key_values → cache); pass it by the name it has.

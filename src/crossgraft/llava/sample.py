@@ -26,15 +26,13 @@ from crossgraft.files import ensure_folder, write_text_atomic
 from crossgraft.images import save_image
 from crossgraft.llava import MODEL_CLASSES
 from crossgraft.llava.configuration import (
-    ALTERNATING_CROSS_MODEL_TYPE,
-    ALTERNATING_MODEL_TYPE,
     BASE_MODEL_TYPE,
     CONFIG_CLASSES,
+    TINY_TYPES,
     LlavaQwenConfig,
 )
 
 IM_START, IM_END, END_OF_TEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
-TINY_TYPES = ("qwen2", "siglip", BASE_MODEL_TYPE, ALTERNATING_MODEL_TYPE, ALTERNATING_CROSS_MODEL_TYPE)
 
 TINY_QWEN2 = dict(
     hidden_size=64,

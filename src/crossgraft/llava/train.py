@@ -57,7 +57,7 @@ from crossgraft.llava.lora import (
     write_checkpoint,
 )
 from crossgraft.llava.modeling import LlavaQwenForCausalLM
-from crossgraft.llava.vision import ImageProcessor
+from crossgraft.llava.processing import ImageProcessor
 from crossgraft.lock import RunLock
 from crossgraft.runlog import console_logging, setup_run_logging
 
@@ -235,19 +235,6 @@ def describe_freeze_state(counts: dict[str, tuple[int, int]], args: AlternatingT
         else:
             lines.append(f"  {part:<18} frozen   {frozen:>14,} parameters")
     return "\n".join(lines)
-
-
-def image_processor_for(
-    model: LlavaQwenForCausalLM, aspect_ratio: str | None = None, grid_pinpoints: str | None = None
-) -> ImageProcessor:
-    """The image processor for --image_aspect_ratio / --image_grid_pinpoints (default: the model config's, as
-    LLaVA-NeXT reads them). The model config takes the settings too: the model merges anyres tiles by them, and
-    the saved config.json says how the run saw its images."""
-    processor = ImageProcessor.from_config(model.config, aspect_ratio, grid_pinpoints)
-    model.config.image_aspect_ratio = processor.aspect_ratio
-    if processor.grid_pinpoints:
-        model.config.image_grid_pinpoints = [list(resolution) for resolution in processor.grid_pinpoints]
-    return processor
 
 
 RUN_ARGS_FILE = "run_args.json"  # the model and data arguments of the run, as given
@@ -447,7 +434,11 @@ def prepare_run(
     counts = set_trainable_parts(model, model_args.tunable_parts)
     logger.info("%s", describe_freeze_state(counts, training_args))
 
-    image_processor = image_processor_for(model, data_args.image_aspect_ratio, data_args.image_grid_pinpoints)
+    image_processor = ImageProcessor.from_config(
+        model.config, data_args.image_aspect_ratio, data_args.image_grid_pinpoints
+    )
+    # the model merges anyres tiles by its config's settings, and the saved config.json says how the run saw images
+    model.config.update(image_processor.config_settings())
     logger.info("%s", image_processor.describe())
     data_module = make_supervised_data_module(tokenizer, data_args, image_processor)
     logger.info("%d training records from %s", len(data_module["train_dataset"]), data_args.data_path)
