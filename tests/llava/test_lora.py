@@ -202,7 +202,7 @@ def test_broken_lora_folders_name_what_is_wrong(trained_lora_run, tmp_path):
     with pytest.raises(CheckpointError, match="no non_lora_trainables.safetensors; this LoRA run folder is incomplete"):
         load_model(str(broken))
     with pytest.raises(CheckpointError, match="is not a LoRA run folder"):
-        main_merge = __import__("crossgraft.llava.lora", fromlist=["merge_lora"]).merge_lora
+        main_merge = __import__("crossgraft.llava.export", fromlist=["merge_lora"]).merge_lora
         main_merge(lora_base(trained_lora_run), tmp_path / "out")
 
 

@@ -25,8 +25,8 @@ from crossgraft.llava.config import (
 from crossgraft.llava.configuration import LlavaConfigError
 from crossgraft.llava.demo import format_results, run_demo
 from crossgraft.llava.evaluate import evaluate
-from crossgraft.llava.export import describe_export, export_llava_next
-from crossgraft.llava.lora import lora_base, merge_lora
+from crossgraft.llava.export import describe_export, export_llava_next, merge_lora
+from crossgraft.llava.lora import lora_base
 from crossgraft.llava.plots import plot_runs
 from crossgraft.llava.sample import make_sample, make_tiny_model
 from crossgraft.llava.train import backbone_plan, describe_plan, dry_run, inspect_data, train

@@ -24,6 +24,7 @@ from pathlib import Path
 from transformers import AutoTokenizer
 
 from crossgraft.files import atomic_folder, write_text_atomic
+from crossgraft.graft import CheckpointError
 from crossgraft.llava.configuration import (
     ALTERNATING_CROSS_MODEL_TYPE,
     ALTERNATING_MODEL_TYPE,
@@ -31,6 +32,7 @@ from crossgraft.llava.configuration import (
     LlavaConfigError,
 )
 from crossgraft.llava.loading import MODEL_TYPE_OF_VARIANT, TORCH_DTYPES, classify, load_model, read_raw_config
+from crossgraft.llava.lora import ADAPTER_CONFIG, is_lora_folder, write_checkpoint
 
 EXPORT_TARGETS = ("llava-next",)
 DTYPES = {"keep": None, **TORCH_DTYPES}
@@ -148,3 +150,13 @@ def describe_export(export: LlavaNextExport) -> str:
     if export.needs_fork:
         lines.append("this variant needs the alternating fork (mavleo96/LLaVA-Alternating-Attn); upstream has no class")
     return "\n".join(lines)
+
+
+def merge_lora(run: str | Path, out: str | Path) -> Path:
+    """`crossgraft llava merge-lora`: the LoRA run folder `run` merged and written to `out` as an ordinary
+    checkpoint."""
+    if not is_lora_folder(run):
+        raise CheckpointError(f"{run} is not a LoRA run folder (it has no {ADAPTER_CONFIG})")
+    model = load_model(str(run))  # base + fully trained parameters + adapters, merged
+    tokenizer = AutoTokenizer.from_pretrained(str(run))
+    return write_checkpoint(model, tokenizer, Path(out))

@@ -179,16 +179,3 @@ def write_checkpoint(model: Any, tokenizer: Any, out: Path) -> Path:
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
     return out
-
-
-def merge_lora(run: str | Path, out: str | Path) -> Path:
-    """`crossgraft llava merge-lora`: the LoRA run folder `run` merged and written to `out`."""
-    from transformers import AutoTokenizer
-
-    from crossgraft.llava.loading import load_model
-
-    if not is_lora_folder(run):
-        raise CheckpointError(f"{run} is not a LoRA run folder (it has no {ADAPTER_CONFIG})")
-    model = load_model(str(run))  # base + fully trained parameters + adapters, merged
-    tokenizer = AutoTokenizer.from_pretrained(str(run))
-    return write_checkpoint(model, tokenizer, Path(out))
