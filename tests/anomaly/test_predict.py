@@ -72,7 +72,7 @@ def test_a_threshold_and_a_fit_contradict(trained_run, tmp_path):
 
 
 def test_the_colour_scale_reaches_the_threshold_even_when_it_is_zero():
-    from crossgraft.anomaly.predict import colour_range
+    from crossgraft.anomaly.visualize import colour_range
 
     score_map = np.array([[-2.0, -1.0]], dtype=np.float32)
     assert colour_range(score_map, None) == (-2.0, -1.0)

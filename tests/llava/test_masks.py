@@ -88,3 +88,15 @@ def test_flex_block_masks_attend_like_the_dense_masks(rule, queries):
         got = flex_attention(q, k, v, block_mask=block_mask)
     expected = F.scaled_dot_product_attention(q, k, v, attn_mask=dense)
     assert torch.allclose(got, expected, atol=1e-5), (got - expected).abs().max()
+
+
+def test_each_rule_is_one_composition_of_parts_and_the_fallback_composes_with_any_rule():
+    from crossgraft.llava.masks import Segments, and_masks, attend_to_self_when_alone, causal, render, rule_function
+
+    segments = Segments.of(LEFT_REAL, LEFT_IMAGE)
+    assert torch.equal(render(rule_function("causal", segments), segments), render(causal(segments), segments))
+    nothing = and_masks(causal(segments), lambda b, q, k: k < 0)  # a rule that allows no key at all
+    alone = render(attend_to_self_when_alone(nothing, segments), segments)[0]
+    assert torch.equal(alone, torch.eye(6, dtype=torch.bool))  # every query falls back to itself, and only that
+    with pytest.raises(ValueError, match="unknown attention rule 'sideways'"):
+        rule_function("sideways", segments)

@@ -317,3 +317,46 @@ def test_flex_attention_equals_sdpa_for_every_variant_and_in_cached_decoding(tin
             full = reference.decode(input_ids, attention_mask, images, use_cache=False, **options)
             assert torch.equal(cached.tokens, full.tokens)
             assert (cached.scores - full.scores).abs().max() <= 1e-5
+
+
+def test_the_per_layer_rules_are_data_in_the_config_that_forward_reads(tiny_tokenizer, tmp_path):
+    alternating = build(ALT, tiny_tokenizer)
+    assert alternating.config.layer_attention_rules == ["causal", "within_modality", "causal", "causal"]
+    base = build(BASE, tiny_tokenizer)
+    base.load_state_dict(alternating.state_dict())
+    input_ids, attention_mask, images = image_batch()
+    with torch.no_grad():
+        expected = base(input_ids=input_ids, attention_mask=attention_mask, images=images).logits
+        alternating.config.layer_attention_rules = ["causal"] * 4  # forward follows the stored rules
+        assert torch.equal(
+            alternating(input_ids=input_ids, attention_mask=attention_mask, images=images).logits, expected
+        )
+    with pytest.raises(LlavaConfigError, match="layer_attention_rules must name one of causal"):
+        tiny_llava_config(ALT, tiny_tokenizer, layer_attention_rules=["causal", "sideways", "causal", "causal"])
+
+
+def test_a_config_json_without_the_rules_loads_to_the_same_model(tiny_tokenizer, tmp_path):
+    import json
+
+    from crossgraft.llava.loading import load_model
+
+    alternating = build(ALT, tiny_tokenizer)
+    alternating.save_pretrained(tmp_path / "with")
+    written = json.loads((tmp_path / "with" / "config.json").read_text())
+    assert written["layer_attention_rules"] == ["causal", "within_modality", "causal", "causal"]
+    del written["layer_attention_rules"]  # as LLaVA-NeXT's configs, and crossgraft's before the field, are
+    alternating.save_pretrained(tmp_path / "without")
+    (tmp_path / "without" / "config.json").write_text(json.dumps(written))
+    with_rules, without = load_model(str(tmp_path / "with")), load_model(str(tmp_path / "without"))
+    assert without.config.layer_attention_rules == with_rules.config.layer_attention_rules
+    input_ids, attention_mask, images = image_batch()
+    with torch.no_grad():
+        logits = [
+            m(input_ids=input_ids, attention_mask=attention_mask, images=images).logits for m in (with_rules, without)
+        ]
+    assert torch.equal(*logits)
+    # built as another variant, a checkpoint takes that variant's rules, not the ones it was saved with
+    base = build(BASE, tiny_tokenizer)
+    base.save_pretrained(tmp_path / "base")
+    converted = load_model(str(tmp_path / "base"), variant="alternating", force=True)
+    assert converted.config.layer_attention_rules == ["causal", "within_modality", "causal", "causal"]

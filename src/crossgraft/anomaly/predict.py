@@ -9,19 +9,13 @@ images only (the highest normal score), so no normal image of that set is flagge
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
-
 from crossgraft.anomaly.config import PredictConfig
 from crossgraft.anomaly.data.formats import output_stem, read_folder
-from crossgraft.anomaly.data.records import Sample
-from crossgraft.anomaly.data.transforms import load_image
-from crossgraft.anomaly.deploy.engines import Engine, ExportedEngine, engine_from
-from crossgraft.anomaly.deploy.graph import resized_pixels
-from crossgraft.anomaly.visualize import PanelText, load_rgb, save_panel, verdict
+from crossgraft.anomaly.deploy.engines import ExportedEngine, engine_from, fit_threshold, score_images
+from crossgraft.anomaly.visualize import colour_range, load_rgb, prediction_panel_text, save_panel
 from crossgraft.files import write_text_atomic
 from crossgraft.images import set_max_pixels
 
@@ -34,54 +28,6 @@ class Prediction:
     det_score: float  # (cos(det, T_A) + 1) / 2
     anomalous: bool | None  # None when no threshold was given or fitted
     heatmap: str
-
-
-@dataclass
-class ScoredImage:
-    sample: Sample
-    score_map: np.ndarray  # (S, S): the level-mean anomaly map
-    image_score: float
-    det_score: float
-
-
-def score_images(engine: Engine, class_name: str, samples: list[Sample], batch_size: int) -> Iterator[ScoredImage]:
-    """Maps and scores of `samples`, batch by batch (an image's result does not depend on its batch)."""
-    for first in range(0, len(samples), batch_size):
-        batch = samples[first : first + batch_size]
-        pixels = np.stack([resized_pixels(load_image(sample.image_path), engine.image_size) for sample in batch])
-        output = engine.run(pixels, class_name)  # pixels (B, S, S, 3) uint8
-        for j, sample in enumerate(batch):
-            yield ScoredImage(sample, output.anomaly_map[j], float(output.image_score[j]), float(output.det_score[j]))
-
-
-def fit_threshold(engine: Engine, class_name: str, normal_folder: Path, batch_size: int) -> float:
-    """The highest score of normal images: no image of that set is flagged."""
-    normal = read_folder(normal_folder, class_name)
-    return max(scored.image_score for scored in score_images(engine, class_name, normal, batch_size))
-
-
-def colour_range(score_map: np.ndarray, threshold: float | None) -> tuple[float, float]:
-    """A prediction's colour scale: the image's minimum to max(its maximum, the threshold), so that a map below the
-    threshold never looks red."""
-    low, high = float(score_map.min()), float(score_map.max())
-    return low, high if threshold is None else max(high, threshold)
-
-
-def prediction_panel_text(
-    image_name: str, class_name: str, image_score: float, threshold: float | None, low: float, high: float
-) -> PanelText:
-    """The title block of a prediction's panel (predict's files, the web page's download)."""
-    judged = (
-        "no threshold (--threshold or --fit_on gives a verdict)"
-        if threshold is None
-        else verdict(image_score > threshold, None, f"score > threshold {threshold:.4g}")
-    )
-    return PanelText(
-        title=f"{image_name}  |  {class_name}",
-        detail=f"image score {image_score:.4g} (the map's maximum)  |  {judged}",
-        scale=f"colours: {low:.4g} to {high:.4g}, this image's min to max(its max, the threshold)",
-        empty_mask="no ground truth",
-    )
 
 
 @dataclass

@@ -26,8 +26,14 @@ from crossgraft.anomaly.data.formats import find_images
 from crossgraft.anomaly.data.records import NORMAL, Sample
 from crossgraft.anomaly.deploy.engines import Engine, ExportedEngine, TorchEngine, engine_from, require_package
 from crossgraft.anomaly.deploy.graph import resized_pixels
-from crossgraft.anomaly.predict import colour_range, prediction_panel_text
-from crossgraft.anomaly.visualize import heatmap_rgb, overlay_tile, resize_map, save_panel
+from crossgraft.anomaly.visualize import (
+    colour_range,
+    heatmap_rgb,
+    overlay_tile,
+    prediction_panel_text,
+    resize_map,
+    save_panel,
+)
 from crossgraft.errors import CrossgraftError, DataError
 from crossgraft.images import read_rgb, set_max_pixels
 

@@ -329,3 +329,27 @@ def sheet_cell() -> tuple[int, int]:
 
 def save_contact_sheet(entries: list[SheetEntry], out_path: Path, title: str, threshold: float | None) -> Path:
     return save_image(Image.fromarray(render_contact_sheet(entries, title, threshold)), out_path)
+
+
+def colour_range(score_map: np.ndarray, threshold: float | None) -> tuple[float, float]:
+    """A prediction's colour scale: the image's minimum to max(its maximum, the threshold), so that a map below the
+    threshold never looks red."""
+    low, high = float(score_map.min()), float(score_map.max())
+    return low, high if threshold is None else max(high, threshold)
+
+
+def prediction_panel_text(
+    image_name: str, class_name: str, image_score: float, threshold: float | None, low: float, high: float
+) -> PanelText:
+    """The title block of a prediction's panel (predict's files, the web page's download)."""
+    judged = (
+        "no threshold (--threshold or --fit_on gives a verdict)"
+        if threshold is None
+        else verdict(image_score > threshold, None, f"score > threshold {threshold:.4g}")
+    )
+    return PanelText(
+        title=f"{image_name}  |  {class_name}",
+        detail=f"image score {image_score:.4g} (the map's maximum)  |  {judged}",
+        scale=f"colours: {low:.4g} to {high:.4g}, this image's min to max(its max, the threshold)",
+        empty_mask="no ground truth",
+    )

@@ -26,6 +26,7 @@ ALTERNATING_MODEL_TYPE = "llava_qwen_with_alternating_attn"
 ALTERNATING_CROSS_MODEL_TYPE = "llava_qwen_with_alternating_cross_attn"
 
 XATTN_MODES = ("gated", "mask")
+ATTENTION_RULES = ("causal", "within_modality", "cross_modality")  # what a decoder layer's self-attention may see
 SUPPORTED_ATTENTION = ("eager", "sdpa", "flex_attention")  # attn_implementation values every variant runs
 DTYPE_NAMES = ("float32", "bfloat16", "float16")  # weight dtypes by name (loading maps them to torch dtypes)
 TINY_TYPES = ("qwen2", "siglip", BASE_MODEL_TYPE, ALTERNATING_MODEL_TYPE, ALTERNATING_CROSS_MODEL_TYPE)
@@ -82,9 +83,21 @@ class LlavaQwenConfig(Qwen2Config):
     image_std: list | tuple = (0.5, 0.5, 0.5)
     tokenizer_model_max_length: int | None = None  # spliced sequences are cut to this length
     tokenizer_padding_side: str = "right"
+    # One attention rule per decoder layer (ATTENTION_RULES), which the forward pass reads. A config.json without
+    # it (LLaVA-NeXT's, or crossgraft's before the field) gets its variant's pattern: the same model either way.
+    # (Qwen2's own `layer_types` says full or sliding-window attention, and transformers checks it for those.)
+    layer_attention_rules: list | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)
+        if self.layer_attention_rules is None:
+            self.layer_attention_rules = self.variant_attention_rules()
+        rules = list(self.layer_attention_rules)
+        if len(rules) != self.num_hidden_layers or any(rule not in ATTENTION_RULES for rule in rules):
+            raise LlavaConfigError(
+                f"layer_attention_rules must name one of {', '.join(ATTENTION_RULES)} for each of the "
+                f"{self.num_hidden_layers} decoder layers, got {rules}"
+            )
         if self.vision_config is None and self.mm_vision_tower in KNOWN_VISION_TOWERS:
             self.vision_config = dict(KNOWN_VISION_TOWERS[self.mm_vision_tower])
         if self.vision_config is not None:
@@ -140,12 +153,16 @@ class LlavaQwenConfig(Qwen2Config):
         """The attention rule of the alternating layers: 'causal' (none), 'within_modality' or 'cross_modality'."""
         return "causal"
 
+    def variant_attention_rules(self) -> list[str]:
+        """The variant's per-layer rules: its attention pattern on odd layers (0-based), never the last one, and
+        causal attention everywhere else."""
+        last = self.num_hidden_layers - 1
+        return [self.attention_pattern if i % 2 == 1 and i != last else "causal" for i in range(self.num_hidden_layers)]
+
     @property
     def alternating_layers(self) -> list[int]:
-        """Decoder layers that use the modality rule: odd layers (0-based), never the last one."""
-        if self.attention_pattern == "causal":
-            return []
-        return [i for i in range(self.num_hidden_layers) if i % 2 == 1 and i != self.num_hidden_layers - 1]
+        """Decoder layers whose rule is not plain causal attention."""
+        return [i for i, rule in enumerate(self.layer_attention_rules or []) if rule != "causal"]
 
 
 @strict

@@ -149,8 +149,11 @@ def vision_tower_fields(vision_tower: str) -> dict[str, Any]:
 
 
 def build_config(raw: dict[str, Any], model_type: str, **overrides: Any) -> LlavaQwenConfig:
-    """The config of `model_type` from a raw config.json (any supported type) plus overrides."""
+    """The config of `model_type` from a raw config.json (any supported type) plus overrides. Built as another
+    variant than it was saved as, it takes that variant's attention rules, not the saved ones."""
     fields = {k: v for k, v in raw.items() if k not in _NOT_CONFIG_FIELDS}
+    if raw.get("model_type") != model_type:
+        fields.pop("layer_attention_rules", None)
     fields.update(overrides)
     return CONFIG_CLASSES[model_type].from_dict(fields)
 

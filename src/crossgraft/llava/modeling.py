@@ -219,7 +219,10 @@ class LlavaQwenModel(LlavaQwenPreTrainedModel):
         self.post_init()
 
     def layer_rule(self, layer_index: int) -> str:
-        return self.config.attention_pattern if layer_index in self.config.alternating_layers else "causal"
+        """The attention rule of one decoder layer, as the config stores it."""
+        rules = self.config.layer_attention_rules
+        assert rules is not None  # the config fills it in when it is made
+        return str(rules[layer_index])
 
     # ------------------------------------------------------------------------------------------- images
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:

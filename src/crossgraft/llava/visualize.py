@@ -9,7 +9,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from crossgraft.images import save_image
-from crossgraft.llava.masks import RULES, allowed_keys
+from crossgraft.llava.configuration import ATTENTION_RULES
+from crossgraft.llava.masks import allowed_keys
 
 TEXT_COLOUR, IMAGE_COLOUR, PAD_COLOUR = (70, 110, 200), (230, 140, 40), (40, 40, 40)
 MASKED = (25, 25, 30)
@@ -26,9 +27,11 @@ def draw_attention_rules(key_is_real: torch.Tensor, key_is_image: torch.Tensor, 
     key_colour = np.array([PAD_COLOUR if not r else IMAGE_COLOUR if i else TEXT_COLOUR for r, i in zip(real, image)])
     strip, title, gap = 2 * cell, 14, 10
     side = length * cell
-    canvas = Image.new("RGB", (len(RULES) * (side + strip + gap) + gap, side + strip + title + gap), (255, 255, 255))
+    canvas = Image.new(
+        "RGB", (len(ATTENTION_RULES) * (side + strip + gap) + gap, side + strip + title + gap), (255, 255, 255)
+    )
     draw = ImageDraw.Draw(canvas)
-    for panel, rule in enumerate(RULES):
+    for panel, rule in enumerate(ATTENTION_RULES):
         allowed = allowed_keys(real[None].long(), image[None], rule)[0, 0].numpy()  # (L, L)
         pixels = np.where(allowed[..., None], key_colour[None, :, :], np.array(MASKED)).astype(np.uint8)
         block = Image.fromarray(pixels).resize((side, side), Image.Resampling.NEAREST)

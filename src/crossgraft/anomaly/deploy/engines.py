@@ -2,13 +2,15 @@
 
 Every engine takes the same input (uint8 images (B, S, S, 3), resized to the model's side) and returns the same
 `GraphOutput`. `open_engine` picks one from what the user gave: a training run folder (`--save_path`: torch, any
-class name, zero-shot) or an export folder (`--model`: its classes only).
+class name, zero-shot) or an export folder (`--model`: its classes only). `score_images` runs any engine over image
+files, and `fit_threshold` fits a class's threshold on normal images (predict --fit_on, export, the web page).
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -18,7 +20,10 @@ import torch
 
 from crossgraft import __version__
 from crossgraft.anomaly.config import PredictConfig, ServeConfig
-from crossgraft.anomaly.deploy.graph import INPUT_NAMES, AnomalyGraph, GraphOutput
+from crossgraft.anomaly.data.formats import read_folder
+from crossgraft.anomaly.data.records import Sample
+from crossgraft.anomaly.data.transforms import load_image
+from crossgraft.anomaly.deploy.graph import INPUT_NAMES, AnomalyGraph, GraphOutput, resized_pixels
 from crossgraft.anomaly.infer import TrainedRun, load_trained
 from crossgraft.anomaly.prompts import class_text
 from crossgraft.devices import resolve_device
@@ -294,3 +299,28 @@ def open_engine(
     if engine == "openvino" or (engine == "auto" and graph_format == "openvino"):
         return OpenVINOEngine(model, threads)
     return OnnxRuntimeEngine(model, threads)
+
+
+# ------------------------------------------------------------------ scoring images and fitting thresholds
+@dataclass
+class ScoredImage:
+    sample: Sample
+    score_map: np.ndarray  # (S, S): the level-mean anomaly map
+    image_score: float
+    det_score: float
+
+
+def score_images(engine: Engine, class_name: str, samples: list[Sample], batch_size: int) -> Iterator[ScoredImage]:
+    """Maps and scores of `samples`, batch by batch (an image's result does not depend on its batch)."""
+    for first in range(0, len(samples), batch_size):
+        batch = samples[first : first + batch_size]
+        pixels = np.stack([resized_pixels(load_image(sample.image_path), engine.image_size) for sample in batch])
+        output = engine.run(pixels, class_name)  # pixels (B, S, S, 3) uint8
+        for j, sample in enumerate(batch):
+            yield ScoredImage(sample, output.anomaly_map[j], float(output.image_score[j]), float(output.det_score[j]))
+
+
+def fit_threshold(engine: Engine, class_name: str, normal_folder: Path, batch_size: int) -> float:
+    """The highest score of normal images: no image of that set is flagged."""
+    normal = read_folder(normal_folder, class_name)
+    return max(scored.image_score for scored in score_images(engine, class_name, normal, batch_size))

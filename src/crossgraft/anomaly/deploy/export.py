@@ -38,11 +38,11 @@ from crossgraft.anomaly.deploy.engines import (
     OnnxRuntimeEngine,
     OpenVINOEngine,
     check_text_adapter,
+    fit_threshold,
     require_package,
 )
 from crossgraft.anomaly.deploy.graph import INPUT_NAMES, OUTPUT_NAMES, AnomalyGraph
 from crossgraft.anomaly.infer import load_trained
-from crossgraft.anomaly.predict import fit_threshold
 from crossgraft.anomaly.prompts import class_text
 from crossgraft.anomaly.run_folder import RUN_CONFIG
 from crossgraft.errors import ConfigError, OutputError
