@@ -42,22 +42,22 @@ from crossgraft.anomaly.deploy.engines import (
     open_engine,
 )
 from crossgraft.anomaly.deploy.export import relative_difference, write_graph
-from crossgraft.anomaly.deploy.graph import AnomalyGraph, GraphOutput, resized_pixels
+from crossgraft.anomaly.detector import AnomalyDetector, Detection, resized_pixels
 from crossgraft.anomaly.metrics import compute_metrics
 
 CLASS_TEXT = "metal nut"
-Runner = Callable[[np.ndarray], GraphOutput]
+Runner = Callable[[np.ndarray], Detection]
 
 
-def engine_runners(graph: AnomalyGraph, folder: Path, threads: int) -> dict[str, Runner]:
-    """One callable per engine on the same graph: uint8 images (B, S, S, 3) of class 0 -> GraphOutput."""
+def engine_runners(graph: AnomalyDetector, folder: Path, threads: int) -> dict[str, Runner]:
+    """One callable per engine on the same graph: uint8 images (B, S, S, 3) of class 0 -> Detection."""
     side = graph.model.backbone.image_size
     runners: dict[str, Runner] = {}
 
     @torch.no_grad()
-    def eager(images: np.ndarray) -> GraphOutput:
+    def eager(images: np.ndarray) -> Detection:
         outputs = graph(torch.from_numpy(images), torch.zeros(len(images), dtype=torch.long))
-        return GraphOutput(*(t.numpy() for t in outputs))
+        return Detection(*(t.numpy() for t in outputs))
 
     runners["torch eager fp32"] = eager
     for name, quantize in (("fp32", "none"), ("int8", "int8")):
@@ -91,7 +91,7 @@ def engine_runners(graph: AnomalyGraph, folder: Path, threads: int) -> dict[str,
 def speed(size: int, rounds: int, threads: int, batch: int) -> None:
     torch.manual_seed(0)
     model = build(size, "cpu").eval()
-    graph = AnomalyGraph(model, [CLASS_TEXT], True, "industrial").eval()
+    graph = AnomalyDetector(model, [CLASS_TEXT], True, "industrial").eval()
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (batch, size, size, 3), dtype=np.uint8)
     with tempfile.TemporaryDirectory() as folder:

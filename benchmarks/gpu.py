@@ -146,9 +146,9 @@ def deploy_row(model: AdaptedCLIP, sizes: Sizes) -> tuple[str, str]:
     import numpy as np
 
     from crossgraft.anomaly.deploy.export import write_graph
-    from crossgraft.anomaly.deploy.graph import AnomalyGraph
+    from crossgraft.anomaly.detector import AnomalyDetector
 
-    graph = AnomalyGraph(model.cpu(), CLASS_TEXTS, True, "industrial").eval()
+    graph = AnomalyDetector(model.cpu(), CLASS_TEXTS, True, "industrial").eval()
     with tempfile.TemporaryDirectory() as folder:
         graph_file = write_graph(graph, Path(folder), "onnx", "none")
         session = onnxruntime.InferenceSession(str(graph_file), providers=[provider])

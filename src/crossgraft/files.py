@@ -1,11 +1,14 @@
-"""Writing files and folders so that an interruption never leaves half of one: the atomic-write helpers."""
+"""Writing files and folders so that an interruption never leaves half of one (the atomic-write helpers), and the
+one careful reader of a user's text and JSON Lines files."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -91,3 +94,32 @@ def read_text(path: Path | str, what: str = "file") -> str:
         raise DataError(f"{path}: not utf-8 text (byte {error.start}: {error.reason}); save it as utf-8") from error
     except OSError as error:
         raise DataError(f"{path}: cannot be read ({error.strerror or error})") from error
+
+
+@dataclass(frozen=True)
+class JsonLine:
+    """One line of a JSON Lines file: its 1-based number in the file and its parsed value."""
+
+    number: int
+    value: Any
+
+
+def read_json_lines(
+    path: Path | str, what: str = "file", *, stop_at_broken_line: bool = False, error: type[DataError] = DataError
+) -> list[JsonLine]:
+    """Every non-empty line of a JSON Lines file, parsed (both families' .jsonl files are read here). A line that is
+    not JSON is an `error` (a DataError) naming the file and line; with `stop_at_broken_line` the lines before it
+    are returned instead (a file an interrupted writer cut short ends in such a line)."""
+    lines = []
+    for number, line in enumerate(read_text(path, what).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            lines.append(JsonLine(number, json.loads(line)))
+        except json.JSONDecodeError as problem:
+            if stop_at_broken_line:
+                break
+            raise error(f"{path}:{number}: not valid json ({problem.msg})") from problem
+        except RecursionError as problem:
+            raise error(f"{path}:{number}: json nested too deeply to read") from problem
+    return lines

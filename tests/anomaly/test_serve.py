@@ -14,7 +14,7 @@ from PIL import Image
 
 from crossgraft.anomaly.config import ExportConfig, ServeConfig
 from crossgraft.anomaly.deploy.engines import OnnxRuntimeEngine, open_engine
-from crossgraft.anomaly.serve import Detector, build_app, class_thresholds, slider_range, training_samples
+from crossgraft.anomaly.serve import PageDetector, build_app, class_thresholds, slider_range, training_samples
 from crossgraft.anomaly.visualize import jet
 from crossgraft.errors import ConfigError, DataError
 
@@ -48,7 +48,7 @@ def defect_images(root: Path, class_name: str) -> list[tuple[Path, np.ndarray]]:
 
 @pytest.fixture(scope="module")
 def detector(trained_run):
-    return Detector(open_engine("torch", save_path=trained_run), max_upload_bytes=1_000_000)
+    return PageDetector(open_engine("torch", save_path=trained_run), max_upload_bytes=1_000_000)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_a_training_run_takes_any_class_name_and_an_export_its_own(detector, tra
     from crossgraft.anomaly.deploy.export import export
 
     export(ExportConfig(save_path=trained_run, class_name=["dots"], out=export_dir))
-    exported = Detector(OnnxRuntimeEngine(export_dir), max_upload_bytes=1_000_000)
+    exported = PageDetector(OnnxRuntimeEngine(export_dir), max_upload_bytes=1_000_000)
     with pytest.raises(DataError, match="this export knows the classes dots; 'walnut' needs an export with it"):
         exported.score([image], "walnut")
     assert exported.score([image], "dots")[0].image_score == pytest.approx(

@@ -96,7 +96,7 @@ def test_bad_records_name_file_and_record(tmp_path, change, message):
 
 def test_unreadable_files_are_named(tmp_path):
     (tmp_path / "broken.jsonl").write_text(json.dumps(record(0)) + "\n{not json\n")
-    with pytest.raises(LlavaDataError, match="broken.jsonl, line 2: not valid JSON"):
+    with pytest.raises(LlavaDataError, match="broken.jsonl:2: not valid json"):
         read_records(str(tmp_path / "broken.jsonl"))
     with pytest.raises(LlavaDataError, match="data file not found"):
         read_records(str(tmp_path / "absent.json"))

@@ -5,7 +5,7 @@ exported one from the list, or, with a training run, any name typed in: zero-sho
 heat map, its overlay on the image, the image score and the verdict. The pictures are drawn by the same tile code
 as `predict`'s panels (`visualize.py`), and the full panel of the last image can be downloaded.
 
-What the page does is in plain functions (`Detector`), so that it is tested without a browser; `build_app` only lays
+What the page does is in plain functions (`PageDetector`), so that it is tested without a browser; `build_app` only lays
 them out. Uploads that are not images, or larger than --max_upload_mb, are refused with a message on the page.
 """
 
@@ -25,7 +25,7 @@ from crossgraft.anomaly.config import ServeConfig
 from crossgraft.anomaly.data.formats import find_images
 from crossgraft.anomaly.data.records import NORMAL, Sample
 from crossgraft.anomaly.deploy.engines import Engine, ExportedEngine, TorchEngine, engine_from, require_package
-from crossgraft.anomaly.deploy.graph import resized_pixels
+from crossgraft.anomaly.detector import resized_pixels
 from crossgraft.anomaly.visualize import (
     colour_range,
     heatmap_rgb,
@@ -66,7 +66,7 @@ class Rendered:
     anomalous: bool
 
 
-class Detector:
+class PageDetector:
     """What the page does, without the page: read an upload, score it, draw it."""
 
     def __init__(self, engine: Engine, max_upload_bytes: int, threshold: float | None = None) -> None:
@@ -161,7 +161,7 @@ def example_images(config: ServeConfig, engine: Engine) -> list[list[str]]:
     return chosen[:MAX_EXAMPLES]
 
 
-def class_thresholds(detector: Detector) -> dict[str, float]:
+def class_thresholds(detector: PageDetector) -> dict[str, float]:
     """Each class's threshold: an export's fitted ones, or for a training run the highest score of the normal images
     it trained on (as `predict --fit_on` fits it: none of them is flagged)."""
     engine = detector.engine
@@ -181,7 +181,7 @@ def class_thresholds(detector: Detector) -> dict[str, float]:
 
 
 def slider_range(
-    detector: Detector, examples: list[list[str]], threshold: float | None, others: list[float] | None = None
+    detector: PageDetector, examples: list[list[str]], threshold: float | None, others: list[float] | None = None
 ) -> tuple[float, float, float]:
     """(minimum, maximum, start) of the threshold slider, in the map's own unit: around the examples' scores, the
     given threshold and the `others` (the classes' fitted thresholds); the start is the given threshold, else the
@@ -219,7 +219,7 @@ def build_app(config: ServeConfig) -> Any:
     gr = require_package("gradio", "crossgraft anomaly serve", extra="serve")
     set_max_pixels(config.max_image_pixels)
     engine = engine_from(config, require_text_adapter=True)
-    detector = Detector(engine, int(config.max_upload_mb * BYTES_PER_MB), config.threshold)
+    detector = PageDetector(engine, int(config.max_upload_mb * BYTES_PER_MB), config.threshold)
     examples = example_images(config, engine)
     fitted = {} if config.threshold is not None else class_thresholds(detector)
     first_class = engine.classes[0] if engine.classes else None

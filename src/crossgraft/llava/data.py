@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from crossgraft.errors import DataError
-from crossgraft.files import read_text
+from crossgraft.files import read_json_lines, read_text
 from crossgraft.images import read_rgb, set_max_pixels
 from crossgraft.llava.config import DEFAULT_SYSTEM_PROMPT, DataArguments
 from crossgraft.llava.configuration import IGNORE_INDEX, IMAGE_TOKEN_INDEX
@@ -66,17 +66,12 @@ def expand_braces(path: str) -> list[str]:
 def _read_file(path: Path) -> list[Record]:
     if not path.is_file():
         raise LlavaDataError(f"data file not found: {path}")
-    text = read_text(path, "data file")
     if path.suffix == ".jsonl":
-        records = []
-        for line_number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                records.append(Record(json.loads(line), str(path), line_number - 1))
-            except json.JSONDecodeError as error:
-                raise LlavaDataError(f"{path}, line {line_number}: not valid JSON ({error.msg})") from error
-        return records
+        return [
+            Record(line.value, str(path), line.number - 1)
+            for line in read_json_lines(path, "data file", error=LlavaDataError)
+        ]
+    text = read_text(path, "data file")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as error:

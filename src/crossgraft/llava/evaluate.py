@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
-from crossgraft.files import atomic_write, read_text, write_text_atomic
+from crossgraft.files import atomic_write, read_json_lines, read_text, write_text_atomic
 from crossgraft.images import set_max_pixels
 from crossgraft.llava.caption_metrics import CAPTION_METRICS, caption_statistics, mean_finalize, summed_value, words
 from crossgraft.llava.config import EvaluateConfig
@@ -151,13 +151,7 @@ def read_predictions(path: Path) -> list[dict[str, Any]]:
     """The complete lines of predictions.jsonl (a line cut short by an interruption is dropped)."""
     if not path.is_file():
         return []
-    rows = []
-    for line in read_text(path, "predictions file").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return rows
+    return [line.value for line in read_json_lines(path, "predictions file", stop_at_broken_line=True)]
 
 
 @dataclass

@@ -16,7 +16,7 @@ from crossgraft.anomaly.data.transforms import load_image
 from crossgraft.anomaly.deploy import engines
 from crossgraft.anomaly.deploy.engines import OnnxRuntimeEngine, OpenVINOEngine, TorchEngine, open_engine
 from crossgraft.anomaly.deploy.export import export, relative_difference
-from crossgraft.anomaly.deploy.graph import resized_pixels
+from crossgraft.anomaly.detector import resized_pixels
 from crossgraft.anomaly.infer import load_trained
 from crossgraft.anomaly.metrics import compute_metrics
 from crossgraft.anomaly.predict import predict

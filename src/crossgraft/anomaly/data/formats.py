@@ -17,7 +17,7 @@ from crossgraft.anomaly.data.records import (
     is_image_file,
     list_images,
 )
-from crossgraft.files import read_text
+from crossgraft.files import read_json_lines, read_text
 
 NORMAL_DIR_NAMES = {"good", "ok"}  # MVTec / MPDD say "good", BTAD says "ok"
 MASK_SUFFIXES = ("_mask", "")  # MVTec: 000_mask.png; BTAD: 0000.png beside 0000.bmp
@@ -145,16 +145,12 @@ def read_jsonl(path: Path, root: Path | None = None, classes: list[str] | None =
         raise DataError(f"metadata file not found: {path}")
     root = Path(root) if root is not None else path.parent
     samples = []
-    for number, line in enumerate(read_text(path, "metadata file").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise DataError(f"{where}: not valid json ({error.msg})") from error
+    for line in read_json_lines(path, "metadata file"):
+        where, record = f"{path}:{line.number}", line.value
         if not isinstance(record, dict):
-            raise DataError(f"{where}: expected a json object, found {type(record).__name__} ({line.strip()[:40]})")
+            raise DataError(
+                f"{where}: expected a json object, found {type(record).__name__} ({json.dumps(record)[:40]})"
+            )
         for key in ("image_path", "label", "class_name"):
             if key not in record:
                 raise DataError(f"{where}: record has no {key!r} (keys: {sorted(record)})")

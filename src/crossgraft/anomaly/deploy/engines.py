@@ -1,7 +1,7 @@
 """Engines that run the deployable graph: eager PyTorch on a run folder, ONNX Runtime and OpenVINO on an export.
 
 Every engine takes the same input (uint8 images (B, S, S, 3), resized to the model's side) and returns the same
-`GraphOutput`. `open_engine` picks one from what the user gave: a training run folder (`--save_path`: torch, any
+`Detection`. `open_engine` picks one from what the user gave: a training run folder (`--save_path`: torch, any
 class name, zero-shot) or an export folder (`--model`: its classes only). `score_images` runs any engine over image
 files, and `fit_threshold` fits a class's threshold on normal images (predict --fit_on, export, the web page).
 """
@@ -23,7 +23,7 @@ from crossgraft.anomaly.config import PredictConfig, ServeConfig
 from crossgraft.anomaly.data.formats import read_folder
 from crossgraft.anomaly.data.records import Sample
 from crossgraft.anomaly.data.transforms import load_image
-from crossgraft.anomaly.deploy.graph import INPUT_NAMES, AnomalyGraph, GraphOutput, resized_pixels
+from crossgraft.anomaly.detector import INPUT_NAMES, AnomalyDetector, Detection, resized_pixels
 from crossgraft.anomaly.infer import TrainedRun, load_trained
 from crossgraft.anomaly.prompts import class_text
 from crossgraft.devices import resolve_device
@@ -54,7 +54,7 @@ class Engine(Protocol):
     classes: list[str]  # the class names it knows; a zero-shot engine takes any other too
     zero_shot: bool
 
-    def run(self, images: np.ndarray, class_name: str) -> GraphOutput:
+    def run(self, images: np.ndarray, class_name: str) -> Detection:
         """Maps and scores of uint8 images (B, S, S, 3) of one class."""
         ...
 
@@ -91,22 +91,22 @@ class TorchEngine:
         self.descriptions = descriptions
         self.image_size = run.model.backbone.image_size
         self.classes = run.trained_classes()
-        self.graphs: dict[str, AnomalyGraph] = {}
+        self.graphs: dict[str, AnomalyDetector] = {}
 
-    def graph(self, class_name: str) -> AnomalyGraph:
+    def graph(self, class_name: str) -> AnomalyDetector:
         if class_name not in self.graphs:
             text = class_text(class_name, self.descriptions)
-            self.graphs[class_name] = AnomalyGraph(self.run_.model, [text], self.run_.has_text, self.domain).eval()
+            self.graphs[class_name] = AnomalyDetector(self.run_.model, [text], self.run_.has_text, self.domain).eval()
         return self.graphs[class_name]
 
     @torch.no_grad()
-    def run(self, images: np.ndarray, class_name: str) -> GraphOutput:
+    def run(self, images: np.ndarray, class_name: str) -> Detection:
         check_images(images, self.image_size)
         device = self.run_.model.backbone.device
         pixels = torch.from_numpy(np.ascontiguousarray(images)).to(device)
         index = torch.zeros(len(images), dtype=torch.long, device=device)
         score_map, image_score, det_score = self.graph(class_name)(pixels, index)
-        return GraphOutput(score_map.float().cpu().numpy(), image_score.float().cpu().numpy(), det_score.cpu().numpy())
+        return Detection(score_map.float().cpu().numpy(), image_score.float().cpu().numpy(), det_score.cpu().numpy())
 
     def describe(self) -> str:
         return f"{self.run_.describe()}; backbone {self.run_.saved.config.backbone.clip}; engine torch"
@@ -198,11 +198,11 @@ class ExportedEngine:
     def infer(self, images: np.ndarray, class_index: np.ndarray) -> list[np.ndarray]:
         raise NotImplementedError
 
-    def run(self, images: np.ndarray, class_name: str) -> GraphOutput:
+    def run(self, images: np.ndarray, class_name: str) -> Detection:
         check_images(images, self.image_size)
         index = np.full(len(images), class_position(self.metadata, class_name, self.folder), dtype=np.int64)
         score_map, image_score, det_score = self.infer(images, index)
-        return GraphOutput(score_map, image_score, det_score)
+        return Detection(score_map, image_score, det_score)
 
     def describe(self) -> str:
         return f"{self.metadata.describe()}; engine {self.name}"

@@ -1,7 +1,7 @@
 """`crossgraft anomaly export`: a trained run as one ONNX graph or OpenVINO IR, with metadata.json beside it.
 
-The graph is `AnomalyGraph` (see graph.py): uint8 images (B, S, S, 3) and a class index (B,) in; the level-mean
-anomaly map (B, S, S), the image score (B,) and the detection score (B,) out; the batch axis is dynamic. Each
+The graph is the `AnomalyDetector` (anomaly/detector.py): uint8 images (B, S, S, 3) and a class index (B,) in; the
+level-mean anomaly map (B, S, S), the image score (B,) and the detection score (B,) out; the batch axis is dynamic. Each
 class's text side is computed once, here, and stored in the graph, so the graph knows the exported classes only
 (a training run served with the torch engine takes any class name).
 
@@ -41,7 +41,7 @@ from crossgraft.anomaly.deploy.engines import (
     fit_threshold,
     require_package,
 )
-from crossgraft.anomaly.deploy.graph import INPUT_NAMES, OUTPUT_NAMES, AnomalyGraph
+from crossgraft.anomaly.detector import INPUT_NAMES, OUTPUT_NAMES, AnomalyDetector
 from crossgraft.anomaly.infer import load_trained
 from crossgraft.anomaly.prompts import class_text
 from crossgraft.anomaly.run_folder import RUN_CONFIG
@@ -89,7 +89,7 @@ def export(config: ExportConfig) -> ExportResult:
     check_text_adapter(run)
     descriptions = run.descriptions(config.class_descriptions)
     texts = [class_text(name, descriptions) for name in config.class_name]
-    graph = AnomalyGraph(run.model, texts, run.has_text, config.domain).eval()
+    graph = AnomalyDetector(run.model, texts, run.has_text, config.domain).eval()
     metadata = ExportMetadata(
         graph=IR_FILE if config.format == "openvino" else ONNX_FILE,
         graph_format=config.format,
@@ -176,7 +176,7 @@ def example_inputs(side: int, classes: int, batch: int, seed: int) -> tuple[torc
     return images, torch.arange(batch) % classes
 
 
-def write_graph(graph: AnomalyGraph, folder: Path, graph_format: str = "onnx", quantize: str = "none") -> Path:
+def write_graph(graph: AnomalyDetector, folder: Path, graph_format: str = "onnx", quantize: str = "none") -> Path:
     """model.onnx (+ model.onnx.data, the weights), or its int8 or OpenVINO IR form; returns the graph file."""
     onnx_path = folder / ONNX_FILE
     traced_path = folder / FP32_FILE if quantize == "int8" else onnx_path
@@ -236,7 +236,7 @@ def quiet_exporter() -> Iterator[None]:
             logger.setLevel(level)
 
 
-def check_export(graph: AnomalyGraph, folder: Path) -> float:
+def check_export(graph: AnomalyDetector, folder: Path) -> float:
     """Largest relative difference (per output, vs its largest value) between the new graph run by its engine and
     eager PyTorch, on random images of every class."""
     images, index = example_inputs(graph.model.backbone.image_size, graph.num_classes, CHECK_BATCH, CHECK_SEED + 1)

@@ -1,7 +1,9 @@
-"""The deployable anomaly model: raw 8-bit images in, the test-time anomaly map and scores out.
+"""The anomaly family's one detector: raw 8-bit images in, the test-time anomaly map and scores out.
 
-`AnomalyGraph` is what every engine runs. Eager PyTorch runs it as it is; `export` traces it into one ONNX graph
-(which OpenVINO reads). Each class's text side is computed once, when the graph is built, and stored in it:
+`AnomalyDetector` is what every engine runs, so `predict`, the web page and `export` all detect through it: eager
+PyTorch runs it as it is; `export` traces it into one ONNX graph (which OpenVINO reads). `test` keeps only the
+class-wide score fusion of the public protocol outside it. Each class's text side is computed once, when the
+detector is built, and stored in it:
 
 - variants whose text does not attend to the image (`base`, `image_cross_attn`) store each class's anchors
   [T_N, T_A] (C, E, 2) and, for image cross-attention, its sentence embeddings (C, S, E);
@@ -36,7 +38,7 @@ PIXEL_MAX = 255.0
 
 
 @dataclass
-class GraphOutput:
+class Detection:
     """One batch's results, as numpy arrays, whichever engine computed them."""
 
     anomaly_map: np.ndarray  # (B, S, S) float32: the level-mean anomaly map
@@ -44,7 +46,7 @@ class GraphOutput:
     det_score: np.ndarray  # (B,): (cos(det, T_A) + 1) / 2
 
 
-class AnomalyGraph(nn.Module):
+class AnomalyDetector(nn.Module):
     """A trained model with the text side of a fixed list of classes built in (see the module docstring)."""
 
     mean: torch.Tensor  # (1, 3, 1, 1), CLIP's
