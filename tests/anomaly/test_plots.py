@@ -7,7 +7,7 @@ from helpers import tied_class, trapezoid
 from matplotlib.collections import PolyCollection
 from PIL import Image
 
-from crossgraft.anomaly.compare import ComparedRun, MetricDelta, compare
+from crossgraft.anomaly.compare import compare
 from crossgraft.anomaly.config import DataConfig, EvalConfig
 from crossgraft.anomaly.evaluate import evaluate
 from crossgraft.anomaly.metrics import ClassMetricsAccumulator, mean_metrics
@@ -21,6 +21,7 @@ from crossgraft.anomaly.plots import (
     read_training_log,
     training_figure,
 )
+from crossgraft.anomaly.report import ComparedRun, MetricDelta
 from crossgraft.cli import main
 from crossgraft.errors import DataError
 from crossgraft.plots import save_figure

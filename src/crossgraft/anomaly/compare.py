@@ -11,38 +11,16 @@ position, classes resampled with replacement).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from crossgraft.anomaly.plots import write_comparison_figures
-from crossgraft.anomaly.report import COLUMNS, read_json
+from crossgraft.anomaly.report import COLUMNS, ComparedRun, MetricDelta, read_json
 from crossgraft.bootstrap import bootstrap_interval
 from crossgraft.errors import ConfigError
 from crossgraft.files import write_text_atomic
-
-
-@dataclass
-class MetricDelta:
-    metric: str
-    reference: float  # mean over classes (and seeds)
-    other: float
-    delta: float
-    reference_std: float  # over seeds (0 with one seed)
-    other_std: float
-    ci_low: float | None  # paired bootstrap 95% interval of the mean difference
-    ci_high: float | None
-
-
-@dataclass
-class ComparedRun:
-    """One run compared with the reference."""
-
-    name: str
-    deltas: list[MetricDelta]  # mean over classes, per metric
-    per_class: dict[str, dict[str, float]]  # {metric: {class: delta}}
 
 
 def _results_file(spec_path: str) -> Path:

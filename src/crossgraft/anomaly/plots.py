@@ -8,20 +8,16 @@ import re
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from crossgraft.anomaly.metrics import AnomalyMetrics, ClassCurves, Curve, clip_polyline, mean_curve, mean_metrics
-from crossgraft.anomaly.report import COLUMNS, MEAN_ROW
+from crossgraft.anomaly.report import COLUMNS, MEAN_ROW, ComparedRun
 from crossgraft.errors import DataError
 from crossgraft.files import read_text
 from crossgraft.plots import empty_axes, new_figure, save_figure
-
-if TYPE_CHECKING:  # compare writes its figures through this module
-    from crossgraft.anomaly.compare import ComparedRun
 
 CURVE_PANELS = (  # (ClassCurves field, title, x label, y label)
     ("image_roc", "image ROC", "false positive rate", "true positive rate"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from crossgraft.anomaly.metrics import AnomalyMetrics, mean_metrics
@@ -93,3 +94,25 @@ def read_json(path: Path) -> dict[str, AnomalyMetrics]:
         return {name: AnomalyMetrics(**values) for name, values in document["classes"].items()}
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
         raise ConfigError(f"{path}: not a results.json written by `crossgraft anomaly test` ({error!r})") from error
+
+
+# ------------------------------------------------------------------------- a comparison of runs, as records
+@dataclass
+class MetricDelta:
+    metric: str
+    reference: float  # mean over classes (and seeds)
+    other: float
+    delta: float
+    reference_std: float  # over seeds (0 with one seed)
+    other_std: float
+    ci_low: float | None  # paired bootstrap 95% interval of the mean difference
+    ci_high: float | None
+
+
+@dataclass
+class ComparedRun:
+    """One run compared with the reference."""
+
+    name: str
+    deltas: list[MetricDelta]  # mean over classes, per metric
+    per_class: dict[str, dict[str, float]]  # {metric: {class: delta}}
