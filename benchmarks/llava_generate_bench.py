@@ -52,12 +52,12 @@ def main() -> None:
         config = config_class(**language, **extra, mm_vision_tower="bench-siglip", vision_config=dict(TOWER))
         config._attn_implementation = "sdpa"
         model = MODEL_CLASSES[model_type](config).to(args.device).eval()
-        model.generate(input_ids, None, images, 2, eos_token_id=[])  # warm-up
+        model.generate(input_ids, None, images, max_new_tokens=2, eos_token_id=[])  # warm-up
         seconds, tokens = {}, {}
         for use_cache in (True, False):
             start = time.perf_counter()
             tokens[use_cache] = model.generate(
-                input_ids, None, images, args.new_tokens, eos_token_id=[], use_cache=use_cache
+                input_ids, None, images, max_new_tokens=args.new_tokens, eos_token_id=[], use_cache=use_cache
             )
             if args.device.startswith("cuda"):
                 torch.cuda.synchronize()

@@ -134,7 +134,9 @@ def stage2_step(model: AdaptedCLIP, images, masks, labels) -> None:
 
 def variant_stage1_step(model: AdaptedCLIP, images, masks, labels) -> None:
     model.zero_grad(set_to_none=True)
-    stage1_loss(model, images, masks, labels, CLASS_TEXTS * len(images), PRESETS["reference"], 0.1).backward()
+    stage1_loss(
+        model, images, masks, labels, CLASS_TEXTS * len(images), quirks=PRESETS["reference"], text_norm_weight=0.1
+    ).backward()
 
 
 def stage1_epochs(model: AdaptedCLIP, images, masks, labels, epochs: int, batch: int, cache) -> None:

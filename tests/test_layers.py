@@ -155,3 +155,38 @@ def test_importing_a_module_loads_nothing_above_it(module, absent):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]", f"importing {module} loaded {result.stdout.strip()}"
+
+
+DOCUMENTED = [  # the model, loss and inference modules: every public function says what it takes and gives
+    "crossgraft.anomaly.backbone",
+    "crossgraft.anomaly.modules",
+    "crossgraft.anomaly.model",
+    "crossgraft.anomaly.losses",
+    "crossgraft.anomaly.infer",
+    "crossgraft.anomaly.detector",
+    "crossgraft.anomaly.deploy.engines",
+    "crossgraft.llava.masks",
+    "crossgraft.llava.vision",
+    "crossgraft.llava.modeling",
+]
+
+
+def public_functions(tree: ast.Module) -> list[ast.FunctionDef]:
+    """Module-level functions and methods of public classes, without properties and dunder methods."""
+    found = []
+    for node in tree.body:
+        members = node.body if isinstance(node, ast.ClassDef) and not node.name.startswith("_") else [node]
+        for member in members:
+            if not isinstance(member, ast.FunctionDef) or member.name.startswith("_"):
+                continue
+            if any(isinstance(d, ast.Name) and d.id == "property" for d in member.decorator_list):
+                continue
+            found.append(member)
+    return found
+
+
+@pytest.mark.parametrize("module", DOCUMENTED)
+def test_public_functions_of_model_loss_and_inference_modules_have_docstrings(module):
+    tree = ast.parse(MODULES[module].read_text(encoding="utf-8"))
+    bare = [f"{node.name} (line {node.lineno})" for node in public_functions(tree) if not ast.get_docstring(node)]
+    assert not bare, f"{module}: public functions without a docstring: {bare}"

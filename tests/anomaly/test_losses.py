@@ -99,11 +99,19 @@ def test_quirk_flags_change_exactly_their_part(synthetic_root):
     seg = [segmentation_loss(similarity_map(p, anchors, 64), masks) for p in patches]
     texts = ["stripes"] * 2
     with torch.no_grad():
-        last_only = stage1_loss(model, images, masks, labels, texts, reference, 0.1)
+        last_only = stage1_loss(model, images, masks, labels, texts, quirks=reference, text_norm_weight=0.1)
         all_levels = stage1_loss(
-            model, images, masks, labels, texts, replace(reference, stage1_last_level_only=False), 0.1
+            model,
+            images,
+            masks,
+            labels,
+            texts,
+            quirks=replace(reference, stage1_last_level_only=False),
+            text_norm_weight=0.1,
         )
-        with_image = stage1_loss(model, images, masks, labels, texts, replace(reference, stage1_image_loss=True), 0.1)
+        with_image = stage1_loss(
+            model, images, masks, labels, texts, quirks=replace(reference, stage1_image_loss=True), text_norm_weight=0.1
+        )
     assert last_only.item() == pytest.approx((seg[-1] + ortho).item(), rel=1e-5)  # quirk 2: the last level only
     assert all_levels.item() == pytest.approx((sum(seg) + ortho).item(), rel=1e-5)
     assert with_image.item() == pytest.approx((last_only + image_loss(image_feature, anchors, labels)).item(), rel=1e-5)

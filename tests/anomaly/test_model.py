@@ -130,7 +130,9 @@ def test_every_cross_attention_parameter_gets_a_gradient(tiny_backbone):
     model = build(tiny_backbone).train()
     images, masks = torch.randn(3, 3, 64, 64), (torch.rand(3, 64, 64) > 0.9).float()
     labels = torch.tensor([0, 1, 1])
-    stage1_loss(model, images, masks, labels, ["pill"] * 3, PRESETS["reference"], 0.1).backward()
+    stage1_loss(
+        model, images, masks, labels, ["pill"] * 3, quirks=PRESETS["reference"], text_norm_weight=0.1
+    ).backward()
     with torch.no_grad():
         side = model.image_text(["pill"] * 3, images)
     stage2_loss(model, images, masks, labels, side).backward()

@@ -193,7 +193,9 @@ def test_greedy_generation_is_batch_invariant_and_matches_forward(tiny_tokenizer
     assert together.shape == (2, 5)
     for row in range(2):
         real = attention_mask[row].bool()
-        alone = model.generate(input_ids[row : row + 1, real], None, images[row : row + 1], 5, eos_token_id=[])
+        alone = model.generate(
+            input_ids[row : row + 1, real], None, images[row : row + 1], max_new_tokens=5, eos_token_id=[]
+        )
         assert torch.equal(alone[0], together[row])
     with torch.no_grad():
         logits = model(input_ids=input_ids[:1], images=images[:1]).logits
@@ -265,12 +267,12 @@ def test_cached_sampling_equals_uncached_sampling(tiny_tokenizer, kind, override
         generator = torch.Generator().manual_seed(7)
         runs.append(
             model.generate(
-                input_ids, attention_mask, images, 10, eos_token_id=[], do_sample=True, temperature=1.5,
+                input_ids, attention_mask, images, max_new_tokens=10, eos_token_id=[], do_sample=True, temperature=1.5,
                 top_p=0.9, generator=generator, use_cache=use_cache,
             )
         )  # fmt: skip
     assert torch.equal(*runs)
-    greedy = model.generate(input_ids, attention_mask, images, 10, eos_token_id=[])
+    greedy = model.generate(input_ids, attention_mask, images, max_new_tokens=10, eos_token_id=[])
     assert not torch.equal(runs[0], greedy)  # at temperature 1.5 on random weights, sampling leaves the argmax
 
 
@@ -284,7 +286,7 @@ def test_gated_image_keys_and_values_are_computed_once_per_generation(tiny_token
         GatedCrossAttentionBlock, "image_keys_values", lambda self, c: calls.append(1) or original(self, c)
     )
     input_ids, attention_mask, images = two_image_batch()
-    model.generate(input_ids, attention_mask, images, 8, eos_token_id=[])
+    model.generate(input_ids, attention_mask, images, max_new_tokens=8, eos_token_id=[])
     assert len(calls) == len(model.model.xattn) == 2  # one per block, not one per step
 
 

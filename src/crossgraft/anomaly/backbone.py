@@ -159,7 +159,8 @@ class FrozenCLIP(nn.Module):
         self.gelu = gelu
 
     def train(self, mode: bool = True) -> FrozenCLIP:
-        # Frozen means frozen: dropout and the like stay off even when a parent module trains.
+        """Stays in eval mode whatever `mode` says: frozen means frozen, so dropout and the like stay off even when
+        a parent module trains."""
         return super().train(False)
 
     @property

@@ -84,6 +84,8 @@ class AnomalyDetector(nn.Module):
     def text_of(
         self, class_index: torch.Tensor, images: torch.Tensor, start: tuple[int, torch.Tensor] | None = None
     ) -> TextSide:
+        """Each image's text side from its class index (B,): the stored anchors (B, E, 2) and sentences (B, S, E), or,
+        for text that attends to the image, the adapted text path run on the image's context (B, N, E)."""
         if self.attends_text:
             context = self.model.image_context(images, start)  # (B, N, E)
             return self.model.attend_text(self.text_block_one[class_index], self.sentence_ids[class_index], context)
@@ -92,6 +94,8 @@ class AnomalyDetector(nn.Module):
     def forward(
         self, images: torch.Tensor, class_index: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """uint8 images (B, S, S, 3) and class indices (B,) -> anomaly map (B, S, S), image score (B,), det score
+        (B,)."""
         pixels = self.normalise(images)
         start = self.model.shared_start(pixels) if self.attends_text else None  # shared by both vision passes
         output = anomaly_maps(self.model, pixels, self.text_of(class_index, pixels, start), self.domain, start)

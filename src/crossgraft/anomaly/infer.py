@@ -143,6 +143,7 @@ class TrainedRun:
 
     @property
     def variant(self) -> str:
+        """The run's variant (base, text_cross_attn, image_cross_attn or cross_attn)."""
         return self.saved.config.variant
 
     def descriptions(self, override: Path | None = None, dataset: str | None = None) -> dict[str, str]:
@@ -162,9 +163,11 @@ class TrainedRun:
         return read_jsonl(path, self.saved.config.data.root) if path.is_file() else []
 
     def trained_classes(self) -> list[str]:
+        """The class names the run trained on, sorted."""
         return sorted({sample.class_name for sample in self.training_samples()})
 
     def describe(self) -> str:
+        """One line naming the run, its checkpoint and epoch."""
         text = "" if self.has_text else "; no text adapter: CLIP's own text encoder"
         checkpoint = self.image_checkpoint
         return f"{self.variant} run in {checkpoint.parent}, {checkpoint.name} (epoch {self.epoch}){text}"

@@ -74,6 +74,7 @@ def stage1_loss(
     masks: torch.Tensor,
     labels: torch.Tensor,
     class_texts: list[str],
+    *,
     quirks: Quirks,
     text_norm_weight: float,
     adapted_features: bool = False,

@@ -18,6 +18,7 @@ class SimpleAdapter(nn.Module):
         self.fc = nn.Sequential(nn.Linear(in_features, out_features, bias=False), nn.LeakyReLU(LEAKY_SLOPE))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., in_features) -> (..., out_features)."""
         return self.fc(x)
 
 
@@ -30,6 +31,7 @@ class SimpleProj(nn.Module):
         self.fc = nn.Sequential(linear, nn.LeakyReLU(LEAKY_SLOPE)) if relu else linear
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., in_features) -> (..., out_features)."""
         return self.fc(x)
 
 

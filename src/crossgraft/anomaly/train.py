@@ -415,7 +415,15 @@ def train_round(
             else None
         )
         return stage1_loss(
-            model, images, masks, labels, class_texts, quirks, config.text_norm_weight, round_index > 1, frozen
+            model,
+            images,
+            masks,
+            labels,
+            class_texts,
+            quirks=quirks,
+            text_norm_weight=config.text_norm_weight,
+            adapted_features=round_index > 1,
+            frozen=frozen,
         )
 
     text_groups = trainable_groups(model, "text")

@@ -279,7 +279,7 @@ def _evaluate_batch(
         prompt_batch = collate(prompts)
         answers = model.generate(
             prompt_batch["input_ids"], prompt_batch["attention_mask"], prompt_batch.get("images"),
-            config.max_new_tokens, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad,
+            max_new_tokens=config.max_new_tokens, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad,
             image_sizes=prompt_batch.get("image_sizes"),
             do_sample=config.do_sample, temperature=config.temperature, top_p=config.top_p, generator=generator,
         )  # fmt: skip

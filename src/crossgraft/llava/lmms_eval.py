@@ -132,7 +132,7 @@ class CrossgraftLlava(LmmsBase):
             batch = self._batch(items)
             tokens = self.model.generate(
                 batch["input_ids"], batch["attention_mask"], batch.get("images"),
-                int(gen_kwargs.get("max_new_tokens", self.max_new_tokens)),
+                max_new_tokens=int(gen_kwargs.get("max_new_tokens", self.max_new_tokens)),
                 eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.pad_token_id,
                 do_sample=temperature > 0, temperature=temperature or 1.0,
                 top_p=float(gen_kwargs.get("top_p") or 1.0), image_sizes=batch.get("image_sizes"),

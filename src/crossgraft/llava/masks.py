@@ -40,15 +40,18 @@ class Segments:
 
     @classmethod
     def of(cls, key_is_real: torch.Tensor, key_is_image: torch.Tensor, queries: int | None = None) -> Segments:
+        """Segments from (B, K) masks of real and image keys; the queries are the last `queries` keys (default: all)."""
         keys = key_is_real.shape[1]
         return cls(key_is_real.bool(), key_is_image.bool(), keys if queries is None else queries)
 
     @property
     def batch(self) -> int:
+        """B."""
         return self.key_is_real.shape[0]
 
     @property
     def keys(self) -> int:
+        """K."""
         return self.key_is_real.shape[1]
 
     @property
@@ -58,6 +61,7 @@ class Segments:
 
     @property
     def text_only(self) -> bool:
+        """No key is an image token."""
         return not bool(self.key_is_image.any())
 
 

@@ -51,6 +51,7 @@ CACHE_ARGUMENT = "cache" if "cache" in inspect.signature(Qwen2DecoderLayer.forwa
 
 
 def check_attention_implementation(name: str | None) -> None:
+    """Refuse an attention implementation that cannot express the per-layer masks, saying which ones can."""
     if name in (None, *SUPPORTED_ATTENTION):
         return
     raise LlavaConfigError(
@@ -91,6 +92,8 @@ class KeyValueCache:
     def update(
         self, key: torch.Tensor, value: torch.Tensor, layer_index: int, *args: Any, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store one layer's new keys and values (B, H_kv, Q, head_dim) after the earlier ones; returns all of them
+        (B, H_kv, K, head_dim)."""
         if layer_index not in self.keys:
             batch, heads, _, head_dim = key.shape
             self.keys[layer_index] = key.new_empty(batch, heads, self.capacity, head_dim)
@@ -470,9 +473,11 @@ class LlavaQwenForCausalLM(LlavaQwenPreTrainedModel):
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
+        """The token embedding (vocab, D)."""
         return self.model.embed_tokens
 
     def set_input_embeddings(self, value: nn.Module) -> None:
+        """Replace the token embedding (vocab, D)."""
         if not isinstance(value, nn.Embedding):
             raise LlavaConfigError(f"input embeddings must be an nn.Embedding, got {type(value).__name__}")
         self.model.embed_tokens = value
@@ -532,10 +537,10 @@ class LlavaQwenForCausalLM(LlavaQwenPreTrainedModel):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         images: ImageTiles | None = None,
+        *,
         max_new_tokens: int = 32,
         eos_token_id: int | list[int] | None = None,
         pad_token_id: int | None = None,
-        *,
         image_sizes: ImageSizes = None,
         do_sample: bool = False,
         temperature: float = 1.0,

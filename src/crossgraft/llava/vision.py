@@ -43,6 +43,7 @@ class SigLipVisionTower(nn.Module):
         self.vision_tower = _SiglipHolder(SiglipVisionModel(vision_config))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Tiles (N, 3, S, S) -> patch features (N, P, W) of the selected layer."""
         vision_model = self.vision_tower.vision_model
         hidden = vision_model.embeddings(images.to(vision_model.embeddings.patch_embedding.weight.dtype))  # (N, P, W)
         hidden = vision_model.encoder(inputs_embeds=hidden).last_hidden_state  # (N, P, W)

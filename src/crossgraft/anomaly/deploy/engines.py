@@ -58,10 +58,13 @@ class Engine(Protocol):
         """Maps and scores of uint8 images (B, S, S, 3) of one class."""
         ...
 
-    def describe(self) -> str: ...
+    def describe(self) -> str:
+        """One line naming the model and the engine."""
+        ...
 
 
 def check_images(images: np.ndarray, side: int) -> None:
+    """Refuse anything but uint8 images (B, side, side, 3)."""
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (side, side, 3):
         raise ConfigError(f"the engine takes uint8 images (B, {side}, {side}, 3), got {images.dtype} {images.shape}")
 
@@ -94,6 +97,7 @@ class TorchEngine:
         self.graphs: dict[str, AnomalyDetector] = {}
 
     def graph(self, class_name: str) -> AnomalyDetector:
+        """The detector with this class's text side built in (made on first use, then kept)."""
         if class_name not in self.graphs:
             text = class_text(class_name, self.descriptions)
             self.graphs[class_name] = AnomalyDetector(self.run_.model, [text], self.run_.has_text, self.domain).eval()
@@ -101,6 +105,7 @@ class TorchEngine:
 
     @torch.no_grad()
     def run(self, images: np.ndarray, class_name: str) -> Detection:
+        """Maps and scores of uint8 images (B, S, S, 3) of one class, by eager PyTorch."""
         check_images(images, self.image_size)
         device = self.run_.model.backbone.device
         pixels = torch.from_numpy(np.ascontiguousarray(images)).to(device)
@@ -109,6 +114,7 @@ class TorchEngine:
         return Detection(score_map.float().cpu().numpy(), image_score.float().cpu().numpy(), det_score.cpu().numpy())
 
     def describe(self) -> str:
+        """One line naming the run, its backbone and the engine."""
         return f"{self.run_.describe()}; backbone {self.run_.saved.config.backbone.clip}; engine torch"
 
 
@@ -138,6 +144,7 @@ class ExportMetadata:
     check: dict[str, Any] = field(default_factory=dict)  # the export's own comparison with eager PyTorch
 
     def describe(self) -> str:
+        """One line naming the exported model and where it came from."""
         quantized = "" if self.quantization == "none" else f", {self.quantization}"
         return f"{self.variant} on {self.backbone}, epoch {self.epoch}, exported from {self.source}{quantized}"
 
@@ -166,6 +173,7 @@ def read_metadata(folder: Path) -> ExportMetadata:
 
 
 def class_position(metadata: ExportMetadata, class_name: str, folder: Path) -> int:
+    """The index of `class_name` in the export's class axis, or a ConfigError naming the exported classes."""
     if class_name not in metadata.classes:
         raise ConfigError(
             f"{folder} was exported for the classes {', '.join(metadata.classes)}, not {class_name!r}: export it "
@@ -176,6 +184,7 @@ def class_position(metadata: ExportMetadata, class_name: str, folder: Path) -> i
 
 
 def check_graph_size(graph_side: object, metadata: ExportMetadata, folder: Path) -> None:
+    """Refuse a graph whose input side differs from the one its metadata.json records."""
     if graph_side != metadata.image_size:
         raise CheckpointError(
             f"the graph in {folder} takes {graph_side}x{graph_side} images but its {METADATA} says "
@@ -196,15 +205,18 @@ class ExportedEngine:
         self.classes = self.metadata.classes
 
     def infer(self, images: np.ndarray, class_index: np.ndarray) -> list[np.ndarray]:
+        """The graph's three outputs for uint8 images (B, S, S, 3) and class indices (B,)."""
         raise NotImplementedError
 
     def run(self, images: np.ndarray, class_name: str) -> Detection:
+        """Maps and scores of uint8 images (B, S, S, 3) of one of the exported classes."""
         check_images(images, self.image_size)
         index = np.full(len(images), class_position(self.metadata, class_name, self.folder), dtype=np.int64)
         score_map, image_score, det_score = self.infer(images, index)
         return Detection(score_map, image_score, det_score)
 
     def describe(self) -> str:
+        """One line naming the export and the engine."""
         return f"{self.metadata.describe()}; engine {self.name}"
 
 
@@ -227,6 +239,7 @@ class OnnxRuntimeEngine(ExportedEngine):
         check_graph_size(self.session.get_inputs()[0].shape[1], self.metadata, self.folder)
 
     def infer(self, images: np.ndarray, class_index: np.ndarray) -> list[np.ndarray]:
+        """The graph's outputs by ONNX Runtime: anomaly map (B, S, S), image score (B,), det score (B,)."""
         return list(self.session.run(None, {INPUT_NAMES[0]: images, INPUT_NAMES[1]: class_index}))
 
 
@@ -248,6 +261,7 @@ class OpenVINOEngine(ExportedEngine):
         self.compiled = core.compile_model(model, "CPU", settings)
 
     def infer(self, images: np.ndarray, class_index: np.ndarray) -> list[np.ndarray]:
+        """The graph's outputs by OpenVINO: anomaly map (B, S, S), image score (B,), det score (B,)."""
         outputs = self.compiled([images, class_index])
         return [outputs[i] for i in range(len(outputs))]
 
