@@ -330,3 +330,81 @@ def test_cached_stage1_features_train_like_computed_ones(synthetic_root, tmp_pat
     for key, value in computed.items():
         assert torch.allclose(value, cached[key], atol=50 * tolerance), key
     assert not list((tmp_path / "cached").glob("*.cache.npy"))  # removed when stage 1 ended
+
+
+TRAINED = {1: ("text_adapter", "text_cross_attn"), 2: ("image_adapter", "image_cross_attn")}
+MODULES = ("backbone", "text_adapter", "text_cross_attn", "image_adapter", "image_cross_attn")
+
+
+def record_training_modes(monkeypatch) -> list[tuple[int, dict[str, bool]]]:
+    """(stage, {module: training}) at every optimizer step: each step computes its loss once, so the loss
+    functions the loop calls record the modes the step runs in."""
+    records: list[tuple[int, dict[str, bool]]] = []
+
+    def recording(loss_function, stage):
+        def loss(model, *args, **kwargs):
+            records.append((stage, {name: getattr(model, name).training for name in MODULES}))
+            return loss_function(model, *args, **kwargs)
+
+        return loss
+
+    monkeypatch.setattr(train_module, "stage1_loss", recording(train_module.stage1_loss, 1))
+    monkeypatch.setattr(train_module, "stage2_loss", recording(train_module.stage2_loss, 2))
+    return records
+
+
+def test_every_trained_stage_of_every_round_trains_in_training_mode(synthetic_root, tmp_path, monkeypatch):
+    """Stage 1 trains the text side and stage 2 the image side in training mode (so --cross_attn_dropout acts) in
+    every feedback round, after the anchors and the evaluation built in between; everything else, the frozen CLIP
+    above all, stays in eval mode."""
+    records = record_training_modes(monkeypatch)
+    cross = CrossAttentionConfig(variant="cross_attn", cross_attn_dropout=0.1)
+    train(
+        quick_config(
+            synthetic_root,
+            tmp_path / "run",
+            ["dots"],
+            image_epoch=2,
+            num_feedback_loops=2,
+            eval_each_loop=True,
+            cross=cross,
+        )
+    )
+    steps_per_round = 2 + 2 * 2  # 6 images (batches of 4): 2 steps a text epoch, 2 a image epoch
+    assert [stage for stage, _ in records] == ([1] * 2 + [2] * 4) * 2
+    assert len(records) == 2 * steps_per_round
+    for step, (stage, modes) in enumerate(records):
+        expected = {name: name in TRAINED[stage] for name in MODULES}
+        assert modes == expected, f"optimizer step {step} (round {step // steps_per_round + 1}, stage {stage})"
+
+
+def test_the_image_cross_attention_drops_out_in_training_mode_only():
+    from crossgraft.anomaly.backbone import load_clip
+    from crossgraft.anomaly.model import AdaptedCLIP
+
+    torch.manual_seed(0)
+    model = AdaptedCLIP(
+        load_clip("tiny"), cross=CrossAttentionConfig(variant="image_cross_attn", cross_attn_dropout=0.5)
+    )
+    images = torch.randn(2, 3, model.backbone.image_size, model.backbone.image_size)
+    context = model.text_side(["dots", "dots"]).sentences  # (B, S, E)
+    with torch.no_grad():
+        model.image_cross_attn.train()
+        first, second = (model(images, text_context=context).det_token for _ in range(2))
+        assert not torch.equal(first, second)  # dropout draws a new mask each pass
+        model.image_cross_attn.eval()
+        first, second = (model(images, text_context=context).det_token for _ in range(2))
+        assert torch.equal(first, second)
+
+
+def test_anchors_and_evaluations_restore_the_modes_they_found():
+    from crossgraft.anomaly.backbone import load_clip
+    from crossgraft.anomaly.model import AdaptedCLIP, evaluation_mode
+
+    model = AdaptedCLIP(load_clip("tiny"), cross=CrossAttentionConfig(variant="cross_attn"))
+    model.train_only([model.image_adapter, model.image_cross_attn])
+    before = {name: module.training for name, module in model.named_modules()}
+    with evaluation_mode(model):
+        assert not any(module.training for module in model.modules())
+    assert {name: module.training for name, module in model.named_modules()} == before
+    assert model.image_cross_attn.training and not model.text_cross_attn.training and not model.backbone.training

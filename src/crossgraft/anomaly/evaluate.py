@@ -13,7 +13,7 @@ from crossgraft.anomaly.config import EvalConfig
 from crossgraft.anomaly.data import AnomalyDataset, EvalTransform, Sample, group_by_class, load_data
 from crossgraft.anomaly.infer import anomaly_maps, batch_text, fuse_image_scores, load_trained
 from crossgraft.anomaly.metrics import AnomalyMetrics, ClassCurves, ClassEvaluation, ClassMetricsAccumulator
-from crossgraft.anomaly.model import AdaptedCLIP, TextSide
+from crossgraft.anomaly.model import AdaptedCLIP, TextSide, evaluation_mode
 from crossgraft.anomaly.plots import class_metrics_figure, write_curve_figures
 from crossgraft.anomaly.prompts import class_text, public_prompts_warning
 from crossgraft.anomaly.report import format_table, write_csv, write_json
@@ -62,9 +62,10 @@ def evaluate_model(
         text = class_text(class_name, descriptions)
         if class_name in descriptions:
             logger.info("prompts of %s describe it as %r", class_name, text)
-        evaluation = evaluate_class(
-            model, has_text, class_samples, text, spec.domain, transform, config, out / "visualize" / class_name
-        )
+        with evaluation_mode(model):  # no dropout; a training run in progress gets its modes back
+            evaluation = evaluate_class(
+                model, has_text, class_samples, text, spec.domain, transform, config, out / "visualize" / class_name
+            )
         results[class_name], curves[class_name] = evaluation.metrics, evaluation.curves
     logger.info("\n%s", format_table(results, title=f"{spec.name} test split, {label} (%)"))
     extra = {"dataset": spec.name, "model": label, "epoch": config.epoch, "batch_size": config.batch_size}

@@ -10,6 +10,8 @@ Each adapter's output is rescaled to the norm of the tokens it adapts and mixed 
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import cast
 
@@ -42,6 +44,19 @@ def mix_adapter(x: torch.Tensor, adapted: torch.Tensor, weight: float) -> torch.
     """x ← λ·a·‖x‖/‖a‖ + (1−λ)·x, norms per token."""
     adapted = adapted * x.norm(dim=-1, keepdim=True) / adapted.norm(dim=-1, keepdim=True)
     return weight * adapted + (1 - weight) * x
+
+
+@contextmanager
+def evaluation_mode(module: nn.Module) -> Iterator[None]:
+    """Eval mode for the block (no dropout: anchors and evaluations are deterministic), then every submodule back
+    in the mode it was found in."""
+    found = [(child, child.training) for child in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for child, training in found:
+            child.training = training
 
 
 class AdaptedCLIP(nn.Module):
@@ -134,6 +149,13 @@ class AdaptedCLIP(nn.Module):
             if index < self.adapter_config.text_adapt_until:
                 x = mix_adapter(x, self.text_adapter[index](x), self.adapter_config.text_adapt_weight)
         return self.text_adapter[-1](self.backbone.eot_features(x, input_ids))
+
+    def train_only(self, modules: Iterable[nn.Module]) -> None:
+        """Training mode for the modules a stage trains (their dropout acts), eval mode for every other one; the
+        frozen CLIP stays in eval mode always."""
+        self.eval()
+        for module in modules:
+            module.train()
 
     def text_side(self, texts: list[str], image_context: torch.Tensor | None = None) -> TextSide:
         """Anchors and sentence embeddings for each entry of `texts` (one class text per image, or per class).

@@ -53,7 +53,7 @@ from crossgraft.anomaly.fair import BaseAdapters, banner, initialization_summary
 from crossgraft.anomaly.feature_cache import Stage1FeatureCache
 from crossgraft.anomaly.losses import stage1_loss, stage2_loss
 from crossgraft.anomaly.metrics import mean_metrics
-from crossgraft.anomaly.model import AdaptedCLIP, TextSide
+from crossgraft.anomaly.model import AdaptedCLIP, TextSide, evaluation_mode
 from crossgraft.anomaly.prompts import (
     DescriptionTable,
     class_text,
@@ -111,11 +111,17 @@ class Stage:
     epochs: int
     batch_size: int
     transform: EvalTransform  # TrainTransform (augmented) or EvalTransform (resize only)
-    groups: dict[str, list[torch.nn.Parameter]]  # trainable parameters by module
+    model: AdaptedCLIP
+    modules: dict[str, torch.nn.Module]  # what the stage trains, by name: in training mode at every step
     optimizer: Adam
     loss: Callable[[Batch], torch.Tensor]
     save: Callable[[int], Path]  # writes the checkpoint after an epoch (1-based count); returns the file
     scheduler: MultiStepLR | None = None  # stepped per iteration, as the public code does
+
+    @property
+    def groups(self) -> dict[str, list[torch.nn.Parameter]]:
+        """The trainable parameters by module."""
+        return {name: list(module.parameters()) for name, module in self.modules.items()}
 
     @property
     def parameters(self) -> list[torch.nn.Parameter]:
@@ -206,6 +212,7 @@ class StageRunner:
         )
         losses: list[float] = []
         norms = dict.fromkeys(stage.groups, 0.0)
+        stage.model.train_only(stage.modules.values())  # whatever ran in between (anchors, an evaluation)
         for step, batch in enumerate(progress):
             with self.accelerator.autocast():
                 loss = stage.loss(batch)
@@ -238,14 +245,10 @@ class StageRunner:
                 parameter.grad = self.accelerator.reduce(parameter.grad, reduction="mean")
 
 
-def trainable_groups(model: AdaptedCLIP, side: str) -> dict[str, list[torch.nn.Parameter]]:
-    """The parameters one stage trains, by module: `text` (stage 1) or `image` (stage 2)."""
-    groups = {}
-    for name in (f"{side}_adapter", f"{side}_cross_attn"):
-        module = getattr(model, name)
-        if module is not None:
-            groups[name] = list(module.parameters())
-    return groups
+def trained_modules(model: AdaptedCLIP, side: str) -> dict[str, torch.nn.Module]:
+    """The modules one stage trains, by name: `text` (stage 1) or `image` (stage 2)."""
+    names = (f"{side}_adapter", f"{side}_cross_attn")
+    return {name: getattr(model, name) for name in names if getattr(model, name) is not None}
 
 
 # ================================================================================================ a run
@@ -426,8 +429,8 @@ def train_round(
             frozen=frozen,
         )
 
-    text_groups = trainable_groups(model, "text")
-    text_optimizer = Adam([p for group in text_groups.values() for p in group], lr=config.text_lr, betas=BETAS)
+    text_modules = trained_modules(model, "text")
+    text_optimizer = Adam([p for m in text_modules.values() for p in m.parameters()], lr=config.text_lr, betas=BETAS)
     text_stage = Stage(
         number=1,
         name="text",
@@ -436,7 +439,8 @@ def train_round(
         transform=TrainTransform(model.backbone.image_size, AugmentConfig(color_jitter=False))
         if quirks.stage1_augment
         else EvalTransform(model.backbone.image_size),
-        groups=text_groups,
+        model=model,
+        modules=text_modules,
         optimizer=text_optimizer,
         loss=text_loss,
         save=lambda epoch: save_text_adapter(model, text_optimizer, epoch, round_dir),
@@ -451,8 +455,7 @@ def train_round(
         if cache is not None:
             cache.close()
 
-    model.eval()
-    with torch.no_grad():  # anchors are frozen in stage 2: per class, unless the text attends to the image
+    with torch.no_grad(), evaluation_mode(model):  # stage 2's frozen anchors: per class, unless text sees the image
         class_sides = model.text_side([texts[n] for n in class_names]) if model.text_cross_attn is None else None
 
     def image_loss(batch: Batch) -> torch.Tensor:
@@ -465,8 +468,8 @@ def train_round(
                 text = TextSide(class_sides.anchors[rows], class_sides.sentences[rows])
         return stage2_loss(model, images, masks, labels, text)
 
-    image_groups = trainable_groups(model, "image")
-    image_optimizer = Adam([p for group in image_groups.values() for p in group], lr=config.image_lr, betas=BETAS)
+    image_modules = trained_modules(model, "image")
+    image_optimizer = Adam([p for m in image_modules.values() for p in m.parameters()], lr=config.image_lr, betas=BETAS)
     image_scheduler = MultiStepLR(image_optimizer, milestones=list(config.milestones), gamma=config.gamma)
     image_stage = Stage(
         number=2,
@@ -474,7 +477,8 @@ def train_round(
         epochs=config.image_epoch,
         batch_size=config.image_batch_size,
         transform=TrainTransform(model.backbone.image_size, AugmentConfig(color_jitter=True)),
-        groups=image_groups,
+        model=model,
+        modules=image_modules,
         optimizer=image_optimizer,
         scheduler=image_scheduler,
         loss=image_loss,
