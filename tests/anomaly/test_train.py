@@ -408,3 +408,85 @@ def test_anchors_and_evaluations_restore_the_modes_they_found():
         assert not any(module.training for module in model.modules())
     assert {name: module.training for name, module in model.named_modules()} == before
     assert model.image_cross_attn.training and not model.text_cross_attn.training and not model.backbone.training
+
+
+def float64_training_trace(synthetic_root, save_path, variant, monkeypatch):
+    """A short run of `variant` at cross-attention strength 0, in float64 throughout (the tiny CLIP included):
+    the loss of every step, the adapters after every optimizer step, and the cross-attention weights it started
+    and ended with."""
+    from crossgraft.anomaly.backbone import load_clip
+
+    trace: dict = {"losses": [], "adapters": [], "model": None}
+
+    def float64_backbone(config, gelu, device):
+        return load_clip(
+            config.clip, image_size=config.image_size, gelu=gelu, tokenizer=config.tokenizer, dtype=torch.float64
+        )
+
+    def recording(loss_function):
+        def loss(model, *args, **kwargs):
+            if trace["model"] is None:
+                trace["model"] = model
+                trace["cross_start"] = cross_attention_weights(model)
+            value = loss_function(model, *args, **kwargs)
+            trace["losses"].append(value.item())
+            return value
+
+        return loss
+
+    class RecordingAdam(train_module.Adam):
+        def step(self, closure=None):
+            result = super().step(closure)
+            model = trace["model"]
+            trace["adapters"].append(
+                {f"{side}.{k}": v.clone() for side in ("text_adapter", "image_adapter")
+                 for k, v in getattr(model, side).state_dict().items()}
+            )  # fmt: skip
+            return result
+
+    monkeypatch.setattr(train_module, "load_backbone", float64_backbone)
+    monkeypatch.setattr(train_module, "stage1_loss", recording(train_module.stage1_loss))
+    monkeypatch.setattr(train_module, "stage2_loss", recording(train_module.stage2_loss))
+    monkeypatch.setattr(train_module, "Adam", RecordingAdam)
+    cross = CrossAttentionConfig(variant=variant, text_cross_attn_weight=0.0, image_cross_attn_weight=0.0)
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # the adapters and cross-attention are made in float64 too
+    try:
+        train(quick_config(synthetic_root, save_path, ["dots"], text_epoch=2, image_epoch=4, cross=cross))
+    finally:
+        torch.set_default_dtype(default_dtype)
+    trace["cross_end"] = cross_attention_weights(trace["model"])
+    return trace
+
+
+def cross_attention_weights(model) -> dict:
+    return {
+        f"{name}.{key}": value.detach().clone()
+        for name in ("text_cross_attn", "image_cross_attn")
+        if getattr(model, name) is not None
+        for key, value in getattr(model, name).state_dict().items()
+    }
+
+
+def test_a_variant_at_zero_strength_trains_step_for_step_like_the_base(synthetic_root, tmp_path, monkeypatch):
+    """The variants' one guarantee (they have no public code): with their cross-attention weights at 0, a run of
+    both stages on the real data pipeline, with the base run's seed and therefore its start adapters, follows the
+    base run's losses and adapter weights at every optimizer step, in float64; the cross-attention does not move.
+    Image cross-attention adds exactly 0; the text variants run the text path in another order (within 1e-10)."""
+    with monkeypatch.context() as patches:  # each run's recorders are undone after it
+        base = float64_training_trace(synthetic_root, tmp_path / "base", "base", patches)
+    assert len(base["losses"]) == len(base["adapters"]) == 2 * 2 + 4 * 2  # 6 images, batches of 4
+    assert base["adapters"][0]["text_adapter.0.fc.0.weight"].dtype == torch.float64
+    for variant, tolerance in (("image_cross_attn", 0.0), ("text_cross_attn", 1e-10), ("cross_attn", 1e-10)):
+        with monkeypatch.context() as patches:
+            run = float64_training_trace(synthetic_root, tmp_path / variant, variant, patches)
+        assert len(run["losses"]) == len(base["losses"]), variant
+        for step, (got, expected) in enumerate(zip(run["losses"], base["losses"])):
+            assert abs(got - expected) <= tolerance, f"{variant}: loss of step {step}: {got} vs {expected}"
+        for step, (got, expected) in enumerate(zip(run["adapters"], base["adapters"])):
+            for key, value in expected.items():
+                difference = (got[key] - value).abs().max().item()
+                assert difference <= tolerance, f"{variant}: {key} after step {step} is {difference:.2e} off"
+        assert run["cross_start"] and run["cross_start"].keys() == run["cross_end"].keys()
+        for key, value in run["cross_start"].items():
+            assert torch.equal(run["cross_end"][key], value), f"{variant}: {key} moved at strength 0"
