@@ -160,6 +160,17 @@ def test_the_seeds_command_lines_parse_as_written():
     ).split()
     config = build_parser("train", variant="cross_attn").parse(seed_001)
     assert config.num_feedback_loops == 3 and config.image_lr == 0.0005
+    # seed 000's Conservative and Aggressive lines name no --save_path: the variant's own default folder, named by
+    # the variant and its weights, never the base run's ckpt/baseline that they start from
+    conservative = (
+        "--load_base_text_adapter ckpt/baseline/text_adapter.pth --load_base_image_adapter "
+        "ckpt/baseline/image_adapter.pth --text_epoch 5 --image_epoch 20 --text_lr 0.00001 --image_lr 0.0005"
+    ).split()
+    config = build_parser("train", variant="cross_attn").parse(conservative)
+    assert config.save_path == Path("ckpt/cross_attn_text0.1_image0.1")
+    assert build_parser("train").parse([]).save_path == Path("ckpt/baseline")  # the public code's default
+    weighted = build_parser("train", variant="text_cross_attn").parse(["--text_cross_attn_weight", "0.05"])
+    assert weighted.save_path == Path("ckpt/text_cross_attn_text0.05")
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -58,8 +58,10 @@ def test_an_existing_run_is_never_overwritten_without_resume(trained_run, synthe
 def test_a_run_of_another_variant_or_configuration_is_refused_in_a_used_folder(trained_run, synthetic_root):
     before = (trained_run / RUN_CONFIG).read_text()
     cross = CrossAttentionConfig(variant="cross_attn")
-    with pytest.raises(TrainingError, match=r"holds a base run .*another --save_path"):
+    with pytest.raises(TrainingError, match=r"holds a base run .*another --save_path") as refused:
         train(quick_config(synthetic_root, trained_run, cross=cross))
+    assert "--resume" not in str(refused.value)  # a resume would be refused too: it is not suggested
+    assert "variant: base -> cross_attn" in str(refused.value)
     with pytest.raises(TrainingError, match=r"cannot resume the base run .*\(variant: base -> cross_attn\)"):
         train(quick_config(synthetic_root, trained_run, cross=cross, resume=True))
     with pytest.raises(TrainingError, match=r"seed: 7 -> 8"):

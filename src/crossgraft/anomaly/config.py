@@ -247,6 +247,20 @@ class CrossAttentionConfig:
     def as_dict(self) -> dict[str, Any]:
         return config_to_dict(self)
 
+    def run_folder_name(self) -> str:
+        """The default run folder's name: `baseline` (the public code's) for the base model, else the variant and
+        its cross-attention weights, e.g. `cross_attn_text0.1_image0.1` (`_learnable` when they are learned)."""
+        if self.variant == "base":
+            return "baseline"
+        parts: list[str] = [self.variant]
+        if self.text:
+            parts.append(f"text{self.text_cross_attn_weight:g}")
+        if self.image:
+            parts.append(f"image{self.image_cross_attn_weight:g}")
+        if self.learnable_cross_attn_weight:
+            parts.append("learnable")
+        return "_".join(parts)
+
 
 @dataclass(frozen=True)
 class Quirks:
@@ -322,6 +336,7 @@ class QuirkConfig:
 
 # ============================================================================================ training
 SCHEDULE = "schedule"
+DEFAULT_RUNS = "ckpt"  # where training runs go without --save_path (the public code's folder)
 EVAL_GROUP = "evaluation after each feedback round"
 
 
@@ -331,8 +346,14 @@ class TrainConfig:
 
     data: DataConfig = field(default_factory=lambda: DataConfig(dataset="VisA"))
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    save_path: Path = field(
-        default=Path("ckpt/baseline"), metadata={"help": "run folder for checkpoints and logs", "group": SCHEDULE}
+    save_path: Path = field(  # type: ignore[assignment]  # None until __post_init__ names the default folder
+        default=None,
+        metadata={
+            "help": f"run folder for checkpoints and logs (default: {DEFAULT_RUNS}/baseline for the base model, as the "
+            f"public code; {DEFAULT_RUNS}/VARIANT_textW_imageW for a cross-attention variant, e.g. "
+            f"{DEFAULT_RUNS}/cross_attn_text0.1_image0.1)",
+            "group": SCHEDULE,
+        },
     )
     shot: int = field(
         default=32,
@@ -438,6 +459,8 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
+        if self.save_path is None:
+            self.save_path = Path(DEFAULT_RUNS) / self.cross.run_folder_name()
         self.save_path = Path(self.save_path)
         for name in ("class_descriptions", "load_base_text_adapter", "load_base_image_adapter", "eval_data_root"):
             setattr(self, name, _path(getattr(self, name)))

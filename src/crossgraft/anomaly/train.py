@@ -283,16 +283,21 @@ def check_run_folder(config: TrainConfig) -> None:
             )
         return
     saved = load_run_config(save_path).config
-    if not config.resume:
-        raise TrainingError(
-            f"{save_path} holds a {saved.variant} run ({', '.join([RUN_CONFIG, *checkpoints])}); choose another "
-            "--save_path for a new run, or pass --resume to continue that run with the same settings (nothing was "
-            "overwritten)"
-        )
     old, new = flatten_config(saved), flatten_config(config)
     changed = [
         f"{key}: {old[key]} -> {new[key]}" for key in new if key not in RESUMABLE_CHANGES and old[key] != new[key]
     ]
+    held = f"{save_path} holds a {saved.variant} run ({', '.join([RUN_CONFIG, *checkpoints])})"
+    if not config.resume and changed:  # a resume would be refused too: only another folder helps
+        raise TrainingError(
+            f"{held} with other settings ({'; '.join(changed)}); choose another --save_path for this run "
+            "(nothing was overwritten)"
+        )
+    if not config.resume:
+        raise TrainingError(
+            f"{held}; choose another --save_path for a new run, or pass --resume to continue that run with the same "
+            "settings (nothing was overwritten)"
+        )
     if changed:
         raise TrainingError(
             f"cannot resume the {saved.variant} run in {save_path} with other settings ({'; '.join(changed)}); "
