@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.crossgraft-installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: venv demo ablation-demo llava-demo serve-demo test lint bench-metrics bench-train bench-llava bench-deploy browser clean
+.PHONY: venv demo ablation-demo llava-demo serve-demo test test-fast lint bench-metrics bench-train bench-llava bench-deploy browser clean
 
 venv: $(STAMP)
 
@@ -41,6 +41,10 @@ browser:
 
 test: venv browser
 	$(PY) -m pytest
+
+# the fast loop: everything but the tests marked slow (processes, kills, demos, exports, the browser)
+test-fast: venv
+	$(PY) -m pytest -m "not slow"
 
 # ruff (lint and format) and mypy, as .ci/run runs them before the tests
 lint: venv

@@ -17,6 +17,7 @@ def test_benchmark_imports(path, monkeypatch):
     assert callable(module.main)
 
 
+@pytest.mark.slow  # compiles flex_attention kernels
 def test_the_gpu_script_runs_its_code_paths_on_the_cpu_and_refuses_without_cuda(monkeypatch, capsys):
     """`gpu.py --dry`: every row of the GPU table at tiny sizes on the CPU; without --dry and without CUDA it stops."""
     benchmarks = Path(__file__).parents[1] / "benchmarks"

@@ -23,6 +23,7 @@ def test_version_and_unknown_family(capsys):
     assert "unknown family 'vision'" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # starts a process
 def test_module_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "crossgraft", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "families:" in result.stdout

@@ -139,6 +139,7 @@ def test_the_cycle_finder_finds_a_cycle_through_a_local_import():
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": set()}) is None
 
 
+@pytest.mark.slow  # starts processes
 @pytest.mark.parametrize(
     ("module", "absent"),
     [

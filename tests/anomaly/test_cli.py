@@ -94,6 +94,7 @@ def test_output_folders_that_cannot_be_written_are_messages(synthetic_root, tmp_
     assert "part of its path is a file, not a folder" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # trains several runs
 def test_train_test_predict_commands(synthetic_root, tmp_path, capsys):
     run = tmp_path / "run"
     common = ["--dataset", "synthetic", "--data_root", str(synthetic_root), "--device", "cpu"]
@@ -195,6 +196,7 @@ def test_console_scripts_are_installed(script):
     assert path is not None, f"{script} is not installed beside {sys.executable}"
 
 
+@pytest.mark.slow  # trains several runs
 def test_seed_scripts_run_and_missing_public_data_is_a_clear_error(synthetic_root, tmp_path, capsys):
     assert top.train_cross_attention(["--dataset", "MVTec", "--shot", "2", "--save_path", str(tmp_path / "x")]) == 2
     assert "data root not found: data/mvtec_ad" in capsys.readouterr().err
@@ -228,6 +230,7 @@ def test_attention_maps_command(cross_run, synthetic_root, tmp_path, capsys):
     assert Image.open(tmp_path / "000_damaged.png").size == (layout.width, layout.height)
 
 
+@pytest.mark.slow  # starts processes
 def test_the_module_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "crossgraft", "anomaly", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "make-synthetic" in result.stdout

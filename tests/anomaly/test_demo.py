@@ -3,7 +3,11 @@ cross_attn (from base) per seed and compares them."""
 
 import json
 
+import pytest
+
 from crossgraft.anomaly.cli import main
+
+pytestmark = pytest.mark.slow  # trains the demos
 
 
 def test_demo_trains_and_learns(tmp_path, capsys):

@@ -19,6 +19,7 @@ def synthetic(root, **changes):
     return DataConfig(dataset="synthetic", data_root=root, **changes)
 
 
+@pytest.mark.slow  # trains several runs
 def test_evaluation_picks_the_named_epoch_and_writes_results(trained_run, synthetic_root, tmp_path):
     results = evaluate(
         EvalConfig(

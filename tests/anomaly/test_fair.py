@@ -69,6 +69,7 @@ def test_fair_comparison_loads_base_adapters_bit_identical_and_prints_the_summar
     ]
 
 
+@pytest.mark.slow  # trains several runs
 def test_summary_labels_after_a_trained_stage_1_and_in_later_feedback_rounds(synthetic_root, tmp_path):
     run = tmp_path / "fb"
     train(quick_train_config(synthetic_root, run, image_epoch=1, cross=CROSS, num_feedback_loops=2))

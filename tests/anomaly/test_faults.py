@@ -7,6 +7,8 @@ import pytest
 import torch
 from helpers import KILLED, adapter_weights, run_with_faults, until_done
 
+pytestmark = pytest.mark.slow  # kills training processes
+
 
 def anomaly_args(synthetic_root, save_path):
     return [

@@ -134,6 +134,7 @@ def test_the_descriptions_command_writes_editable_json(public_checkout, tmp_path
 WARNING = "prompts differ from the public code's"
 
 
+@pytest.mark.slow  # trains several runs
 def test_a_run_records_the_table_test_uses_it_and_the_warning_comes_exactly_when_it_should(
     public_checkout, synthetic_root, tmp_path
 ):

@@ -88,6 +88,7 @@ def test_uploads_that_are_not_images_or_too_large_are_refused(detector, tmp_path
         detector.score([big], " ")
 
 
+@pytest.mark.slow  # exports a graph
 def test_a_training_run_takes_any_class_name_and_an_export_its_own(detector, trained_run, synthetic_root, tmp_path):
     image = defect_images(synthetic_root, "dots")[0][0]
     assert detector.score([image], "walnut")[0].class_name == "walnut"  # zero-shot: a class never trained on
@@ -147,6 +148,7 @@ def content_box(rgb: np.ndarray) -> np.ndarray:
     return rgb[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
 
+@pytest.mark.slow  # drives the browser
 def test_the_page_in_a_real_browser(trained_run, detector, clear_defect, tmp_path):
     browser_path = find_browser()
     if browser_path is None:

@@ -32,6 +32,7 @@ def test_the_run_folder_records_the_config_and_what_it_resolved(trained_run, syn
     assert len((trained_run / "train_samples.jsonl").read_text().splitlines()) == 18  # every image (full shot)
 
 
+@pytest.mark.slow  # trains several runs
 def test_resume_after_an_interrupt_reaches_the_same_weights(synthetic_root, tmp_path):
     whole = tmp_path / "whole"
     train(quick_config(synthetic_root, whole, text_epoch=2, image_epoch=2))
@@ -119,6 +120,7 @@ def test_vanishing_gradients_are_warned(synthetic_root, tmp_path):
     assert "average gradient norm of text_adapter" not in log
 
 
+@pytest.mark.slow  # trains several runs
 def test_feedback_with_two_loops_writes_both_loops_checkpoints_and_metrics(synthetic_root, tmp_path):
     run = tmp_path / "feedback"
     train(
@@ -191,6 +193,7 @@ def _train_command(synthetic_root, save_path, batch_size):
     ]
 
 
+@pytest.mark.slow  # starts processes
 def test_two_processes_train_like_one_on_the_same_global_batch(synthetic_root, tmp_path):
     """torchrun with 2 processes x batch 2 gives the weights of 1 process x batch 4: gradients are averaged
     across processes. (Without the all-reduce each process would step on its own half: the weights of 1 process
@@ -229,6 +232,7 @@ def hold_lock(folder):
     return holder
 
 
+@pytest.mark.slow  # starts processes
 def test_one_writer_per_run_folder_and_a_killed_holder_frees_it(synthetic_root, tmp_path):
     run = tmp_path / "run"
     holder = hold_lock(run)
@@ -308,6 +312,7 @@ def stage1_losses(run_dir):
     return [float(line.split("loss: ")[1].split(" ")[0]) for line in lines if "training text epoch" in line]
 
 
+@pytest.mark.slow  # trains several runs
 @pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-5), ("float16", 1e-3)])
 def test_cached_stage1_features_train_like_computed_ones(synthetic_root, tmp_path, monkeypatch, dtype, tolerance):
     import crossgraft.anomaly.feature_cache as feature_cache
@@ -355,6 +360,7 @@ def record_training_modes(monkeypatch) -> list[tuple[int, dict[str, bool]]]:
     return records
 
 
+@pytest.mark.slow  # trains several runs
 def test_every_trained_stage_of_every_round_trains_in_training_mode(synthetic_root, tmp_path, monkeypatch):
     """Stage 1 trains the text side and stage 2 the image side in training mode (so --cross_attn_dropout acts) in
     every feedback round, after the anchors and the evaluation built in between; everything else, the frozen CLIP
@@ -470,6 +476,7 @@ def cross_attention_weights(model) -> dict:
     }
 
 
+@pytest.mark.slow  # trains several runs
 def test_a_variant_at_zero_strength_trains_step_for_step_like_the_base(synthetic_root, tmp_path, monkeypatch):
     """The variants' one guarantee (they have no public code): with their cross-attention weights at 0, a run of
     both stages on the real data pipeline, with the base run's seed and therefore its start adapters, follows the

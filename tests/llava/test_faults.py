@@ -9,6 +9,8 @@ import torch
 from helpers import KILLED, run_with_faults, short_llava_run, until_done
 from safetensors.torch import load_file
 
+pytestmark = pytest.mark.slow  # kills training processes
+
 
 def llava_args(model, sample, output_dir):
     """`crossgraft llava train` for 6 steps with a checkpoint every 2."""

@@ -15,6 +15,8 @@ from crossgraft.llava.configuration import LlavaConfigError
 from crossgraft.llava.evaluate import PREDICTIONS_FILE, evaluate
 from crossgraft.llava.lmms_eval import CrossgraftLlava, manifest
 
+pytestmark = pytest.mark.slow  # trains the models it speaks with
+
 
 @dataclass
 class Request:  # lmms_eval.api.instance.Instance exposes its arguments as `.args`

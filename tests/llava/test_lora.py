@@ -121,6 +121,7 @@ def test_merge_then_reload_gives_the_logits_of_the_unmerged_model(trained_lora_r
     assert not torch.allclose(logits(load_model(lora_base(out)).eval()), before, atol=1e-3)  # training did act
 
 
+@pytest.mark.slow  # trains several runs
 def test_a_lora_run_from_a_backbone_writes_its_base_resumes_and_merges(tiny_models, llava_sample, tmp_path):
     """Built from a bare Qwen2 (a random gated block, a copied tower): the frozen start goes to OUTPUT_DIR/base
     once. Cut at step 4 and resumed to 6, the run ends where an uninterrupted one does."""

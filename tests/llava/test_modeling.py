@@ -303,6 +303,7 @@ def test_top_p_keeps_the_smallest_likely_set(tiny_tokenizer):
         build(BASE, tiny_tokenizer).decode(torch.ones(1, 3, dtype=torch.long), top_p=0.0)
 
 
+@pytest.mark.slow  # compiles flex_attention kernels
 def test_flex_attention_equals_sdpa_for_every_variant_and_in_cached_decoding(tiny_tokenizer):
     """attn_implementation="flex_attention" (compiled by transformers on first use) against sdpa, fp32 on CPU."""
     input_ids, attention_mask, images = two_image_batch()

@@ -144,6 +144,7 @@ def test_each_tunable_part_trains_at_its_own_learning_rate(tiny_models, tmp_path
         AlternatingTrainingArguments(output_dir=str(tmp_path), mm_projector_lr=-1.0, report_to="none")
 
 
+@pytest.mark.slow  # trains several runs
 def test_training_learns_the_captions_and_resumes(tiny_models, llava_sample, tmp_path):
     output_dir = tmp_path / "learn"
     common = short_llava_run(tiny_models[ALT], llava_sample, output_dir, "--logging_steps", "2", "--save_steps", "30")
@@ -211,6 +212,7 @@ def test_help_lists_the_seed_flags(capsys):
         assert flag in out, flag
 
 
+@pytest.mark.slow  # trains the demo
 def test_demo_trains_all_four_variants_from_one_backbone(tmp_path, capsys):
     assert crossgraft_main(["llava", "demo", "--out", str(tmp_path), "--steps", "24", "--count", "16"]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
@@ -276,6 +278,7 @@ def test_llava_family_help_and_unknown_command(capsys):
     assert "unknown llava command 'fly'" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # trains several runs
 def test_gradient_checkpointing_gives_the_same_first_step(tiny_models, llava_sample, tmp_path):
     first = {}
     for checkpointing in ("false", "true"):
@@ -305,6 +308,7 @@ def test_gradient_checkpointing_gives_the_same_first_step(tiny_models, llava_sam
     assert first["true"]["grad_norm"] == pytest.approx(first["false"]["grad_norm"], rel=1e-4)
 
 
+@pytest.mark.slow  # starts processes
 def test_train_alternating_console_script_is_installed():
     import subprocess
     import sys
@@ -399,6 +403,7 @@ def test_a_learning_rate_that_breaks_training_stops_it_and_keeps_the_last_checkp
         assert all(torch.isfinite(t).all() for t in state.values()), checkpoint.name
 
 
+@pytest.mark.slow  # trains several runs
 @pytest.mark.parametrize(
     "damage, problem",
     [
@@ -443,6 +448,7 @@ def test_missing_or_truncated_inputs_are_named(tiny_models, llava_sample, tmp_pa
     assert f"{broken / 'model.safetensors'} is incomplete or corrupt" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # starts processes
 def test_one_writer_per_output_folder(tiny_models, llava_sample, tmp_path, capsys):
     import subprocess
     import sys

@@ -23,6 +23,8 @@ from crossgraft.anomaly.predict import predict
 from crossgraft.errors import ConfigError, OutputError
 from crossgraft.graft import CheckpointError
 
+pytestmark = pytest.mark.slow  # exports ONNX / OpenVINO graphs
+
 CLASSES = ["dots", "stripes"]
 TOLERANCE = 1e-4
 
