@@ -28,7 +28,7 @@ from PIL import Image
 from torch import nn
 
 from crossgraft.anomaly.data.transforms import CLIP_MEAN, CLIP_STD
-from crossgraft.anomaly.infer import anomaly_maps, class_text_side
+from crossgraft.anomaly.infer import MapOutput, anomaly_maps, class_text_side
 from crossgraft.anomaly.model import AdaptedCLIP, TextSide
 from crossgraft.errors import ShapeError
 
@@ -91,14 +91,18 @@ class AnomalyDetector(nn.Module):
             return self.model.attend_text(self.text_block_one[class_index], self.sentence_ids[class_index], context)
         return TextSide(anchors=self.anchors[class_index], sentences=self.sentences[class_index])
 
+    def level_maps(self, pixels: torch.Tensor, class_index: torch.Tensor) -> MapOutput:
+        """CLIP-normalised pixels (B, 3, S, S) and class indices (B,) -> the reference maps summed over levels
+        (B, S, S) and the det scores (B,): what `test` fuses class-wide, and `forward` turns into the level mean."""
+        start = self.model.shared_start(pixels) if self.attends_text else None  # shared by both vision passes
+        return anomaly_maps(self.model, pixels, self.text_of(class_index, pixels, start), self.domain, start)
+
     def forward(
         self, images: torch.Tensor, class_index: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """uint8 images (B, S, S, 3) and class indices (B,) -> anomaly map (B, S, S), image score (B,), det score
         (B,)."""
-        pixels = self.normalise(images)
-        start = self.model.shared_start(pixels) if self.attends_text else None  # shared by both vision passes
-        output = anomaly_maps(self.model, pixels, self.text_of(class_index, pixels, start), self.domain, start)
+        output = self.level_maps(self.normalise(images), class_index)
         score_map = output.maps / len(self.model.backbone.levels)  # (B, S, S)
         return score_map, score_map.flatten(1).amax(dim=1), output.det_scores
 

@@ -5,15 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from crossgraft.anomaly.catalog import get_spec
 from crossgraft.anomaly.config import EvalConfig
 from crossgraft.anomaly.data import AnomalyDataset, EvalTransform, Sample, group_by_class, load_data
-from crossgraft.anomaly.infer import anomaly_maps, batch_text, fuse_image_scores, load_trained
+from crossgraft.anomaly.detector import AnomalyDetector
+from crossgraft.anomaly.infer import fuse_image_scores, load_trained
 from crossgraft.anomaly.metrics import AnomalyMetrics, ClassCurves, ClassEvaluation, ClassMetricsAccumulator
-from crossgraft.anomaly.model import AdaptedCLIP, TextSide, evaluation_mode
+from crossgraft.anomaly.model import AdaptedCLIP, evaluation_mode
 from crossgraft.anomaly.plots import class_metrics_figure, write_curve_figures
 from crossgraft.anomaly.prompts import class_text, public_prompts_warning
 from crossgraft.anomaly.report import format_table, write_csv, write_json
@@ -102,16 +104,13 @@ def evaluate_class(
     det_scores: list[np.ndarray] = []
     labels: list[np.ndarray] = []
     kept: list[tuple[Sample, np.ndarray, np.ndarray]] = []  # what --visualize draws once the class range is known
-    text_cache: dict[str, TextSide] = {}
+    detector = AnomalyDetector(model, [text], has_text, domain)  # per image: maps and det scores
     loader = DataLoader(
         AnomalyDataset(samples, transform), batch_size=config.batch_size, num_workers=config.num_workers
     )
     for batch in tqdm(loader, desc=samples[0].class_name, leave=False):
-        images = batch["image"].to(model.backbone.device)
-        start = model.shared_start(images) if has_text else None  # computed once for both vision passes
-        output = anomaly_maps(
-            model, images, batch_text(model, has_text, text, images, text_cache, start), domain, start
-        )
+        images = batch["image"].to(model.backbone.device)  # (B, 3, S, S), CLIP-normalised
+        output = detector.level_maps(images, torch.zeros(len(images), dtype=torch.long, device=images.device))
         maps = output.maps.float().cpu().numpy()
         if has_masks:
             pixels.add_pixels(maps, batch["mask"].numpy() > 0)
