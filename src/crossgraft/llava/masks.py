@@ -60,6 +60,12 @@ class Segments:
         return self.keys - self.queries
 
     @property
+    def query_positions(self) -> torch.Tensor:
+        """(Q,): the position of each query among the keys. (A tensor, not `q + offset`: the compiled flex kernels
+        then see no Python integer that changes with the sequence length.)"""
+        return torch.arange(self.offset, self.keys, device=self.key_is_real.device)
+
+    @property
     def text_only(self) -> bool:
         """No key is an image token."""
         return not bool(self.key_is_image.any())
@@ -92,20 +98,20 @@ def or_masks(*functions: MaskFunction) -> MaskFunction:
 
 def causal(segments: Segments) -> MaskFunction:
     """k ≤ q, and k is a real token (not padding)."""
-    real, offset = segments.key_is_real, segments.offset
-    return lambda b, q, k: (k <= q + offset) & real[b, k]
+    real, position = segments.key_is_real, segments.query_positions
+    return lambda b, q, k: (k <= position[q]) & real[b, k]
 
 
 def same_modality(segments: Segments) -> MaskFunction:
     """k has q's modality (text↔text, image↔image)."""
-    image, offset = segments.key_is_image, segments.offset
-    return lambda b, q, k: image[b, k] == image[b, q + offset]
+    image, position = segments.key_is_image, segments.query_positions
+    return lambda b, q, k: image[b, k] == image[b, position[q]]
 
 
 def other_modality_or_self(segments: Segments) -> MaskFunction:
     """k has the other modality, or k is q itself."""
-    image, offset = segments.key_is_image, segments.offset
-    return lambda b, q, k: (image[b, k] != image[b, q + offset]) | (k == q + offset)
+    image, position = segments.key_is_image, segments.query_positions
+    return lambda b, q, k: (image[b, k] != image[b, position[q]]) | (k == position[q])
 
 
 RULE_PARTS: dict[str, tuple[Callable[[Segments], MaskFunction], ...]] = {
@@ -143,8 +149,8 @@ def attend_to_self_when_alone(function: MaskFunction, segments: Segments) -> Mas
         ],
         dim=1,
     )
-    offset = segments.offset
-    return or_masks(function, lambda b, q, k: alone[b, q] & (k == q + offset))
+    position = segments.query_positions
+    return or_masks(function, lambda b, q, k: alone[b, q] & (k == position[q]))
 
 
 def effective_rule(rule: str, text_only: bool) -> str:
