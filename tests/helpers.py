@@ -1,5 +1,7 @@
 """Small builders shared by test modules (on sys.path through pytest's `pythonpath`)."""
 
+import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -132,3 +134,20 @@ def short_llava_run(model, sample, output_dir, *extra) -> list[str]:
         *QUIET,
         *extra,
     ]
+
+
+def killed_then_done(args, plan, run_dir, seconds):
+    """The run under `plan`, rerun until it finishes; returns the plan that killed it. A plan `random:N` is a timer
+    at a seeded moment in (0.3, 0.95) of the uninterrupted run's `seconds`. When the run finishes before the timer
+    (the machine was faster this time), the folder is cleared and the timer comes at half the time, so the test
+    always sees a kill; a fixed plan (`write:…`, `trainer_state:…`) must kill on its first try."""
+    fraction = random.Random(plan).uniform(0.3, 0.95) if plan.startswith("random") else None
+    for _ in range(5):
+        timed = plan if fraction is None else f"after:{fraction * seconds:.2f}"
+        if until_done(args, timed) == KILLED:
+            return timed
+        if fraction is None:
+            raise AssertionError(f"{plan} did not interrupt the run")
+        shutil.rmtree(run_dir, ignore_errors=True)
+        fraction /= 2
+    raise AssertionError(f"{plan}: the run finished before every timer ({fraction * 2 * seconds:.2f} s the last)")

@@ -1,11 +1,9 @@
 """Kill a tiny anomaly training at chosen and at random points (inside checkpoint and run-config writes too), then
 rerun the same command: the weights equal the uninterrupted run's, bit for bit."""
 
-import random
-
 import pytest
 import torch
-from helpers import KILLED, adapter_weights, run_with_faults, until_done
+from helpers import adapter_weights, killed_then_done, run_with_faults
 
 pytestmark = pytest.mark.slow  # kills training processes
 
@@ -55,10 +53,7 @@ def anomaly_reference(synthetic_root, tmp_path_factory):
 )
 def test_an_anomaly_run_killed_anywhere_resumes_to_the_same_weights(plan, anomaly_reference, synthetic_root, tmp_path):
     reference, seconds = anomaly_reference
-    if plan.startswith("random"):
-        plan = f"after:{random.Random(plan).uniform(0.3, 0.95) * seconds:.2f}"
-    first = until_done(anomaly_args(synthetic_root, tmp_path / "run"), plan)
-    assert first == KILLED or plan.startswith("after"), f"{plan} did not interrupt the run"
+    plan = killed_then_done(anomaly_args(synthetic_root, tmp_path / "run"), plan, tmp_path / "run", seconds)
     weights = adapter_weights(tmp_path / "run")
     assert weights.keys() == reference.keys()
     for key, value in reference.items():

@@ -2,11 +2,10 @@
 same command: it resumes from the last complete checkpoint to the uninterrupted run's weights, bit for bit."""
 
 import json
-import random
 
 import pytest
 import torch
-from helpers import KILLED, run_with_faults, short_llava_run, until_done
+from helpers import killed_then_done, run_with_faults, short_llava_run
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow  # kills training processes
@@ -31,11 +30,9 @@ def test_a_llava_run_killed_anywhere_resumes_to_the_same_weights(
     plan, llava_reference, tiny_models, llava_sample, tmp_path
 ):
     reference, seconds = llava_reference
-    if plan.startswith("random"):
-        plan = f"after:{random.Random(plan).uniform(0.5, 0.95) * seconds:.2f}"
     output_dir = tmp_path / "run"
-    first = until_done(llava_args(tiny_models["llava_qwen_with_alternating_attn"], llava_sample, output_dir), plan)
-    assert first == KILLED or plan.startswith("after"), f"{plan} did not interrupt the run"
+    args = llava_args(tiny_models["llava_qwen_with_alternating_attn"], llava_sample, output_dir)
+    plan = killed_then_done(args, plan, output_dir, seconds)
     weights = load_file(output_dir / "model.safetensors")
     for key, value in reference.items():
         torch.testing.assert_close(weights[key], value, rtol=0, atol=0, msg=f"{plan}: {key}")
