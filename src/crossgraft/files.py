@@ -56,6 +56,19 @@ def atomic_write(path: Path | str, binary: bool = False) -> Iterator[IO[Any]]:
         raise
 
 
+def with_umask_modes(folder: Path | str) -> Path:
+    """Give every file under `folder` (which we just wrote) the mode the user's umask gives a new file (0644 under
+    umask 022). Libraries that write through a private temporary file (safetensors, ONNX's external data) leave
+    0600, which a team sharing a run folder cannot read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    mode = 0o666 & ~umask
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(mode)
+    return Path(folder)
+
+
 @contextmanager
 def atomic_folder(out: Path | str) -> Iterator[Path]:
     """Write a folder all or nothing: yields a fresh staging folder beside `out`, renamed to `out` when the block
@@ -68,6 +81,7 @@ def atomic_folder(out: Path | str) -> Iterator[Path]:
     staging.mkdir()
     try:
         yield staging
+        with_umask_modes(staging)
         if out.exists():
             out.rmdir()
         staging.rename(out)

@@ -2,6 +2,7 @@
 configs, identical weights, and refusals before anything is written."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -75,3 +76,35 @@ def test_refusals_come_before_anything_is_written(tiny_models, tmp_path):
     with pytest.raises(LlavaConfigError, match="bare Qwen2"):
         export_llava_next(str(tiny_models["qwen2"]), tmp_path / "q-llava-qwen")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def umask_022():
+    previous = os.umask(0o022)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def file_modes(folder) -> dict[str, str]:
+    return {str(p.relative_to(folder)): oct(p.stat().st_mode & 0o777) for p in folder.rglob("*") if p.is_file()}
+
+
+def test_weights_tokenizers_and_checkpoints_are_written_with_the_users_umask(umask_022, llava_sample, tmp_path):
+    """Under umask 022 every file a tiny model, a training run (its checkpoints included) and an export write is
+    0644: safetensors writes through a private temporary file, whose 0600 used to survive the rename."""
+    from helpers import QUIET, short_llava_run
+
+    from crossgraft.cli import main
+
+    model = make_tiny_model(tmp_path / "tiny", "llava_qwen")
+    run = tmp_path / "run"
+    args = short_llava_run(model, llava_sample, run, "--max_steps", "2", "--save_steps", "1", *QUIET)
+    assert main(["llava", "train", *args]) == 0
+    export_llava_next(str(run), tmp_path / "run-llava-qwen-export")
+    for folder in (model, run, tmp_path / "run-llava-qwen-export"):
+        modes = file_modes(folder)
+        assert "model.safetensors" in modes, folder
+        assert {name: mode for name, mode in modes.items() if mode != "0o644"} == {}, folder
+    assert "checkpoint-1/model.safetensors" in file_modes(run)

@@ -22,7 +22,7 @@ from transformers import (
 
 from crossgraft.bpe import byte_symbols
 from crossgraft.errors import ConfigError
-from crossgraft.files import ensure_folder, write_text_atomic
+from crossgraft.files import ensure_folder, with_umask_modes, write_text_atomic
 from crossgraft.images import save_image
 from crossgraft.llava import MODEL_CLASSES
 from crossgraft.llava.configuration import (
@@ -104,7 +104,7 @@ def make_tiny_model(out: Path | str, model_type: str = BASE_MODEL_TYPE, seed: in
     torch.manual_seed(seed)
     if model_type == "siglip":
         SiglipVisionModel(SiglipVisionConfig(**{**TINY_SIGLIP, **overrides})).save_pretrained(out)
-        return out
+        return with_umask_modes(out)
     model: PreTrainedModel
     if model_type == "qwen2":
         model = Qwen2ForCausalLM(tiny_qwen2_config(tokenizer, **overrides))
@@ -112,7 +112,7 @@ def make_tiny_model(out: Path | str, model_type: str = BASE_MODEL_TYPE, seed: in
         model = MODEL_CLASSES[model_type](tiny_llava_config(model_type, tokenizer, **overrides))
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
-    return out
+    return with_umask_modes(out)
 
 
 # --------------------------------------------------------------------------------------- sample data

@@ -31,7 +31,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from crossgraft.errors import TrainingError
-from crossgraft.files import write_text_atomic
+from crossgraft.files import with_umask_modes, write_text_atomic
 from crossgraft.graft import CheckpointError, file_problem
 from crossgraft.llava.config import AlternatingTrainingArguments, DataArguments, ModelArguments
 from crossgraft.llava.configuration import LlavaConfigError
@@ -160,8 +160,11 @@ class AlternatingTrainer(Trainer):
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """peft saves only the adapter: a LoRA model's fully trained parameters and its config go beside it."""
         super()._save(output_dir, state_dict)
+        folder = Path(output_dir or str(self.args.output_dir))
         if is_lora_model(cast(torch.nn.Module, self.model)) and self.args.should_save:
-            save_lora_extras(self.model, Path(output_dir or str(self.args.output_dir)))
+            save_lora_extras(self.model, folder)
+        if self.args.should_save:  # weights and adapters as the user's umask says (safetensors writes 0600)
+            with_umask_modes(folder)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
         super()._load_from_checkpoint(resume_from_checkpoint, model)

@@ -3,6 +3,7 @@ image sizes and batch 1 and 3, with a dynamic batch axis; the graph runs without
 predict writes the same files through every engine; bad input is refused with a reason."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -87,6 +88,16 @@ def test_metadata_describes_the_graph(exports, trained_run):
     assert metadata["check"]["max_relative_difference_vs_torch"] <= TOLERANCE
     assert "uint8 (B, S, S, 3)" in metadata["input"]["images"]
     assert sorted(p.name for p in exports["base64_ir"].folder.iterdir()) == ["metadata.json", "model.bin", "model.xml"]
+
+
+def test_every_exported_file_has_the_mode_the_users_umask_gives(exports):
+    """model.onnx.data and model.bin are written through private temporary files (0600); the installed export is
+    readable as the umask says, like every other file the user writes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for made in exports.values():
+        modes = {p.name: p.stat().st_mode & 0o777 for p in made.folder.iterdir() if p.is_file()}
+        assert modes and all(mode == 0o666 & ~umask for mode in modes.values()), (made.folder, modes)
 
 
 def test_the_graph_runs_without_crossgraft(exports, trained_run, synthetic_root, tmp_path):

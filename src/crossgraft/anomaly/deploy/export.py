@@ -46,7 +46,7 @@ from crossgraft.anomaly.infer import load_trained
 from crossgraft.anomaly.prompts import class_text
 from crossgraft.anomaly.run_folder import RUN_CONFIG
 from crossgraft.errors import ConfigError, OutputError
-from crossgraft.files import ensure_folder, write_text_atomic
+from crossgraft.files import ensure_folder, with_umask_modes, write_text_atomic
 from crossgraft.images import set_max_pixels
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,7 @@ def staging_folder(out: Path) -> Path:
 
 
 def install(staging: Path, out: Path) -> None:
+    with_umask_modes(staging)
     """Swap the finished folder into place (the old export is removed only after the new one is in)."""
     previous = out.parent / f".{out.name}.previous-{os.getpid()}"
     if out.exists():
