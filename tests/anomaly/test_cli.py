@@ -234,3 +234,56 @@ def test_attention_maps_command(cross_run, synthetic_root, tmp_path, capsys):
 def test_the_module_entry_point_runs():
     result = subprocess.run([sys.executable, "-m", "crossgraft", "anomaly", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "make-synthetic" in result.stdout
+
+
+HOSTILE_NAMES = ["../../x", "/abs", "a/b", "..", ".", ""]
+
+
+def files_under(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.slow  # loads a run for every command and name
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+def test_no_name_a_user_gives_writes_outside_out(name, trained_run, cross_run, synthetic_root, tmp_path, capsys,
+                                                 monkeypatch):  # fmt: skip
+    """A class name (from --class_name, --classes or a --meta line) or a run name that could climb out of --out is
+    refused with one line before anything is written, or made a plain name: every file written lies under --out."""
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)  # a relative escape would land here
+    out = tmp_path / "out"
+    image = next((synthetic_root / "dots" / "test" / "spot").glob("*.png"))
+    meta = tmp_path / "meta.jsonl"
+    record = {"image_path": str(image), "label": 0, "class_name": name, "mask_path": None}
+    meta.write_text(json.dumps(record) + "\n")
+    before = files_under(tmp_path)
+    device = ["--device", "cpu"]
+    refused = [
+        ["anomaly", "test", "--save_path", str(trained_run), "--dataset", "custom", "--data_root", "/",
+         "--meta", str(meta), "--visualize", "--out", str(out), *device],
+        ["anomaly", "test", "--save_path", str(trained_run), "--dataset", "synthetic", "--data_root",
+         str(synthetic_root), "--classes", name, "--visualize", "--out", str(out), *device],
+        ["anomaly", "predict", str(image), "--save_path", str(trained_run), "--class_name", name, "--out", str(out),
+         *device],
+        ["anomaly", "attention-maps", str(image), "--save_path", str(cross_run), "--class_name", name, "--out",
+         str(out), *device],
+        ["anomaly", "export", "--save_path", str(trained_run), "--class_name", name, "--out", str(out)],
+    ]  # fmt: skip
+    for command in refused:
+        code = main(command)
+        error = capsys.readouterr().err
+        if name == "" and command[1] == "export":  # an empty --class_name is no name: refused as none given
+            assert code == 2 and "--class_name needs at least one class" in error, error
+            continue
+        assert code == 2 and "it becomes a file name" in error and error.count("\n") == 1, (command[1], error)
+    assert files_under(tmp_path) == before  # refused before anything was written
+    results = trained_run / "results.json"
+    if not results.is_file():
+        assert main(["anomaly", "test", "--save_path", str(trained_run), "--dataset", "synthetic", "--data_root",
+                     str(synthetic_root), "--out", str(tmp_path / "evaluated"), *device]) == 0  # fmt: skip
+        results = tmp_path / "evaluated" / "results.json"
+    assert main(["anomaly", "compare", f"base={results}", f"{name or 'x'}={results}", "--out", str(out)]) == 0
+    capsys.readouterr()
+    written = files_under(tmp_path) - before
+    assert written and all(path.is_relative_to(out) or path.is_relative_to(tmp_path / "evaluated") for path in written)

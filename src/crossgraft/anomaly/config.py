@@ -26,7 +26,7 @@ from typing import Any, Literal
 from crossgraft.anomaly.catalog import default_data_root, get_spec
 from crossgraft.args import config_to_dict
 from crossgraft.errors import ConfigError
-from crossgraft.limits import MAX_PIXELS_HELP
+from crossgraft.limits import MAX_PIXELS_HELP, path_component
 
 PAPER_CLIP = "openai/clip-vit-large-patch14-336"
 PAPER_IMAGE_SIZE = 518  # AA-CLIP's run size for ViT-L/14 (37 x 37 patches)
@@ -107,6 +107,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         get_spec(self.dataset)  # an unknown name fails here, before anything else
         self.data_root, self.meta = _path(self.data_root), _path(self.meta)
+        for name in self.classes or []:
+            path_component(name, "--classes")
         if self.max_image_pixels is not None:
             _at_least("max_image_pixels", self.max_image_pixels, 1)
 
@@ -588,6 +590,7 @@ class RunOnImagesConfig:
 
     def __post_init__(self) -> None:
         self.inputs, self.out = Path(self.inputs), _path(self.out)
+        path_component(self.class_name, "--class_name")
         self.class_descriptions = _path(self.class_descriptions)
         if self.max_image_pixels is not None:
             _at_least("max_image_pixels", self.max_image_pixels, 1)
@@ -699,6 +702,8 @@ class ExportConfig:
         self.fit_on, self.class_descriptions = _path(self.fit_on), _path(self.class_descriptions)
         self.class_name = _split_names(self.class_name)
         _require(bool(self.class_name), "--class_name needs at least one class")
+        for name in self.class_name:
+            path_component(name, "--class_name")
         repeated = sorted({name for name in self.class_name if self.class_name.count(name) > 1})
         _require(not repeated, f"--class_name names {', '.join(repeated)} more than once")
         _require(

@@ -46,10 +46,10 @@ def evaluate_model(
     into the log first."""
     spec = get_spec(config.data.dataset)
     out = config.results_dir
+    samples = load_data(config.data, "test")  # bad data is refused before anything is written
     logger = setup_run_logging(out, "test.log", name="crossgraft.test")
     if warning:
         logger.warning(warning)
-    samples = load_data(config.data, "test")
     logger.info(
         "evaluating %s on %s: %d images; text adapter %s",
         label,

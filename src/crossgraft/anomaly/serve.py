@@ -36,6 +36,7 @@ from crossgraft.anomaly.visualize import (
 )
 from crossgraft.errors import CrossgraftError, DataError
 from crossgraft.images import read_rgb, set_max_pixels
+from crossgraft.limits import path_component
 
 log = logging.getLogger(__name__)
 DISPLAY_SIDE = 512  # the page's pictures are drawn at least this large
@@ -92,6 +93,7 @@ class PageDetector:
         name = (class_name or "").strip()
         if not name:
             raise DataError("choose a class from the list" + (" or type one" if self.engine.zero_shot else ""))
+        path_component(name, "the class name", DataError)
         if not self.engine.zero_shot and name not in self.engine.classes:
             raise DataError(
                 f"this export knows the classes {', '.join(self.engine.classes)}; {name!r} needs an export with it "

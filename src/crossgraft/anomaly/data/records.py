@@ -10,6 +10,7 @@ from pathlib import Path
 from crossgraft.errors import DataError
 from crossgraft.files import atomic_write
 from crossgraft.images import image_size
+from crossgraft.limits import path_component
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 NORMAL, ANOMALOUS = 0, 1
@@ -99,6 +100,8 @@ def check_samples(samples: list[Sample], *, allow_missing_masks: bool = False, w
     """Every listed file exists, and every anomalous sample has a mask (unless image-level only is allowed)."""
     suffix = f" ({where})" if where else ""
     for sample in samples:
+        path_component(sample.class_name, f"the class name of {sample.image_path}{suffix}", DataError)
+        path_component(sample.defect_type, f"the defect type of {sample.image_path}{suffix}", DataError)
         if not sample.image_path.is_file():
             raise DataError(f"image not found: {sample.image_path}{suffix}")
         if sample.mask_path is not None and not sample.mask_path.is_file():

@@ -29,6 +29,7 @@ from crossgraft.anomaly.prompts import class_text
 from crossgraft.devices import resolve_device
 from crossgraft.errors import ConfigError
 from crossgraft.graft import CheckpointError
+from crossgraft.limits import path_component
 
 EngineName = Literal["auto", "torch", "onnxruntime", "openvino"]
 METADATA = "metadata.json"
@@ -167,9 +168,12 @@ def read_metadata(folder: Path) -> ExportMetadata:
             f"{version}); this crossgraft {__version__} reads format version {EXPORT_VERSION}: upgrade crossgraft"
         )
     try:
-        return ExportMetadata(**document)
+        metadata = ExportMetadata(**document)
     except TypeError as error:
         raise CheckpointError(f"{path} does not hold the expected entries ({error})") from error
+    for name in metadata.classes if isinstance(metadata.classes, list) else []:
+        path_component(str(name), f"{path}: the class name", CheckpointError)
+    return metadata
 
 
 def class_position(metadata: ExportMetadata, class_name: str, folder: Path) -> int:
