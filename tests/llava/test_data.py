@@ -272,3 +272,26 @@ def test_the_label_mode_reaches_the_training_data(tiny_tokenizer, llava_sample):
     assert learned["llava_next"] > learned["answers"] > 0
     with pytest.raises(LlavaConfigError, match="--label_mode"):
         DataArguments(label_mode="everything")
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda r: r.update(video="clip.mp4"),
+        lambda r: r["conversations"][0].update(value="<video>\nDescribe."),
+    ],
+    ids=["video_entry", "video_placeholder"],
+)
+def test_video_records_are_refused_by_id_when_read_and_at_inspection(tmp_path, change, capsys):
+    """A video record would train on the literal text `<video>`: refused, naming the record, by the reader that
+    training uses and by --inspect_data."""
+    from crossgraft.cli import train_alternating as train_main
+
+    records = [record(0), record(1)]
+    change(records[1])
+    path = write_json(tmp_path / "data.json", records)
+    with pytest.raises(LlavaDataError, match=r"data.json, record 1 \(id r1\): video is not supported"):
+        load_records(str(path))
+    assert train_main(["--data_path", str(path), "--inspect_data"]) == 2
+    printed = capsys.readouterr()
+    assert "record 1 (id r1): video is not supported" in printed.out + printed.err

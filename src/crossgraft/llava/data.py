@@ -26,6 +26,7 @@ from crossgraft.llava.configuration import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from crossgraft.llava.processing import ImageProcessor
 
 IMAGE_PLACEHOLDER = "<image>"
+VIDEO_PLACEHOLDER = "<video>"  # LLaVA-NeXT's video token: refused (crossgraft trains on images)
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 
@@ -154,6 +155,11 @@ def validate_record(record: Record) -> None:
             raise LlavaDataError(
                 f'{record.where}: turn {number} must be {{"from": human|gpt, "value": text}}, found {turn!r:.80}'
             )
+    if "video" in data or any(VIDEO_PLACEHOLDER in turn["value"] for turn in turns):
+        raise LlavaDataError(
+            f"{record.where}: video is not supported (the record has a 'video' entry or a {VIDEO_PLACEHOLDER} "
+            "placeholder, which would be trained on as literal text); remove it or give its frames as images"
+        )
     roles = [ROLES[turn["from"]] for turn in turns]
     if roles[0] == "system":
         roles, turns = roles[1:], turns[1:]
