@@ -15,6 +15,7 @@ import logging
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -118,12 +119,12 @@ class Stage:
     save: Callable[[int], Path]  # writes the checkpoint after an epoch (1-based count); returns the file
     scheduler: MultiStepLR | None = None  # stepped per iteration, as the public code does
 
-    @property
+    @cached_property  # read at every step: listed once
     def groups(self) -> dict[str, list[torch.nn.Parameter]]:
         """The trainable parameters by module."""
         return {name: list(module.parameters()) for name, module in self.modules.items()}
 
-    @property
+    @cached_property
     def parameters(self) -> list[torch.nn.Parameter]:
         return [p for group in self.groups.values() for p in group]
 
