@@ -14,6 +14,7 @@ from crossgraft.anomaly.backbone import (
     default_levels,
     interpolate_position_embedding,
     load_clip,
+    read_openai_checkpoint,
 )
 from crossgraft.anomaly.tiny_tokenizer import build_tiny_tokenizer
 
@@ -162,6 +163,25 @@ def test_openai_checkpoint_matches_an_independent_forward_pass(tmp_path, tokeniz
     texts = ["a photo of a damaged bottle.", "the screw", "a grid with flaw."]
     token_ids = backbone.tokenize(texts)
     torch.testing.assert_close(backbone.encode_text(texts), reference_text(sd, token_ids), atol=1e-5, rtol=1e-4)
+
+
+def test_an_openai_torchscript_clip_is_read_without_torch_jit_load(tmp_path, tokenizer_dir, monkeypatch):
+    sd = openai_state_dict(len(build_tiny_tokenizer()))
+    path = tmp_path / "ViT-tiny.pt"
+    save_torchscript({**sd, "input_resolution": torch.tensor(GRID * PATCH)}, path)
+    with torch.no_grad():
+        theirs = torch.jit.load(str(path), map_location="cpu").state_dict()
+    ours = read_openai_checkpoint(path)
+    scalars = {"input_resolution", "context_length", "vocab_size"}  # dropped: the model's sizes come from shapes
+    assert set(ours) == set(theirs) - scalars and "visual.proj" in ours
+    assert all(torch.equal(ours[key], theirs[key]) for key in ours)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("torch.jit.load was called on a user's file")
+
+    monkeypatch.setattr(torch.jit, "load", refuse)
+    backbone = load_clip(str(path), tokenizer=str(tokenizer_dir))
+    assert backbone.image_size == GRID * PATCH
 
 
 def test_non_clip_checkpoint_and_missing_file_are_clear_errors(tmp_path, tokenizer_dir):

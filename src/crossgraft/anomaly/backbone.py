@@ -11,8 +11,6 @@ state dict with OpenAI/open_clip key names), or the `tiny` preset (random weight
 from __future__ import annotations
 
 import math
-import warnings
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
@@ -28,6 +26,7 @@ from crossgraft.anomaly.config import BackboneConfig, GeluKind, VVMode
 from crossgraft.anomaly.tiny_tokenizer import build_tiny_tokenizer
 from crossgraft.devices import resolve_device
 from crossgraft.errors import CrossgraftError
+from crossgraft.torchscript import TorchScriptError, is_torchscript_archive, read_torchscript_state_dict
 
 GELU_ACTIVATIONS = {"quick": "quick_gelu", "exact": "gelu"}
 OPENAI_CHECKPOINT_SUFFIXES = {".pt", ".pth", ".bin"}
@@ -460,13 +459,11 @@ def _load_tokenizer(source: str) -> CLIPTokenizer:
 # ------------------------------------------------------------------------------ OpenAI-format checkpoints
 def read_openai_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     """Read a TorchScript archive (OpenAI's `ViT-L-14-336px.pt`) or a plain state dict; tensors on CPU."""
-    if _is_torchscript_archive(path):
+    if is_torchscript_archive(path):
         try:
-            with warnings.catch_warnings():  # TorchScript is deprecated, but OpenAI ships CLIP in it
-                warnings.simplefilter("ignore", DeprecationWarning)
-                state_dict = torch.jit.load(str(path), map_location="cpu").state_dict()
-        except RuntimeError as error:
-            raise BackboneError(f"{path}: could not read this TorchScript archive ({error})") from error
+            state_dict = read_torchscript_state_dict(path)  # read as data: torch.jit.load would run the archive's code
+        except TorchScriptError as error:
+            raise BackboneError(str(error)) from error
     else:
         try:
             state_dict = torch.load(path, map_location="cpu", weights_only=True)
@@ -480,13 +477,6 @@ def read_openai_checkpoint(path: Path) -> dict[str, torch.Tensor]:
     for extra in ("input_resolution", "context_length", "vocab_size"):  # scalars in OpenAI's archives
         state_dict.pop(extra, None)
     return state_dict
-
-
-def _is_torchscript_archive(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
 
 
 def _count_blocks(state_dict: dict[str, torch.Tensor], prefix: str) -> int:
