@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -88,6 +89,77 @@ def atomic_folder(out: Path | str) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def replace_folder(staging: Path | str, out: Path | str) -> None:
+    """Swap a finished `staging` folder in as `out`, replacing the folder there. Two renames: `out` moves aside to
+    `.NAME.previous-PID`, then `staging` (named `.NAME.partial-PID` by its writer) becomes `out`, then the old one is
+    removed. A kill between the renames leaves no `out`; `recover_folder` (which readers and the next writer call)
+    puts the old folder back, so a reader always finds the old folder or the new one."""
+    staging, out = Path(staging), Path(out)
+    with_umask_modes(staging)
+    previous = out.parent / f".{out.name}.previous-{os.getpid()}"
+    if out.exists():
+        out.rename(previous)
+    staging.rename(out)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def recover_folder(out: Path | str, wait_seconds: float = 5.0) -> list[str]:
+    """Clean up after a `replace_folder` (or a writer of `.NAME.partial-PID`) that was killed: when `out` is missing
+    and a killed swap moved it aside, move it back; remove the other leftovers of dead processes. A live process's
+    leftovers are its work in progress: when one is between its two renames, wait (up to `wait_seconds`) for its
+    `out` to appear. Returns what was done, one line each, for the caller to log; an unwritable parent is left as
+    it is (a reader then finds what is there)."""
+    out = Path(out)
+    done: list[str] = []
+    deadline = time.monotonic() + wait_seconds
+    while True:
+        leftovers = [(path, _writer_pid(path)) for path in _swap_leftovers(out)]
+        busy = [path for path, pid in leftovers if pid is not None and _alive(pid)]
+        dead = [path for path, pid in leftovers if path not in busy]
+        if out.exists() or not any(".previous-" in path.name for path in busy) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    try:
+        previous = sorted((p for p in dead if ".previous-" in p.name), key=lambda p: p.stat().st_mtime)
+        if not out.exists() and previous:
+            previous[-1].rename(out)
+            dead.remove(previous[-1])
+            done.append(f"restored {out} from {previous[-1].name}, which an interrupted replacement left")
+        for path in dead:
+            shutil.rmtree(path, ignore_errors=True)
+            done.append(f"removed {path.name}, left by an interrupted write of {out}")
+    except OSError:
+        pass
+    return done
+
+
+def _swap_leftovers(out: Path) -> list[Path]:
+    if not out.parent.is_dir():
+        return []
+    prefixes = (f".{out.name}.previous-", f".{out.name}.partial-")
+    return [path for path in out.parent.iterdir() if path.name.startswith(prefixes)]
+
+
+def _writer_pid(path: Path) -> int | None:
+    suffix = path.name.rsplit("-", 1)[-1]
+    return int(suffix) if suffix.isdigit() else None
+
+
+def _alive(pid: int) -> bool:
+    """Whether another process of that id runs (our own id counts as dead: our swaps are not in progress now)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    except OverflowError:
+        return False
+    return True
 
 
 def write_text_atomic(path: Path | str, text: str) -> Path:

@@ -200,11 +200,79 @@ def test_broken_lora_folders_name_what_is_wrong(trained_lora_run, tmp_path):
     with pytest.raises(CheckpointError, match=r"model.image_newline has shape \(3,\) but the model's is \(64,\)"):
         load_model(str(broken))
     (broken / NON_LORA_FILE).unlink()
-    with pytest.raises(CheckpointError, match="no non_lora_trainables.safetensors; this LoRA run folder is incomplete"):
+    with pytest.raises(
+        CheckpointError, match="non_lora_trainables.safetensors is missing: this LoRA run folder is incomplete"
+    ):
         load_model(str(broken))
     with pytest.raises(CheckpointError, match="is not a LoRA run folder"):
         main_merge = __import__("crossgraft.llava.export", fromlist=["merge_lora"]).merge_lora
         main_merge(lora_base(trained_lora_run), tmp_path / "out")
+
+
+def broken_copy(run, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.rmtree(broken, ignore_errors=True)
+    shutil.copytree(run, broken)
+    return broken
+
+
+def cut(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def rewrite_config(folder, **changes):
+    path = folder / "adapter_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+def grow_lora_a(folder):
+    tensors = load_file(str(folder / "adapter_model.safetensors"))
+    key = next(name for name in sorted(tensors) if "lora_A" in name)
+    tensors[key] = torch.zeros(tensors[key].shape[0], tensors[key].shape[1] + 1)
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+
+
+def bin_adapter(folder):
+    adapter = folder / "adapter_model.safetensors"
+    torch.save(load_file(str(adapter)), folder / "adapter_model.bin")
+    adapter.unlink()
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda f: cut(f / "adapter_config.json"), r"adapter_config.json is not readable json .*cut or damaged"),
+        (lambda f: (f / "adapter_config.json").write_text("[]"), r"adapter_config.json: expected a JSON object"),
+        (lambda f: rewrite_config(f, r=0), r"'r' \(the LoRA rank\) must be a whole number > 0, not 0"),
+        (lambda f: rewrite_config(f, peft_type="IA3"), r"a IA3 adapter; crossgraft loads LoRA adapters"),
+        (lambda f: cut(f / "adapter_model.safetensors"), r"adapter_model.safetensors is incomplete or corrupt"),
+        (lambda f: cut(f / NON_LORA_FILE), r"non_lora_trainables.safetensors is incomplete or corrupt"),
+        (lambda f: (f / NON_LORA_FILE).write_bytes(b"\xff" * 64), r"non_lora_trainables.safetensors is incomplete"),
+        (lambda f: (f / "adapter_model.safetensors").unlink(), r"adapter_model.safetensors is missing"),
+        (bin_adapter, r"holds its adapter as adapter_model.bin, a pickle, .*Convert it once"),
+        (lambda f: rewrite_config(f, base_model_name_or_path=str(f)), r"as its base model, which is a LoRA run folder"),
+        (
+            grow_lora_a,
+            r"down_proj.lora_A.weight has shape \(4, 129\) but model.layers.0.mlp.down_proj "
+            r"\(a 128 -> 64 linear layer\) needs \(4, 128\)",
+        ),
+        (
+            lambda f: rewrite_config(f, r=8),
+            r"lora_A.weight has shape \(4, 128\) but .* needs \(8, 128\): .*another --lora_r",
+        ),
+    ],
+)
+def test_every_file_of_a_lora_folder_is_checked_and_named(trained_lora_run, tmp_path, capsys, damage, message):
+    broken = broken_copy(trained_lora_run, tmp_path)
+    damage(broken)
+    with pytest.raises(CheckpointError, match=message):
+        load_model(str(broken))
+    assert main(["llava", "merge-lora", str(tmp_path / "m"), "--model_name_or_path", str(broken)]) == 2
+    error = capsys.readouterr().err
+    assert "Traceback" not in error and [line for line in error.splitlines() if "error" in line][0].startswith("error:")
+    assert not (tmp_path / "m").exists()
 
 
 def test_adapters_get_gradients_under_gradient_checkpointing_on_text_only_batches():

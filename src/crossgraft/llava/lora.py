@@ -25,11 +25,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save
 from torch import nn
 
-from crossgraft.files import atomic_folder, atomic_write
-from crossgraft.graft import CheckpointError
+from crossgraft.errors import DataError
+from crossgraft.files import atomic_folder, atomic_write, read_text
+from crossgraft.graft import CheckpointError, file_problem
 from crossgraft.llava.configuration import LlavaConfigError
 
 if TYPE_CHECKING:
@@ -42,6 +44,7 @@ BASE_FOLDER = "base"
 MERGED_FOLDER = "merged"
 LANGUAGE_LAYERS = "model.layers."
 # Settings a run may change without changing the weights; a LoRA run's config.json carries them for its base.
+ADAPTER_KEY = re.compile(r"^(?:base_model\.model\.)?(.+)\.(lora_A|lora_B)(?:\.[^.]+)?\.weight$")  # peft's names
 RUN_SETTINGS = ("image_aspect_ratio", "image_grid_pinpoints", "tokenizer_model_max_length", "tokenizer_padding_side")
 
 
@@ -139,25 +142,95 @@ def is_lora_folder(path: str | Path) -> bool:
     return Path(path).is_dir() and (Path(path) / ADAPTER_CONFIG).is_file()
 
 
+def read_adapter_config(folder: str | Path) -> dict[str, Any]:
+    """A LoRA run folder's adapter_config.json, checked, after every file the folder must hold is checked too: each
+    problem is one CheckpointError naming the file, before anything is loaded."""
+    folder = Path(folder)
+    path = folder / ADAPTER_CONFIG
+    try:
+        config = json.loads(read_text(path, ADAPTER_CONFIG))
+    except (json.JSONDecodeError, RecursionError) as error:
+        raise CheckpointError(
+            f"{path} is not readable json ({str(error)[:120]}): the file is cut or damaged"
+        ) from error
+    except DataError as error:
+        raise CheckpointError(str(error)) from error
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(config).__name__}")
+    if config.get("peft_type", "LORA") != "LORA":
+        raise CheckpointError(f"{path}: a {str(config.get('peft_type'))[:40]} adapter; crossgraft loads LoRA adapters")
+    rank = config.get("r")
+    if not (isinstance(rank, int) and not isinstance(rank, bool) and rank > 0):
+        raise CheckpointError(f"{path}: 'r' (the LoRA rank) must be a whole number > 0, not {repr(rank)[:40]}")
+    base = config.get("base_model_name_or_path")
+    if not (isinstance(base, str) and base):
+        raise CheckpointError(f"{path} does not name its base model (base_model_name_or_path)")
+    weights = folder / ADAPTER_WEIGHTS
+    if not weights.is_file() and (folder / "adapter_model.bin").is_file():
+        raise CheckpointError(
+            f"{folder} holds its adapter as adapter_model.bin, a pickle, which crossgraft does not load (unpickling "
+            'can run code from the file). Convert it once, if you trust it: python -c "import torch; from '
+            "safetensors.torch import save_file; save_file(torch.load('adapter_model.bin', weights_only=True), "
+            "'adapter_model.safetensors')\" in that folder"
+        )
+    for file in (weights, folder / NON_LORA_FILE):
+        problem = file_problem(file)
+        if problem:
+            raise CheckpointError(f"{file} is {problem}: this LoRA run folder is incomplete or damaged")
+    return config
+
+
 def lora_base(folder: str | Path) -> str:
     """The base checkpoint a LoRA run folder adapts: adapter_config.json's base_model_name_or_path, or, when that
-    folder is gone (the run was moved), the `base` folder the run wrote beside its checkpoints."""
+    folder is gone (the run was moved), the `base` folder the run wrote beside its checkpoints. A base that is itself
+    a LoRA run folder (the run's own folder, say) is refused: the base must be a full checkpoint."""
     folder = Path(folder)
-    config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    base = config.get("base_model_name_or_path")
-    if not base:
-        raise CheckpointError(f"{folder}/{ADAPTER_CONFIG} does not name its base model (base_model_name_or_path)")
+    base = read_adapter_config(folder)["base_model_name_or_path"]
     if Path(base).name == BASE_FOLDER and not Path(base).is_dir():
         for moved in (folder / BASE_FOLDER, folder.parent / BASE_FOLDER):
             if moved.is_dir():
                 return str(moved)
-    return str(base)
+    if is_lora_folder(base):
+        itself = " (this folder itself)" if Path(base).resolve() == folder.resolve() else ""
+        raise CheckpointError(
+            f"{folder / ADAPTER_CONFIG} names {base}{itself} as its base model, which is a LoRA run folder: "
+            "base_model_name_or_path must name the full checkpoint the run started from"
+        )
+    return base
+
+
+def check_adapter_shapes(base_model: nn.Module, folder: Path, config: dict[str, Any]) -> None:
+    """Every lora_A / lora_B of the adapter fits the base model's linear layer it adapts: A (r, in), B (out, r)."""
+    path = folder / ADAPTER_WEIGHTS
+    fixed_rank = not config.get("rank_pattern")  # a rank pattern sets ranks per module
+    with safe_open(str(path), "pt") as handle:
+        shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    for key, shape in shapes.items():
+        match = ADAPTER_KEY.match(key)
+        if match is None:
+            continue
+        module_name, part = match.groups()
+        try:
+            module = base_model.get_submodule(module_name)
+        except AttributeError:
+            raise CheckpointError(f"{path}: {key} adapts {module_name}, which the base model does not have") from None
+        if not isinstance(module, nn.Linear) or len(shape) != 2:
+            continue
+        rank = config["r"] if fixed_rank else (shape[0] if part == "lora_A" else shape[1])
+        expected = (rank, module.in_features) if part == "lora_A" else (module.out_features, rank)
+        if shape != expected:
+            raise CheckpointError(
+                f"{path}: {key} has shape {shape} but {module_name} (a {module.in_features} -> {module.out_features} "
+                f"linear layer) needs {expected}: the adapter was trained on another base model "
+                "or another --lora_r"
+            )
 
 
 def apply_lora_folder(base_model: LlavaQwenForCausalLM, folder: str | Path, run_config: dict[str, Any]) -> Any:
     """`base_model` with the run's settings, its fully trained parameters and its adapters (a peft model)."""
     peft = import_peft()
     folder = Path(folder)
+    adapter_config = read_adapter_config(folder)
     if run_config.get("model_type") != base_model.config.model_type:
         raise CheckpointError(
             f"{folder} is a {run_config.get('model_type')} run but its base {lora_base(folder)} loads as "
@@ -167,6 +240,7 @@ def apply_lora_folder(base_model: LlavaQwenForCausalLM, folder: str | Path, run_
         if name in run_config:
             setattr(base_model.config, name, run_config[name])
     load_non_lora_trainables(base_model, folder)
+    check_adapter_shapes(base_model, folder, adapter_config)
     return peft.PeftModel.from_pretrained(base_model, str(folder))
 
 

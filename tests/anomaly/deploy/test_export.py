@@ -327,3 +327,113 @@ def test_export_and_predict_from_the_command_line(trained_run, synthetic_root, t
     assert "exported for the classes dots, not 'walnut'" in capsys.readouterr().err
     assert main([*args, "--format", "openvino", "--quantize", "int8"]) == 2
     assert main([*predict, "--class_name", "dots", "--save_path", str(trained_run)]) == 2
+
+
+def copied_export(exports, name, tmp_path, **changes):
+    """A copy of an export with its metadata.json entries changed (a value of ... drops the entry)."""
+    folder = tmp_path / f"copy_{name}"
+    shutil.rmtree(folder, ignore_errors=True)
+    shutil.copytree(exports[name].folder, folder)
+    metadata = json.loads((folder / "metadata.json").read_text())
+    metadata = {key: value for key, value in {**metadata, **changes}.items() if value is not ...}
+    (folder / "metadata.json").write_text(json.dumps(metadata))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"classes": "checker,dots"}, r"'classes' must be a non-empty list of class names, not 'checker,dots'"),
+        ({"classes": []}, r"'classes' must be a non-empty list"),
+        ({"classes": ["dots", "dots"]}, r"'classes' must be distinct names"),
+        ({"classes": [1, 2]}, r"'classes' must be a non-empty list of class names, not \[1, 2\]"),
+        ({"classes": ["dots", "../x"]}, r"the class name '../x' .*separator"),
+        ({"thresholds": {"dots": float("nan")}}, r"the threshold of dots must be a finite number, not nan"),
+        ({"thresholds": {"dots": "0.5"}}, r"the threshold of dots must be a finite number, not '0.5'"),
+        ({"thresholds": {"walnut": 0.5}}, r"threshold is given for 'walnut', which is not one of the classes"),
+        ({"thresholds": [0.5]}, r"'thresholds' must be a JSON object"),
+        ({"graph": "../../model.onnx"}, r"the graph file '../../model.onnx' .*separator"),
+        ({"graph": "/etc/passwd"}, r"the graph file '/etc/passwd' .*separator"),
+        ({"graph": "other.onnx"}, r"names the graph file other.onnx, which is not in"),
+        ({"graph": 7}, r"'graph' must be a file name, not 7"),
+        ({"image_size": -64}, r"'image_size' must be a whole number from 1 to 16384, not -64"),
+        ({"image_size": "64"}, r"'image_size' must be a whole number from 1 to 16384, not '64'"),
+        ({"image_size": True}, r"'image_size' must be a whole number"),
+        ({"class_texts": ["one"]}, r"'class_texts' must be a list of 2 texts, one per class"),
+        ({"domain": "space"}, r"'domain' must be 'industrial' or 'medical', not 'space'"),
+        ({"graph_format": "tflite"}, r"'graph_format' must be 'onnx' or 'openvino'"),
+        ({"epoch": 1.5}, r"'epoch' must be a whole number >= 0, not 1.5"),
+        ({"classes": ...}, r"does not hold the expected entries \(missing: 'classes'\)"),
+        ({"surprise": 1}, r"does not hold the expected entries \(unknown: 'surprise'\)"),
+    ],
+)
+def test_metadata_json_is_validated_before_anything_runs(exports, tmp_path, changes, message):
+    folder = copied_export(exports, "base64", tmp_path, **changes)
+    with pytest.raises(CheckpointError, match=message):
+        engines.read_metadata(folder)
+
+
+def test_a_metadata_file_that_is_not_an_object_or_not_json_is_one_error(exports, tmp_path):
+    folder = copied_export(exports, "base64", tmp_path)
+    for text, message in [
+        ("[1, 2]", "expected a JSON object, found list"),
+        ("{", "not readable json"),
+        ("[" * 100_000, "not readable json"),
+        ('"\udc80"', "not utf-8 text"),
+    ]:
+        (folder / "metadata.json").write_text(text, errors="surrogatepass")
+        with pytest.raises(CheckpointError, match=message):
+            OnnxRuntimeEngine(folder)
+
+
+@pytest.mark.parametrize("name", ["base64", "base64_ir"])
+def test_a_graph_exported_for_other_classes_is_refused(exports, tmp_path, name):
+    folder = copied_export(exports, name, tmp_path, classes=["dots"], class_texts=["dots"])
+    engine = OpenVINOEngine if name == "base64_ir" else OnnxRuntimeEngine
+    with pytest.raises(CheckpointError, match=r"exported for '2' classes but its metadata.json lists 1 \(dots\)"):
+        engine(folder)
+
+
+@pytest.mark.parametrize(
+    ("name", "damaged", "how", "message"),
+    [
+        ("base64", "model.onnx", b"garbage", r"ONNX Runtime cannot load the graph .*model.onnx: .*Protobuf parsing"),
+        ("base64", "model.onnx", b"", r"ONNX Runtime cannot load the graph .*model.onnx: .*No graph"),
+        ("base64", "model.onnx", "cut", r"ONNX Runtime cannot load the graph .*model.onnx"),
+        ("base64", "model.onnx.data", None, r"model.onnx: its weights file model.onnx.data is missing"),
+        ("base64", "model.onnx.data", "cut", r"ONNX Runtime cannot load the graph .*model.onnx: .*External"),
+        ("base64_ir", "model.xml", b"<net", r"OpenVINO cannot load the graph .*model.xml"),
+        ("base64_ir", "model.xml", "cut", r"OpenVINO cannot load the graph .*model.xml: .*offset"),
+        ("base64_ir", "model.bin", None, r"model.xml: its weights file model.bin is missing"),
+        ("base64_ir", "model.bin", "cut", r"OpenVINO cannot load the graph .*model.xml: Incorrect weights"),
+    ],
+)
+def test_a_damaged_graph_file_is_one_error_naming_it(exports, tmp_path, name, damaged, how, message):
+    folder = copied_export(exports, name, tmp_path)
+    path = folder / damaged
+    if how is None:
+        path.unlink()
+    elif how == "cut":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:
+        path.write_bytes(how)
+    with pytest.raises(CheckpointError, match=message + r".*export the run again"):
+        open_engine("auto", model=folder).run(sample_images_of_zeros(), "dots")
+
+
+def sample_images_of_zeros():
+    return np.zeros((1, 64, 64, 3), dtype=np.uint8)
+
+
+def test_an_export_a_kill_left_moved_aside_is_found_and_the_next_export_cleans_up(exports, trained_run, tmp_path):
+    from tests.test_files import dead_pid
+
+    out = tmp_path / "export"
+    shutil.copytree(exports["base64"].folder, tmp_path / f".export.previous-{dead_pid()}")  # killed between renames
+    shutil.copytree(exports["base64"].folder, tmp_path / f".export.partial-{dead_pid()}")
+    assert not out.exists()
+    assert OnnxRuntimeEngine(out).classes == CLASSES  # the reader put the old export back
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+    (tmp_path / f".export.partial-{dead_pid()}").mkdir()
+    export(ExportConfig(save_path=trained_run, class_name=["dots"], out=out))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"] and OnnxRuntimeEngine(out).classes == ["dots"]

@@ -8,10 +8,13 @@ files, and `fit_threshold` fits a class's threshold on normal images (predict --
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
+import logging
+import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -19,6 +22,7 @@ import numpy as np
 import torch
 
 from crossgraft import __version__
+from crossgraft.anomaly.catalog import INDUSTRIAL, MEDICAL
 from crossgraft.anomaly.config import PredictConfig, ServeConfig
 from crossgraft.anomaly.data.formats import read_folder
 from crossgraft.anomaly.data.records import Sample
@@ -27,7 +31,8 @@ from crossgraft.anomaly.detector import INPUT_NAMES, AnomalyDetector, Detection,
 from crossgraft.anomaly.infer import TrainedRun, load_trained
 from crossgraft.anomaly.prompts import class_text
 from crossgraft.devices import resolve_device
-from crossgraft.errors import ConfigError
+from crossgraft.errors import ConfigError, CrossgraftError, DataError
+from crossgraft.files import read_text, recover_folder
 from crossgraft.graft import CheckpointError
 from crossgraft.limits import path_component
 
@@ -35,6 +40,9 @@ EngineName = Literal["auto", "torch", "onnxruntime", "openvino"]
 METADATA = "metadata.json"
 EXPORT_FORMAT = "crossgraft.anomaly.export"
 EXPORT_VERSION = 1
+MAX_IMAGE_SIDE = 16384  # an export's input side; ViT-L at 518 is the largest in use
+log = logging.getLogger(__name__)
+GRAPH_CLASSES_KEY = "crossgraft.classes"  # the class axis' length, recorded in the graph itself
 ENGINE_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 
 
@@ -151,29 +159,116 @@ class ExportMetadata:
 
 
 def read_metadata(folder: Path) -> ExportMetadata:
-    """Read and check DIR/metadata.json: written by this crossgraft's format or an older one."""
-    path = Path(folder) / METADATA
+    """Read and check DIR/metadata.json (this crossgraft's format or an older one) before anything runs. What a
+    killed export left beside the folder is cleaned up first (`recover_folder`)."""
+    folder = Path(folder)
+    for line in recover_folder(folder):
+        log.warning("%s", line)
+    path = folder / METADATA
     if not path.is_file():
         raise ConfigError(f"{path} not found: is {folder} a folder written by `crossgraft anomaly export`?")
     try:
-        document = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"{path} is not readable json ({error})") from error
-    name, _, version = str(document.get("format", "")).partition("/")
-    if name != EXPORT_FORMAT or not version.isdigit():
-        raise CheckpointError(f"{path} is not crossgraft export metadata (format {document.get('format')!r})")
+        document = json.loads(read_text(path, METADATA))
+    except (json.JSONDecodeError, RecursionError) as error:
+        raise CheckpointError(f"{path} is not readable json ({str(error)[:120]})") from error
+    except DataError as error:
+        raise CheckpointError(str(error)) from error
+    if not isinstance(document, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(document).__name__}")
+    name, _, version = str(document.get("format", ""))[:200].partition("/")
+    if name != EXPORT_FORMAT or not version.isdigit() or len(version) > 6:
+        raise CheckpointError(f"{path} is not crossgraft export metadata (format {shown(document.get('format'))})")
     if int(version) > EXPORT_VERSION:
         raise CheckpointError(
-            f"{folder} was exported by a newer crossgraft ({document.get('crossgraft_version')}, format version "
-            f"{version}); this crossgraft {__version__} reads format version {EXPORT_VERSION}: upgrade crossgraft"
+            f"{folder} was exported by a newer crossgraft ({str(document.get('crossgraft_version'))[:40]}, format "
+            f"version {version}); this crossgraft {__version__} reads format version {EXPORT_VERSION}: upgrade "
+            "crossgraft"
         )
-    try:
-        metadata = ExportMetadata(**document)
-    except TypeError as error:
-        raise CheckpointError(f"{path} does not hold the expected entries ({error})") from error
-    for name in metadata.classes if isinstance(metadata.classes, list) else []:
-        path_component(str(name), f"{path}: the class name", CheckpointError)
+    known = {entry.name for entry in fields(ExportMetadata)}
+    unknown = sorted(set(document) - known)
+    missing = sorted(entry.name for entry in fields(ExportMetadata) if entry.name not in document and _required(entry))
+    if unknown or missing:
+        raise CheckpointError(
+            f"{path} does not hold the expected entries ("
+            + "; ".join(part for part in (_listed("unknown", unknown), _listed("missing", missing)) if part)
+            + ")"
+        )
+    metadata = ExportMetadata(**document)
+    check_metadata(metadata, path)
     return metadata
+
+
+def check_metadata(metadata: ExportMetadata, path: Path) -> None:
+    """Every entry of an export's metadata.json has the type and value it must have; the graph file is in the
+    folder. A CheckpointError names the entry and what it holds."""
+
+    def require(ok: bool, key: str, expected: str) -> None:
+        if not ok:
+            raise CheckpointError(f"{path}: {key!r} must be {expected}, not {shown(getattr(metadata, key))}")
+
+    for key in ("domain", "variant", "backbone", "source", "quantization", "crossgraft_version"):
+        require(isinstance(getattr(metadata, key), str), key, "text")
+    for key in ("run_config", "input", "outputs", "normalisation", "check", "thresholds"):
+        require(isinstance(getattr(metadata, key), dict), key, "a JSON object")
+    require(
+        metadata.thresholds_fitted_on is None or isinstance(metadata.thresholds_fitted_on, str),
+        "thresholds_fitted_on",
+        "text or null",
+    )
+    require(_is_int(metadata.epoch) and metadata.epoch >= 0, "epoch", "a whole number >= 0")
+    require(metadata.graph_format in ("onnx", "openvino"), "graph_format", "'onnx' or 'openvino'")
+    require(
+        _is_int(metadata.image_size) and 0 < metadata.image_size <= MAX_IMAGE_SIDE,
+        "image_size",
+        f"a whole number from 1 to {MAX_IMAGE_SIDE}",
+    )
+    require(metadata.domain in (INDUSTRIAL, MEDICAL), "domain", f"{INDUSTRIAL!r} or {MEDICAL!r}")
+    classes = metadata.classes
+    require(
+        isinstance(classes, list) and len(classes) > 0 and all(isinstance(c, str) for c in classes),
+        "classes",
+        "a non-empty list of class names",
+    )
+    require(len(set(classes)) == len(classes), "classes", "distinct names")
+    for class_name in classes:
+        path_component(class_name, f"{path}: the class name", CheckpointError)
+    texts = metadata.class_texts
+    require(
+        isinstance(texts, list) and len(texts) == len(classes) and all(isinstance(t, str) for t in texts),
+        "class_texts",
+        f"a list of {len(classes)} texts, one per class",
+    )
+    for class_name, threshold in metadata.thresholds.items():
+        if class_name not in classes:
+            raise CheckpointError(
+                f"{path}: a threshold is given for {shown(class_name)}, which is not one of the classes"
+            )
+        if not (isinstance(threshold, int | float) and not isinstance(threshold, bool) and math.isfinite(threshold)):
+            raise CheckpointError(
+                f"{path}: the threshold of {class_name} must be a finite number, not {shown(threshold)}"
+            )
+    require(isinstance(metadata.graph, str), "graph", "a file name")
+    path_component(metadata.graph, f"{path}: the graph file", CheckpointError)
+    if not (path.parent / metadata.graph).is_file():
+        raise CheckpointError(f"{path} names the graph file {metadata.graph}, which is not in {path.parent}")
+
+
+def shown(value: object) -> str:
+    """A short repr of a value read from a user's file, for an error message."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _required(entry: Field[Any]) -> bool:
+    return entry.default is MISSING and entry.default_factory is MISSING
+
+
+def _listed(what: str, keys: list[str]) -> str:
+    return f"{what}: {', '.join(shown(key) for key in keys[:10])}" if keys else ""
 
 
 def class_position(metadata: ExportMetadata, class_name: str, folder: Path) -> int:
@@ -194,6 +289,43 @@ def check_graph_size(graph_side: object, metadata: ExportMetadata, folder: Path)
             f"the graph in {folder} takes {graph_side}x{graph_side} images but its {METADATA} says "
             f"{metadata.image_size}: the files come from different exports"
         )
+
+
+def check_graph_classes(graph_classes: str | None, metadata: ExportMetadata, folder: Path) -> None:
+    """Refuse a graph whose class axis (recorded in the graph when it was exported) differs from metadata.json's
+    class list. Exports made before the graph recorded it are not checked."""
+    if graph_classes is not None and graph_classes != str(len(metadata.classes)):
+        raise CheckpointError(
+            f"the graph in {folder} was exported for {shown(graph_classes)} classes but its {METADATA} lists "
+            f"{len(metadata.classes)} ({', '.join(metadata.classes)}): the files come from different exports"
+        )
+
+
+@contextlib.contextmanager
+def engine_errors(engine: str, action: str, graph: Path) -> Iterator[None]:
+    """An inference engine's own error while loading or running a graph becomes one line naming the graph file
+    (and its weights file beside it)."""
+    try:
+        yield
+    except CrossgraftError:
+        raise
+    except Exception as error:  # each engine raises its own classes (RuntimeError, ORT's Fail, InvalidProtobuf...)
+        weights = graph.with_suffix(".bin") if graph.suffix == ".xml" else Path(f"{graph}.data")
+        if not weights.exists() and (graph.suffix == ".xml" or "xternal" in str(error)):
+            problem = f"its weights file {weights.name} is missing"
+        else:
+            problem = _engine_reason(error)
+        raise CheckpointError(
+            f"{engine} cannot {action} the graph {graph}: {problem}. The export is damaged or incomplete: export the "
+            "run again"
+        ) from error
+
+
+def _engine_reason(error: Exception) -> str:
+    """The line of an engine's message that says what is wrong (OpenVINO's first lines name its source files)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("Exception from", "Check '"))]
+    return ((useful or lines or [type(error).__name__])[-1])[:200].rstrip(".")
 
 
 class ExportedEngine:
@@ -238,13 +370,18 @@ class OnnxRuntimeEngine(ExportedEngine):
         options.log_severity_level = 3  # errors only: its optimiser's notes are not the user's business
         if threads:
             options.intra_op_num_threads = threads
-        graph = str(self.folder / self.metadata.graph)
-        self.session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
-        check_graph_size(self.session.get_inputs()[0].shape[1], self.metadata, self.folder)
+        self.graph_path = self.folder / self.metadata.graph
+        with engine_errors("ONNX Runtime", "load", self.graph_path):
+            self.session = ort.InferenceSession(str(self.graph_path), options, providers=["CPUExecutionProvider"])
+            graph_classes = self.session.get_modelmeta().custom_metadata_map.get(GRAPH_CLASSES_KEY)
+            graph_side = self.session.get_inputs()[0].shape[1]
+        check_graph_size(graph_side, self.metadata, self.folder)
+        check_graph_classes(graph_classes, self.metadata, self.folder)
 
     def infer(self, images: np.ndarray, class_index: np.ndarray) -> list[np.ndarray]:
         """The graph's outputs by ONNX Runtime: anomaly map (B, S, S), image score (B,), det score (B,)."""
-        return list(self.session.run(None, {INPUT_NAMES[0]: images, INPUT_NAMES[1]: class_index}))
+        with engine_errors("ONNX Runtime", "run", self.graph_path):
+            return list(self.session.run(None, {INPUT_NAMES[0]: images, INPUT_NAMES[1]: class_index}))
 
 
 class OpenVINOEngine(ExportedEngine):
@@ -257,17 +394,24 @@ class OpenVINOEngine(ExportedEngine):
         ov = require_package("openvino", "the openvino engine")
         super().__init__(folder)
         core = ov.Core()
-        model = core.read_model(str(self.folder / self.metadata.graph))
-        check_graph_size(model.inputs[0].get_partial_shape()[1].get_length(), self.metadata, self.folder)
+        self.graph_path = self.folder / self.metadata.graph
         settings: dict[str, Any] = {"INFERENCE_PRECISION_HINT": precision}
         if threads:
             settings["INFERENCE_NUM_THREADS"] = threads
-        self.compiled = core.compile_model(model, "CPU", settings)
+        with engine_errors("OpenVINO", "load", self.graph_path):
+            model = core.read_model(str(self.graph_path), str(self.graph_path.with_suffix(".bin")))
+            graph_side = model.inputs[0].get_partial_shape()[1].get_length()
+            key = GRAPH_CLASSES_KEY.split(".")
+            graph_classes = model.get_rt_info(key).astype(str) if model.has_rt_info(key) else None
+            check_graph_size(graph_side, self.metadata, self.folder)
+            check_graph_classes(graph_classes, self.metadata, self.folder)
+            self.compiled = core.compile_model(model, "CPU", settings)
 
     def infer(self, images: np.ndarray, class_index: np.ndarray) -> list[np.ndarray]:
         """The graph's outputs by OpenVINO: anomaly map (B, S, S), image score (B,), det score (B,)."""
-        outputs = self.compiled([images, class_index])
-        return [outputs[i] for i in range(len(outputs))]
+        with engine_errors("OpenVINO", "run", self.graph_path):
+            outputs = self.compiled([images, class_index])
+            return [outputs[i] for i in range(len(outputs))]
 
 
 def engine_from(settings: PredictConfig | ServeConfig, require_text_adapter: bool = False) -> Engine:

@@ -31,6 +31,7 @@ import torch
 from crossgraft.anomaly.config import ExportConfig
 from crossgraft.anomaly.data.transforms import CLIP_MEAN, CLIP_STD
 from crossgraft.anomaly.deploy.engines import (
+    GRAPH_CLASSES_KEY,
     METADATA,
     Engine,
     ExportedEngine,
@@ -46,7 +47,7 @@ from crossgraft.anomaly.infer import load_trained
 from crossgraft.anomaly.prompts import class_text
 from crossgraft.anomaly.run_folder import RUN_CONFIG
 from crossgraft.errors import ConfigError, OutputError
-from crossgraft.files import ensure_folder, with_umask_modes, write_text_atomic
+from crossgraft.files import ensure_folder, recover_folder, replace_folder, write_text_atomic
 from crossgraft.images import set_max_pixels
 
 log = logging.getLogger(__name__)
@@ -121,13 +122,16 @@ def export(config: ExportConfig) -> ExportResult:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     if config.quantize == "none" and difference > FP32_TOLERANCE:
+        rejected = config.out.parent / f"{config.out.name}.rejected"
+        shutil.rmtree(rejected, ignore_errors=True)
+        staging.rename(rejected)
         raise OutputError(
             f"the exported graph's outputs differ from PyTorch's by {difference:.2e} (relative), more than "
-            f"{FP32_TOLERANCE:g}: the export is left in {staging} for inspection and not installed as {config.out}"
+            f"{FP32_TOLERANCE:g}: the export is left in {rejected} for inspection and not installed as {config.out}"
         )
     metadata.check = {"max_relative_difference_vs_torch": difference, "images": CHECK_BATCH, "seed": CHECK_SEED}
     write_text_atomic(staging / METADATA, json.dumps(asdict(metadata), indent=2) + "\n")
-    install(staging, config.out)
+    replace_folder(staging, config.out)
     return ExportResult(config.out, metadata, difference, time.perf_counter() - started)
 
 
@@ -150,8 +154,10 @@ def fit_thresholds(engine: Engine, config: ExportConfig) -> dict[str, float]:
 
 
 def staging_folder(out: Path) -> Path:
-    """A fresh folder beside `out`, renamed into place when the export is complete. An `out` that exists must be
-    an earlier export (it is replaced), never another folder."""
+    """A fresh folder beside `out`, swapped into place when the export is complete. An `out` that exists must be
+    an earlier export (it is replaced), never another folder. What killed exports left is cleaned up first."""
+    for line in recover_folder(out):
+        log.warning("%s", line)
     if out.exists() and not (out / METADATA).is_file() and (not out.is_dir() or any(out.iterdir())):
         raise OutputError(f"{out} exists and is not an export folder (no {METADATA}): choose another --out")
     ensure_folder(out.parent)
@@ -159,16 +165,6 @@ def staging_folder(out: Path) -> Path:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir()
     return staging
-
-
-def install(staging: Path, out: Path) -> None:
-    with_umask_modes(staging)
-    """Swap the finished folder into place (the old export is removed only after the new one is in)."""
-    previous = out.parent / f".{out.name}.previous-{os.getpid()}"
-    if out.exists():
-        out.rename(previous)
-    staging.rename(out)
-    shutil.rmtree(previous, ignore_errors=True)
 
 
 def example_inputs(side: int, classes: int, batch: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -209,9 +205,16 @@ def write_graph(graph: AnomalyDetector, folder: Path, graph_format: str = "onnx"
         remove_graph(traced_path)
     if graph_format == "openvino":
         ov = require_package("openvino", "--format openvino")
-        ov.save_model(ov.convert_model(str(onnx_path)), str(folder / IR_FILE), compress_to_fp16=False)
+        model = ov.convert_model(str(onnx_path))
+        model.set_rt_info(str(graph.num_classes), GRAPH_CLASSES_KEY.split("."))
+        ov.save_model(model, str(folder / IR_FILE), compress_to_fp16=False)
         remove_graph(onnx_path)
         return folder / IR_FILE
+    onnx = require_package("onnx", "exporting an ONNX graph")
+    model = onnx.load(str(onnx_path), load_external_data=False)  # the weights stay in model.onnx.data
+    entry = model.metadata_props.add()
+    entry.key, entry.value = GRAPH_CLASSES_KEY, str(graph.num_classes)
+    onnx.save(model, str(onnx_path))
     return onnx_path
 
 
