@@ -191,21 +191,35 @@ class JsonLine:
 
 
 def read_json_lines(
-    path: Path | str, what: str = "file", *, stop_at_broken_line: bool = False, error: type[DataError] = DataError
+    path: Path | str,
+    what: str = "file",
+    *,
+    broken_lines: list[JsonLine] | None = None,
+    error: type[DataError] = DataError,
 ) -> list[JsonLine]:
     """Every non-empty line of a JSON Lines file, parsed (both families' .jsonl files are read here). A line that is
-    not JSON is an `error` (a DataError) naming the file and line; with `stop_at_broken_line` the lines before it
-    are returned instead (a file an interrupted writer cut short ends in such a line)."""
+    not JSON is an `error` (a DataError) naming the file and line; when a `broken_lines` list is given, such a line
+    is added to it instead (its text as the value) and reading goes on (a file an interrupted writer cut short ends
+    in such a line)."""
     lines = []
     for number, line in enumerate(read_text(path, what).splitlines(), start=1):
         if not line.strip():
             continue
         try:
-            lines.append(JsonLine(number, json.loads(line)))
-        except json.JSONDecodeError as problem:
-            if stop_at_broken_line:
-                break
-            raise error(f"{path}:{number}: not valid json ({problem.msg})") from problem
-        except RecursionError as problem:
-            raise error(f"{path}:{number}: json nested too deeply to read") from problem
+            value = json.loads(line)
+        except (ValueError, RecursionError) as problem:  # ValueError also covers integers too long to convert
+            if broken_lines is None:
+                raise error(f"{path}:{number}: not valid json ({json_problem(problem)})") from problem
+            broken_lines.append(JsonLine(number, line))
+            continue
+        lines.append(JsonLine(number, value))
     return lines
+
+
+def json_problem(problem: Exception) -> str:
+    """What json.loads found wrong, in a few words (its own message for a syntax error)."""
+    if isinstance(problem, json.JSONDecodeError):
+        return f"{problem.msg}, line {problem.lineno} column {problem.colno}"
+    if isinstance(problem, RecursionError):
+        return "nested too deeply to read"
+    return str(problem).split(";")[0][:120]  # e.g. an integer with more digits than Python converts

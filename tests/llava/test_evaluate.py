@@ -103,3 +103,69 @@ def test_attribute_words_are_checked_against_the_answer():
 
     assert attribute_hits("A red circle on a white background.", ["red", "circle", "white"]) == 3
     assert attribute_hits("A reddish circle.", ["red", "circle", "light blue"]) == 1
+
+
+def resumed_copy(evaluated, tmp_path, lines):
+    """A fresh evaluation folder holding the settings of `evaluated` and the given predictions.jsonl lines."""
+    config, folder, _ = evaluated
+    out = tmp_path / "resumed"
+    out.mkdir()
+    (out / "evaluation.json").write_text((folder / "evaluation.json").read_text())
+    (out / PREDICTIONS_FILE).write_text("".join(line + "\n" for line in lines))
+    return EvaluateConfig(**{**config.__dict__, "out": out}), out
+
+
+def recording_batches(monkeypatch):
+    evaluated_ids = []
+    original = evaluate_module._evaluate_batch
+
+    def recording(model, tokenizer, dataset, chunk, *args):
+        evaluated_ids.extend(sample.sample_id for sample in chunk)
+        return original(model, tokenizer, dataset, chunk, *args)
+
+    monkeypatch.setattr(evaluate_module, "_evaluate_batch", recording)
+    return evaluated_ids
+
+
+def test_rows_that_are_not_valid_are_dropped_by_line_and_evaluated_again(evaluated, monkeypatch, tmp_path):
+    _, folder, summary = evaluated
+    full = rows_of(folder)
+    assert all(isinstance(row["fingerprint"], str) for row in full)
+    lines = [json.dumps(row) for row in full]
+    lines[1] = json.dumps({**full[1], "loss_sum": "0.5"})  # a string where a number goes
+    lines[2] = json.dumps([full[2]])  # not an object
+    lines[3] = json.dumps({key: value for key, value in full[3].items() if key != "tokens"})
+    lines.insert(5, json.dumps({**full[0], "prediction": "a later duplicate"}))  # the first of an id is kept
+    lines.insert(6, '{"id": "sample-0009", "predic')  # a cut line in the middle
+    config, out = resumed_copy(evaluated, tmp_path, lines)
+    evaluated_ids = recording_batches(monkeypatch)
+    _, resumed = evaluate(config)
+    assert evaluated_ids == [full[1]["id"], full[2]["id"], full[3]["id"]]
+    assert sorted(rows_of(out), key=lambda row: row["id"]) == sorted(full, key=lambda row: row["id"])
+    assert resumed == summary
+    log = (out / "evaluate.log").read_text()
+    for number, reason in [(2, "'loss_sum' is missing or not a float"), (3, "a JSON list, not a row object"),
+                           (4, "'tokens' is missing"), (6, "repeats the id 'sample-0000' of line 1"),
+                           (7, "not valid json")]:  # fmt: skip
+        assert f"{PREDICTIONS_FILE}:{number}: {reason}" in log, (number, log)
+
+
+def test_a_row_from_another_evaluation_is_refused(evaluated, tiny_models, tmp_path):
+    config, folder, _ = evaluated
+    full = rows_of(folder)
+    lines = [json.dumps(row) for row in full[:3]] + [json.dumps({**full[3], "fingerprint": "0123456789abcdef"})]
+    config, out = resumed_copy(evaluated, tmp_path, lines)
+    before = (out / PREDICTIONS_FILE).read_text()
+    with pytest.raises(LlavaConfigError, match=rf"{PREDICTIONS_FILE}:4 was written by another evaluation"):
+        evaluate(config)
+    assert (out / PREDICTIONS_FILE).read_text() == before  # nothing lost
+
+
+def test_a_second_evaluation_into_the_same_folder_stops_at_once(evaluated, tmp_path):
+    from crossgraft.lock import RunFolderInUse, RunLock
+
+    config, out = resumed_copy(evaluated, tmp_path, [])
+    with RunLock(out):  # another evaluation holds the folder
+        with pytest.raises(RunFolderInUse, match="in use by another run"):
+            evaluate(config)
+    assert (out / PREDICTIONS_FILE).read_text() == "" and not (out / "evaluate.log").exists()

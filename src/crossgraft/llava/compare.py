@@ -21,10 +21,17 @@ import numpy as np
 
 from crossgraft.bootstrap import bootstrap_interval
 from crossgraft.errors import ConfigError
-from crossgraft.files import read_text, write_text_atomic
+from crossgraft.files import write_text_atomic
 from crossgraft.llava.caption_metrics import CAPTION_METRICS, caption_statistics, mean_finalize
 from crossgraft.llava.config import EvaluateConfig
-from crossgraft.llava.evaluate import PREDICTIONS_FILE, SETTINGS_FILE, evaluate, evaluation_folder, read_predictions
+from crossgraft.llava.evaluate import (
+    PREDICTIONS_FILE,
+    SETTINGS_FILE,
+    evaluate,
+    evaluation_folder,
+    read_predictions,
+    read_settings,
+)
 
 
 @dataclass
@@ -82,8 +89,15 @@ def evaluation_of(path: Path, data_path: str | None) -> Path:
 def load_evaluation(folder: Path) -> Evaluation:
     if not (folder / "summary.json").is_file():
         raise ConfigError(f"{folder}: the evaluation is not complete (no summary.json); run `evaluate` again")
-    settings = json.loads(read_text(folder / SETTINGS_FILE, "evaluation settings"))
-    rows = sorted(read_predictions(folder / PREDICTIONS_FILE), key=lambda row: row["id"])
+    settings = read_settings(folder / SETTINGS_FILE)
+    predictions = read_predictions(folder / PREDICTIONS_FILE)
+    if predictions.problems:
+        raise ConfigError(
+            f"{predictions.problems[0]}"
+            + (f" (and {len(predictions.problems) - 1} more)" if len(predictions.problems) > 1 else "")
+            + f": run `crossgraft llava evaluate` on {folder} again to evaluate those samples anew"
+        )
+    rows = sorted(predictions.values, key=lambda row: row["id"])
     return Evaluation(folder, settings, rows)
 
 

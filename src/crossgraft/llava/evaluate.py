@@ -9,7 +9,9 @@ evaluate.log.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
-from crossgraft.files import atomic_write, read_json_lines, read_text, write_text_atomic
+from crossgraft.files import JsonLine, atomic_write, json_problem, read_json_lines, read_text, write_text_atomic
 from crossgraft.images import set_max_pixels
 from crossgraft.llava.caption_metrics import CAPTION_METRICS, caption_statistics, mean_finalize, summed_value, words
 from crossgraft.llava.config import EvaluateConfig
@@ -40,6 +42,7 @@ from crossgraft.llava.data import (
 from crossgraft.llava.loading import load_model
 from crossgraft.llava.modeling import LlavaQwenForCausalLM
 from crossgraft.llava.processing import ImageProcessor
+from crossgraft.lock import RunLock
 from crossgraft.runlog import setup_run_logging
 
 SETTINGS_FILE = "evaluation.json"
@@ -132,13 +135,26 @@ def settings_of(config: EvaluateConfig) -> dict[str, Any]:
     }
 
 
+def read_settings(path: Path) -> dict[str, Any]:
+    """An evaluation folder's evaluation.json: a JSON object, or a LlavaConfigError naming the file."""
+    try:
+        saved = json.loads(read_text(path, "evaluation settings"))
+    except (ValueError, RecursionError) as error:
+        raise LlavaConfigError(
+            f"{path}: not valid json ({json_problem(error)}); delete the folder to start over"
+        ) from error
+    if not isinstance(saved, dict):
+        raise LlavaConfigError(f"{path}: expected a JSON object, found {type(saved).__name__}")
+    return saved
+
+
 def check_settings(folder: Path, settings: dict[str, Any]) -> None:
     """A folder holding predictions made with other settings is refused rather than mixed."""
     path = folder / SETTINGS_FILE
     if not path.is_file():
         write_text_atomic(path, json.dumps(settings, indent=2) + "\n")
         return
-    saved = json.loads(read_text(path, "evaluation settings"))
+    saved = read_settings(path)
     changed = sorted(key for key in settings if saved.get(key) != settings[key])
     if changed:
         raise LlavaConfigError(
@@ -147,11 +163,113 @@ def check_settings(folder: Path, settings: dict[str, Any]) -> None:
         )
 
 
-def read_predictions(path: Path) -> list[dict[str, Any]]:
-    """The complete lines of predictions.jsonl (a line cut short by an interruption is dropped)."""
+ROW_FIELDS: dict[str, tuple[type, ...]] = {
+    "id": (str,),
+    "prediction": (str,),
+    "reference": (str,),
+    "loss_sum": (float, int),
+    "tokens": (int,),
+    "attributes_right": (int,),
+    "attributes_total": (int,),
+}
+FINGERPRINT_SAMPLE_BYTES = 1 << 16  # read from the start, middle and end of each weight file
+
+
+@dataclass
+class PredictionsFile:
+    """predictions.jsonl as read: its valid rows (the first of each id, in file order) and one line per line that
+    was dropped (cut short, not a row, a repeated id), naming the file and line."""
+
+    rows: list[JsonLine]
+    problems: list[str]
+
+    @property
+    def values(self) -> list[dict[str, Any]]:
+        return [row.value for row in self.rows]
+
+
+def row_problem(row: Any) -> str | None:
+    """What is wrong with one predictions.jsonl row, or None for a valid row."""
+    if not isinstance(row, dict):
+        return f"a JSON {type(row).__name__}, not a row object"
+    for name, types in ROW_FIELDS.items():
+        value = row.get(name)
+        if not isinstance(value, types) or isinstance(value, bool):
+            return f"{name!r} is missing or not a {types[0].__name__}"
+    if not math.isfinite(row["loss_sum"]) or min(row["tokens"], row["attributes_right"], row["attributes_total"]) < 0:
+        return "a loss that is not finite or a negative count"
+    if "fingerprint" in row and not isinstance(row["fingerprint"], str):
+        return "'fingerprint' is not text"
+    return None
+
+
+def read_predictions(path: Path) -> PredictionsFile:
+    """The valid rows of predictions.jsonl; every other line (one an interruption cut short, one that is not a
+    complete row, a repeated id: the first is kept) is listed in `problems` and left out."""
     if not path.is_file():
-        return []
-    return [line.value for line in read_json_lines(path, "predictions file", stop_at_broken_line=True)]
+        return PredictionsFile([], [])
+    broken: list[JsonLine] = []
+    lines = read_json_lines(path, "predictions file", broken_lines=broken)
+    problems = [(line.number, "not valid json (cut short?)") for line in broken]
+    rows: list[JsonLine] = []
+    first_line: dict[str, int] = {}
+    for line in lines:
+        problem = row_problem(line.value)
+        if problem is None and line.value["id"] in first_line:
+            problem = f"repeats the id {line.value['id']!r} of line {first_line[line.value['id']]} (the first is kept)"
+        if problem is not None:
+            problems.append((line.number, problem))
+            continue
+        first_line[line.value["id"]] = line.number
+        rows.append(line)
+    return PredictionsFile(rows, [f"{path}:{number}: {problem}" for number, problem in sorted(problems)])
+
+
+def evaluation_fingerprint(settings: dict[str, Any], model_name_or_path: str) -> str:
+    """Names one evaluation: its settings and its model's weights (each local weight file's size and bytes sampled
+    from its start, middle and end, so a retrained model in the same folder differs while a copy does not)."""
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
+    folder = Path(model_name_or_path)
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin")) if folder.is_dir() else []
+    for path in files:
+        size = path.stat().st_size
+        digest.update(f"{path.name}:{size}".encode())
+        with path.open("rb") as handle:
+            for offset in (
+                0,
+                max(size // 2 - FINGERPRINT_SAMPLE_BYTES // 2, 0),
+                max(size - FINGERPRINT_SAMPLE_BYTES, 0),
+            ):
+                handle.seek(offset)
+                digest.update(handle.read(FINGERPRINT_SAMPLE_BYTES))
+    return digest.hexdigest()[:16]
+
+
+def resumable_rows(
+    path: Path, samples: list[HeldOutSample], fingerprint: str, logger: logging.Logger
+) -> list[dict[str, Any]]:
+    """The rows of an interrupted evaluation that this one keeps. Lines that are not valid rows, rows of an older
+    crossgraft (no fingerprint) and rows whose sample is gone or changed are dropped with a warning and evaluated
+    again; a row written by another evaluation (other model weights or settings) is refused."""
+    found = read_predictions(path)
+    for problem in found.problems:
+        logger.warning("%s: dropped; the sample is evaluated again", problem)
+    current = {sample.sample_id: sample for sample in samples}
+    kept = []
+    for row in found.rows:
+        where = f"{path}:{row.number}"
+        if "fingerprint" not in row.value:
+            logger.warning("%s: written by an older crossgraft (no fingerprint); the sample is evaluated again", where)
+        elif row.value["fingerprint"] != fingerprint:
+            raise LlavaConfigError(
+                f"{where} was written by another evaluation (other model weights or settings): pass another --out, "
+                f"or delete {path} to start over"
+            )
+        elif row.value["id"] not in current or current[row.value["id"]].answer != row.value["reference"]:
+            logger.warning("%s: its sample %r is no longer in the data as it was; dropped", where, row.value["id"])
+        else:
+            kept.append(row.value)
+    return kept
 
 
 @dataclass
@@ -214,13 +332,26 @@ def evaluate(config: EvaluateConfig, model: LlavaQwenForCausalLM | None = None) 
     set_max_pixels(config.max_image_pixels)
     samples, skipped = held_out_samples(read_records(config.data_path), config.missing_answers)
     folder = evaluation_folder(config)
+    with RunLock(folder):  # one writer per evaluation folder
+        return _evaluate(config, model, folder, samples, skipped)
+
+
+def _evaluate(
+    config: EvaluateConfig,
+    model: LlavaQwenForCausalLM | None,
+    folder: Path,
+    samples: list[HeldOutSample],
+    skipped: list[str],
+) -> tuple[Path, EvaluationSummary]:
     logger = setup_run_logging(folder, LOG_FILE, "crossgraft.llava.evaluate")
-    check_settings(folder, settings_of(config))
+    settings = settings_of(config)
+    check_settings(folder, settings)
     if skipped:
         logger.warning("skipped %d record(s) without an answer: %s", len(skipped), ", ".join(skipped))
     predictions_path = folder / PREDICTIONS_FILE
-    done = read_predictions(predictions_path)
-    with atomic_write(predictions_path) as file:  # drop a line an interruption may have cut short
+    fingerprint = evaluation_fingerprint(settings, config.model_name_or_path)
+    done = resumable_rows(predictions_path, samples, fingerprint, logger)
+    with atomic_write(predictions_path) as file:  # only the rows kept
         file.writelines(json.dumps(row) + "\n" for row in done)
     done_ids = {row["id"] for row in done}
     todo = [sample for sample in samples if sample.sample_id not in done_ids]
@@ -244,11 +375,12 @@ def evaluate(config: EvaluateConfig, model: LlavaQwenForCausalLM | None = None) 
         for start in tqdm(batches, desc="evaluating", unit="batch", disable=None):
             chunk = todo[start : start + config.batch_size]
             rows = _evaluate_batch(model, tokenizer, dataset, chunk, collate, config, generator, pad)
+            rows = [{**row, "fingerprint": fingerprint} for row in rows]
             with predictions_path.open("a", encoding="utf-8") as file:
                 file.writelines(json.dumps(row) + "\n" for row in rows)
                 file.flush()
 
-    by_id = {row["id"]: row for row in read_predictions(predictions_path)}
+    by_id = {row["id"]: row for row in read_predictions(predictions_path).values}
     rows = [by_id[sample.sample_id] for sample in samples]
     summary = summarize(rows, skipped)
     write_text_atomic(folder / SUMMARY_FILE, json.dumps(asdict(summary), indent=2) + "\n")
