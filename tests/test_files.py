@@ -97,3 +97,69 @@ def test_a_live_writers_work_in_progress_is_left_alone(tmp_path):
         finally:
             writer.kill()
     assert recover_folder(out) and version_of(out) == "old"
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+HUGE_NUMBER = "1" * 100_000
+HOSTILE_DOCUMENTS = {
+    "deep.json": DEEP,
+    "nested.json": '{"a": ' + "[" * 150 + "]" * 150 + "}",  # within the parser's reach, past MAX_NESTING
+    "huge.json": '{"a": ' + HUGE_NUMBER + "}",
+    "deep.yaml": DEEP,
+    "huge.yaml": "a: " + HUGE_NUMBER,
+    "cycle.yaml": "a: &x [1, *x]\n",
+    "deep.jsonl": DEEP + "\n",
+    "huge.jsonl": HUGE_NUMBER + "\n",
+}
+
+
+def readers():
+    from crossgraft.anomaly.data.formats import read_jsonl, read_meta_json
+    from crossgraft.anomaly.prompts import load_class_descriptions
+    from crossgraft.args import read_config_file
+    from crossgraft.llava.data import read_records
+
+    return {
+        "--config": read_config_file,
+        "class descriptions": load_class_descriptions,
+        "--meta jsonl": read_jsonl,
+        "meta.json": read_meta_json,
+        "LLaVA data": lambda path: read_records(str(path)),
+    }
+
+
+@pytest.mark.parametrize("name", sorted(HOSTILE_DOCUMENTS))
+def test_deep_huge_and_self_referencing_documents_are_one_error_in_every_reader(tmp_path, name):
+    from crossgraft.errors import CrossgraftError
+
+    path = tmp_path / name
+    path.write_text(HOSTILE_DOCUMENTS[name])
+    for what, reader in readers().items():
+        with pytest.raises(CrossgraftError) as refused:
+            reader(path)
+        assert str(path) in str(refused.value), (what, refused.value)
+
+
+@pytest.mark.parametrize(
+    "literal", ["[" * 100_000 + "]" * 100_000, "(" * 150 + ")" * 150, HUGE_NUMBER, "{'a': 'b' * 10**9}"]
+)
+def test_a_constants_py_with_deep_or_huge_literals_is_one_error(tmp_path, literal):
+    from crossgraft.anomaly.prompts import load_class_descriptions
+    from crossgraft.errors import ConfigError
+
+    path = tmp_path / "constants.py"
+    path.write_text(f"REAL_NAMES = {literal}\n")
+    with pytest.raises(ConfigError, match="constants.py"):
+        load_class_descriptions(path)
+
+
+def test_a_settings_file_larger_than_any_real_one_is_refused_unread(tmp_path):
+    from crossgraft.args import read_config_file
+    from crossgraft.errors import ConfigError
+    from crossgraft.limits import MAX_SETTINGS_BYTES
+
+    path = tmp_path / "big.yaml"
+    with path.open("w") as handle:
+        handle.truncate(MAX_SETTINGS_BYTES + 1)
+    with pytest.raises(ConfigError, match=r"big.yaml: 16,777,217 bytes, more than a config file holds"):
+        read_config_file(path)

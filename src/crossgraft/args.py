@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import json
 import sys
 import types
 from collections.abc import Callable, Sequence
@@ -23,10 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast, get_args, get_origin, get_type_hints
 
-import yaml
 from transformers import HfArgumentParser
 
-from crossgraft.errors import ConfigError, CrossgraftError
+from crossgraft.errors import ConfigError, CrossgraftError, DataError
+from crossgraft.files import parse_json, parse_yaml, read_text
+from crossgraft.limits import MAX_SETTINGS_BYTES
 
 CONFIG_FLAG = "--config"
 # keys crossgraft writes into a saved run config beside the settings themselves; ignored when read back
@@ -97,11 +97,11 @@ def read_config_file(path: Path | str) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        text = path.read_text(encoding="utf-8")
-        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as error:
-        kind = "yaml" if path.suffix in (".yaml", ".yml") else "json"
-        raise ConfigError(f"{path}: not a valid {kind} file ({error})") from error
+        text = read_text(path, "config file", max_bytes=MAX_SETTINGS_BYTES)
+    except DataError as error:
+        raise ConfigError(str(error)) from error
+    parse = parse_yaml if path.suffix in (".yaml", ".yml") else parse_json
+    data = parse(text, str(path), ConfigError)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of flag names to values, found {type(data).__name__}")
     return data

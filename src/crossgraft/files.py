@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from crossgraft.errors import DataError, OutputError
+import yaml
+
+from crossgraft.errors import CrossgraftError, DataError, OutputError
+from crossgraft.limits import MAX_NESTING
 
 
 def ensure_folder(folder: Path | str) -> Path:
@@ -169,10 +172,13 @@ def write_text_atomic(path: Path | str, text: str) -> Path:
     return Path(path)
 
 
-def read_text(path: Path | str, what: str = "file") -> str:
-    """A utf-8 text file; a missing, unreadable or non-utf-8 file is a DataError naming it (and the byte)."""
+def read_text(path: Path | str, what: str = "file", max_bytes: int | None = None) -> str:
+    """A utf-8 text file; a missing, unreadable or non-utf-8 file (or one over `max_bytes`) is a DataError naming it
+    (and the byte)."""
     path = Path(path)
     try:
+        if max_bytes is not None and path.stat().st_size > max_bytes:
+            raise DataError(f"{path}: {path.stat().st_size:,} bytes, more than a {what} holds (at most {max_bytes:,})")
         return path.read_text(encoding="utf-8")
     except FileNotFoundError as error:
         raise DataError(f"{what} not found: {path}") from error
@@ -206,14 +212,55 @@ def read_json_lines(
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
-        except (ValueError, RecursionError) as problem:  # ValueError also covers integers too long to convert
+            value = parse_json(line, f"{path}:{number}", error)
+        except DataError:
             if broken_lines is None:
-                raise error(f"{path}:{number}: not valid json ({json_problem(problem)})") from problem
+                raise
             broken_lines.append(JsonLine(number, line))
             continue
         lines.append(JsonLine(number, value))
     return lines
+
+
+def parse_json(text: str, where: str, error: type[CrossgraftError] = DataError) -> Any:
+    """A JSON document read from a user's file, checked by `check_nesting`; anything else is one `error` naming
+    `where` (a syntax error, nesting too deep to read, a number with more digits than Python converts)."""
+    try:
+        value = json.loads(text)
+    except (ValueError, RecursionError, MemoryError) as problem:
+        raise error(f"{where}: not valid json ({json_problem(problem)})") from problem
+    check_nesting(value, where, error)
+    return value
+
+
+def parse_yaml(text: str, where: str, error: type[CrossgraftError] = DataError) -> Any:
+    """A YAML document (safe subset: plain data only) read from a user's file, checked by `check_nesting`."""
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as problem:
+        raise error(f"{where}: not valid yaml ({str(problem)[:200]})") from problem
+    except (ValueError, RecursionError, MemoryError) as problem:
+        raise error(f"{where}: not valid yaml ({json_problem(problem)})") from problem
+    check_nesting(value, where, error)
+    return value
+
+
+def check_nesting(value: Any, where: str, error: type[CrossgraftError] = DataError) -> None:
+    """Refuse data nested more than MAX_NESTING levels deep, or one container reached twice (a YAML alias, which
+    can also make a structure that contains itself): code that walks the data could recurse without end."""
+    seen: set[int] = set()
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if not isinstance(item, dict | list):
+            continue
+        if depth > MAX_NESTING:
+            raise error(f"{where}: nested more than {MAX_NESTING} levels deep")
+        if id(item) in seen:
+            raise error(f"{where}: a part is repeated by reference (a YAML alias such as *name); write it out")
+        seen.add(id(item))
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children)
 
 
 def json_problem(problem: Exception) -> str:

@@ -12,6 +12,8 @@ MAX_PIXELS_HELP = (
     f"decompression-bomb guard: images with more pixels are refused (default {DEFAULT_MAX_PIXELS:,}); raise it "
     "for large images you trust"
 )
+MAX_NESTING = 100  # levels of lists / objects in a json or yaml file a user gives (real files use fewer than 10)
+MAX_SETTINGS_BYTES = 16 * 2**20  # a --config file or a class-description table
 MAX_NAME_LENGTH = 200  # characters of a name that becomes a file or folder name (file systems allow 255 bytes)
 
 

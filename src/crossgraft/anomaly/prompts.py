@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import ast
-import json
 from pathlib import Path
 from typing import Any
 
 from crossgraft.anomaly.catalog import PUBLIC_DATA_ROOTS
-from crossgraft.errors import ConfigError
+from crossgraft.errors import ConfigError, DataError
+from crossgraft.files import check_nesting, parse_json, read_text
+from crossgraft.limits import MAX_SETTINGS_BYTES
 
 NORMAL_STATES = ("{}", "a {}", "the {}")
 ABNORMAL_STATES = ("a damaged {}", "a broken {}", "a {} with flaw", "a {} with defect", "a {} with damage")
@@ -49,20 +50,25 @@ def load_class_descriptions(path: Path | str | None) -> DescriptionTable:
     if path.suffix == ".py":
         table = read_public_table(path)
     else:
-        try:
-            table = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ConfigError(f"{path}: not a valid json file ({error})") from error
+        table = parse_json(settings_text(path), str(path), ConfigError)
     check_table(table, str(path))
     return table
+
+
+def settings_text(path: Path) -> str:
+    """A class-description file's text (utf-8, at most MAX_SETTINGS_BYTES); a ConfigError naming it otherwise."""
+    try:
+        return read_text(path, "class-description file", max_bytes=MAX_SETTINGS_BYTES)
+    except DataError as error:
+        raise ConfigError(str(error)) from error
 
 
 def read_public_table(path: Path) -> DescriptionTable:
     """The REAL_NAMES literal of the public code's constants.py, taken from the parsed file (no code runs)."""
     try:
-        module = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    except (UnicodeDecodeError, SyntaxError) as error:
-        raise ConfigError(f"{path}: not a readable Python file ({error})") from error
+        module = ast.parse(settings_text(path), filename=str(path))
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as error:  # deep nesting: RecursionError
+        raise ConfigError(f"{path}: not a readable Python file ({str(error)[:160]})") from error
     for node in module.body:
         if isinstance(node, ast.Assign):
             names, value = node.targets, node.value
@@ -72,8 +78,10 @@ def read_public_table(path: Path) -> DescriptionTable:
             continue
         if any(isinstance(name, ast.Name) and name.id == PUBLIC_TABLE for name in names):
             try:
-                return ast.literal_eval(value)
-            except (ValueError, TypeError, SyntaxError) as error:
+                table = ast.literal_eval(value)
+                check_nesting(table, str(path), ConfigError)
+                return table
+            except (ValueError, TypeError, SyntaxError, RecursionError, MemoryError) as error:
                 raise ConfigError(
                     f"{path}, line {node.lineno}: {PUBLIC_TABLE} is not a literal table ({error}); crossgraft reads "
                     "it as data and never runs the file, so the table must be written out as a plain dict"

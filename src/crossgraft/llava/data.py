@@ -4,7 +4,6 @@ and a collator that leaves `<image>` placeholders for the model to splice."""
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import re
@@ -13,13 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from PIL import Image
 from torch.utils.data import Dataset
 from transformers import PreTrainedTokenizerBase
 
 from crossgraft.errors import DataError
-from crossgraft.files import read_json_lines, read_text
+from crossgraft.files import parse_json, parse_yaml, read_json_lines, read_text
 from crossgraft.images import read_rgb, set_max_pixels
 from crossgraft.llava.config import DEFAULT_SYSTEM_PROMPT, DataArguments
 from crossgraft.llava.configuration import IGNORE_INDEX, IMAGE_TOKEN_INDEX
@@ -73,10 +71,7 @@ def _read_file(path: Path) -> list[Record]:
             for line in read_json_lines(path, "data file", error=LlavaDataError)
         ]
     text = read_text(path, "data file")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise LlavaDataError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from error
+    data = parse_json(text, str(path), LlavaDataError)
     if not isinstance(data, list):
         raise LlavaDataError(f"{path}: expected a JSON list of records, found {type(data).__name__}")
     return [Record(item, str(path), index) for index, item in enumerate(data)]
@@ -107,10 +102,7 @@ def _sample(records: list[Record], strategy: str, rng: random.Random, where: str
 
 
 def _read_yaml(path: Path, seed: int) -> list[Record]:
-    try:
-        spec = yaml.safe_load(read_text(path, "data file"))
-    except yaml.YAMLError as error:
-        raise LlavaDataError(f"{path}: not valid YAML ({error})") from error
+    spec = parse_yaml(read_text(path, "data file"), str(path), LlavaDataError)
     if not isinstance(spec, dict) or not isinstance(spec.get("datasets"), list):
         raise LlavaDataError(f"{path}: expected a 'datasets:' list of {{json_path, sampling_strategy}} entries")
     rng = random.Random(seed)

@@ -18,7 +18,10 @@ from transformers import SiglipConfig, SiglipVisionConfig
 from transformers.utils import cached_file
 from transformers.utils import logging as hf_logging
 
+from crossgraft.errors import DataError
+from crossgraft.files import parse_json, read_text
 from crossgraft.graft import CheckpointError, CopyReport, file_problem, selective_copy
+from crossgraft.limits import MAX_SETTINGS_BYTES
 from crossgraft.llava import MODEL_CLASSES
 from crossgraft.llava.configuration import (
     ALTERNATING_CROSS_MODEL_TYPE,
@@ -85,9 +88,12 @@ def read_raw_config(name_or_path: str) -> dict[str, Any]:
                 f"from the Hugging Face Hub ({error})"
             ) from error
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{path}: not valid JSON ({error.msg})") from error
+        raw = parse_json(read_text(path, "config.json", max_bytes=MAX_SETTINGS_BYTES), str(path), CheckpointError)
+    except DataError as error:
+        raise CheckpointError(str(error)) from error
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, found {type(raw).__name__}")
+    return raw
 
 
 def classify(raw: dict[str, Any], source: str) -> CheckpointKind:

@@ -19,7 +19,6 @@ a checkpoint's weights a second time.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,8 +29,9 @@ from safetensors.torch import load_file, save
 from torch import nn
 
 from crossgraft.errors import DataError
-from crossgraft.files import atomic_folder, atomic_write, read_text
+from crossgraft.files import atomic_folder, atomic_write, parse_json, read_text
 from crossgraft.graft import CheckpointError, file_problem
+from crossgraft.limits import MAX_SETTINGS_BYTES
 from crossgraft.llava.configuration import LlavaConfigError
 
 if TYPE_CHECKING:
@@ -148,11 +148,7 @@ def read_adapter_config(folder: str | Path) -> dict[str, Any]:
     folder = Path(folder)
     path = folder / ADAPTER_CONFIG
     try:
-        config = json.loads(read_text(path, ADAPTER_CONFIG))
-    except (json.JSONDecodeError, RecursionError) as error:
-        raise CheckpointError(
-            f"{path} is not readable json ({str(error)[:120]}): the file is cut or damaged"
-        ) from error
+        config = parse_json(read_text(path, ADAPTER_CONFIG, max_bytes=MAX_SETTINGS_BYTES), str(path), CheckpointError)
     except DataError as error:
         raise CheckpointError(str(error)) from error
     if not isinstance(config, dict):

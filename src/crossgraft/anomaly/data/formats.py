@@ -17,7 +17,7 @@ from crossgraft.anomaly.data.records import (
     is_image_file,
     list_images,
 )
-from crossgraft.files import read_json_lines, read_text
+from crossgraft.files import parse_json, read_json_lines, read_text
 
 NORMAL_DIR_NAMES = {"good", "ok"}  # MVTec / MPDD say "good", BTAD says "ok"
 MASK_SUFFIXES = ("_mask", "")  # MVTec: 000_mask.png; BTAD: 0000.png beside 0000.bmp
@@ -177,10 +177,7 @@ def read_meta_json(
     if not path.is_file():
         raise DataError(f"metadata file not found: {path}")
     root = Path(root) if root is not None else path.parent
-    try:
-        meta = json.loads(read_text(path, "metadata file"))
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path}: not valid json ({error.msg} at line {error.lineno})") from error
+    meta = parse_json(read_text(path, "metadata file"), str(path))
     if not isinstance(meta, dict):
         raise DataError(f"{path}: expected a json object of splits, found {type(meta).__name__}")
     if split not in meta:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 import logging
 import math
 from collections.abc import Iterator
@@ -32,9 +31,9 @@ from crossgraft.anomaly.infer import TrainedRun, load_trained
 from crossgraft.anomaly.prompts import class_text
 from crossgraft.devices import resolve_device
 from crossgraft.errors import ConfigError, CrossgraftError, DataError
-from crossgraft.files import read_text, recover_folder
+from crossgraft.files import parse_json, read_text, recover_folder
 from crossgraft.graft import CheckpointError
-from crossgraft.limits import path_component
+from crossgraft.limits import MAX_SETTINGS_BYTES, path_component
 
 EngineName = Literal["auto", "torch", "onnxruntime", "openvino"]
 METADATA = "metadata.json"
@@ -168,9 +167,7 @@ def read_metadata(folder: Path) -> ExportMetadata:
     if not path.is_file():
         raise ConfigError(f"{path} not found: is {folder} a folder written by `crossgraft anomaly export`?")
     try:
-        document = json.loads(read_text(path, METADATA))
-    except (json.JSONDecodeError, RecursionError) as error:
-        raise CheckpointError(f"{path} is not readable json ({str(error)[:120]})") from error
+        document = parse_json(read_text(path, METADATA, max_bytes=MAX_SETTINGS_BYTES), str(path), CheckpointError)
     except DataError as error:
         raise CheckpointError(str(error)) from error
     if not isinstance(document, dict):
