@@ -207,3 +207,31 @@ def test_the_page_in_a_real_browser(trained_run, detector, clear_defect, tmp_pat
             browser.close()
     finally:
         app.close()
+
+
+def test_a_request_of_too_many_images_is_refused(detector, synthetic_root):
+    paths = sorted((synthetic_root / "dots" / "test").rglob("*.png"))[:1] * (detector.max_images + 1)
+    with pytest.raises(DataError, match=rf"{detector.max_images + 1} images in one request; .* at most"):
+        detector.score(paths, "dots")
+
+
+@pytest.mark.slow  # serves the page
+def test_every_normal_request_is_answered_beside_hostile_ones(trained_run, synthetic_root):
+    gradio_client = pytest.importorskip("gradio_client")
+    port = free_port()
+    config = ServeConfig(save_path=trained_run, port=port, device="cpu", request_seconds=0.01, concurrency=1)
+    app = build_app(config)
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    image = gradio_client.handle_file(str(sorted((synthetic_root / "dots" / "test").rglob("*.png"))[0]))
+    try:
+        client = gradio_client.Client(f"http://127.0.0.1:{port}", verbose=False)
+        normal = [client.submit(image, "dots", 0.5, api_name="/detect_one") for _ in range(20)]
+        long_name = client.submit(image, "x" * 100_000, 0.5, api_name="/detect_one")
+        many = client.submit([image] * config.max_images, "dots", 0.5, api_name="/detect_many")
+        answers = [job.result(timeout=PAGE_TIMEOUT_MS / 1000)[3] for job in normal]
+        assert all("image score" in answer and "class 'dots'" in answer for answer in answers)
+        assert "refused:" in long_name.result(timeout=60)[3] and "characters long" in long_name.result()[3]
+        table = many.result(timeout=60)[1]
+        assert "stopped after 0.01 s:" in table and f"of {config.max_images} images scored" in table
+    finally:
+        app.close()

@@ -740,7 +740,23 @@ class ServeConfig:
     )
     host: str = field(default="127.0.0.1", metadata={"help": "address to listen on (0.0.0.0: every interface)"})
     port: int = field(default=7860, metadata={"help": "port to listen on"})
-    max_upload_mb: float = field(default=20.0, metadata={"help": "larger uploads are refused with a message"})
+    max_upload_mb: float = field(
+        default=20.0,
+        metadata={
+            "help": "larger uploads are refused with a message (the server drops uploads over twice this unread)"
+        },
+    )
+    max_images: int = field(default=64, metadata={"help": "at most this many images in one gallery request"})
+    request_seconds: float = field(
+        default=120.0,
+        metadata={"help": "a gallery request stops scoring after this many seconds and shows what it has"},
+    )
+    concurrency: int = field(
+        default=1, metadata={"help": "requests the model runs at once; the others wait in the queue, in order"}
+    )
+    queue_size: int = field(
+        default=64, metadata={"help": "requests that may wait; more are turned away with a 'busy' message"}
+    )
     max_image_pixels: int | None = field(default=None, metadata={"help": MAX_PIXELS_HELP})
     device: Device = field(default="auto", metadata={"help": DEVICE_HELP})
     threads: int | None = field(default=None, metadata={"help": THREADS_HELP})
@@ -752,7 +768,8 @@ class ServeConfig:
             (self.save_path is None) != (self.model is None),
             "give a training run (--save_path) or an export (--model), one of them",
         )
-        _positive("max_upload_mb", self.max_upload_mb)
+        for name in ("max_upload_mb", "max_images", "request_seconds", "concurrency", "queue_size"):
+            _positive(name, getattr(self, name))
         _require(0 <= self.port <= 65535, f"--port must lie in 0..65535, got {self.port}")
 
 

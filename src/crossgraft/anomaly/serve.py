@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,10 +71,19 @@ class Rendered:
 class PageDetector:
     """What the page does, without the page: read an upload, score it, draw it."""
 
-    def __init__(self, engine: Engine, max_upload_bytes: int, threshold: float | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        max_upload_bytes: int,
+        threshold: float | None = None,
+        max_images: int = 64,
+        request_seconds: float = 120.0,
+    ) -> None:
         self.engine = engine
         self.max_upload_bytes = max_upload_bytes
         self.threshold = threshold
+        self.max_images = max_images
+        self.request_seconds = request_seconds
 
     def read_upload(self, path: str | Path) -> Image.Image:
         """An uploaded file as an RGB image; DataError with a message for the page otherwise."""
@@ -102,13 +112,20 @@ class PageDetector:
         return name
 
     def score(self, paths: Sequence[str | Path], class_name: str | None) -> list[Scored]:
-        """Every uploaded image of one class, scored in batches of SCORE_BATCH."""
+        """The uploaded images of one class, scored in batches of SCORE_BATCH. A request stops between batches once
+        it has run `request_seconds`: the images scored by then are returned (fewer than were given)."""
+        started = time.monotonic()
         name = self.check_class(class_name)
-        images = [self.read_upload(path) for path in paths]
+        if len(paths) > self.max_images:
+            raise DataError(f"{len(paths)} images in one request; this page takes at most {self.max_images}")
         side = self.engine.image_size
-        scored = []
-        for first in range(0, len(images), SCORE_BATCH):
-            batch = images[first : first + SCORE_BATCH]
+        scored: list[Scored] = []
+        for first in range(0, len(paths), SCORE_BATCH):
+            if time.monotonic() - started > self.request_seconds:
+                log.warning("a request stopped after %.0f s: %d of %d images scored", self.request_seconds,
+                            len(scored), len(paths))  # fmt: skip
+                break
+            batch = [self.read_upload(path) for path in paths[first : first + SCORE_BATCH]]
             output = self.engine.run(np.stack([resized_pixels(image, side) for image in batch]), name)
             for j, image in enumerate(batch):
                 path = Path(paths[first + j])
@@ -213,7 +230,13 @@ def serve(config: ServeConfig) -> None:
     """Build the page and serve it until interrupted."""
     app = build_app(config)
     log.info("serving on http://%s:%d", config.host, config.port)
-    app.launch(server_name=config.host, server_port=config.port, show_error=True)
+    app.launch(server_name=config.host, server_port=config.port, show_error=True, max_file_size=upload_cap(config))
+
+
+def upload_cap(config: ServeConfig) -> int:
+    """The server's own limit on an upload's bytes: twice --max_upload_mb, so an upload a little over the limit
+    still reaches the page (which says why it is refused) while a huge one is dropped before it is stored."""
+    return int(2 * config.max_upload_mb * BYTES_PER_MB)
 
 
 def build_app(config: ServeConfig) -> Any:
@@ -221,7 +244,9 @@ def build_app(config: ServeConfig) -> Any:
     gr = require_package("gradio", "crossgraft anomaly serve", extra="serve")
     set_max_pixels(config.max_image_pixels)
     engine = engine_from(config, require_text_adapter=True)
-    detector = PageDetector(engine, int(config.max_upload_mb * BYTES_PER_MB), config.threshold)
+    detector = PageDetector(
+        engine, int(config.max_upload_mb * BYTES_PER_MB), config.threshold, config.max_images, config.request_seconds
+    )
     examples = example_images(config, engine)
     fitted = {} if config.threshold is not None else class_thresholds(detector)
     first_class = engine.classes[0] if engine.classes else None
@@ -253,6 +278,10 @@ def build_app(config: ServeConfig) -> Any:
         except CrossgraftError as error:
             return [], f"**refused:** {error}"
         gallery, rows = [], ["| image | score | verdict |", "|---|---|---|"]
+        if len(results) < len(files):
+            rows.insert(
+                0, f"stopped after {config.request_seconds:g} s: {len(results)} of {len(files)} images scored\n"
+            )
         for scored in results:
             rendered = detector.render(scored, threshold)
             verdict = "ANOMALOUS" if rendered.anomalous else "normal"
@@ -302,4 +331,5 @@ def build_app(config: ServeConfig) -> Any:
             table = gr.Markdown()
             gallery = gr.Gallery(label="overlays", columns=4, elem_id="gallery")
             button_many.click(detect_many, [uploads, class_many, slider_many], [gallery, table])
-    return app
+    # every request waits its turn; `concurrency` of them run the model at once, `queue_size` may wait
+    return app.queue(default_concurrency_limit=config.concurrency, max_size=config.queue_size)
