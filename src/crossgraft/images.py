@@ -15,6 +15,9 @@ from crossgraft.files import atomic_write
 from crossgraft.limits import DEFAULT_MAX_PIXELS, MAX_PIXELS_FLAG
 
 SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+RGB_MODES = {"RGB", "RGBA", "RGBX", "RGBa"}  # masks: the brightest of R, G, B
+FIRST_CHANNEL_MODES = {"LA", "La", "PA", "LAB"}  # masks: grey or palette index (alpha ignored), LAB's lightness
+CONVERTED_MODES = {"CMYK", "YCbCr", "HSV"}  # masks: through Pillow's conversion to RGB
 
 
 def set_max_pixels(limit: int | None) -> None:
@@ -58,6 +61,8 @@ def to_rgb(image: Image.Image, path: Path | str = "") -> Image.Image:
         return Image.fromarray((values / 257).round().astype(np.uint8), mode="L").convert("RGB")
     if image.mode == "F":
         raise DataError(f"{path}: floating-point images are not supported; save it as 8- or 16-bit")
+    if image.mode == "LAB":  # Pillow copies LAB's channels into RGB unconverted
+        raise DataError(f"{path}: LAB images are not supported; save it as RGB")
     return image if image.mode == "RGB" else image.convert("RGB")
 
 
@@ -67,19 +72,36 @@ def read_rgb(path: Path, what: str = "image") -> Image.Image:
 
 
 def read_mask_values(path: Path) -> np.ndarray:
-    """A mask's values (H, W): grey as stored, palette indices as stored (instance ids), colour as the brightest
-    channel; an alpha channel is ignored (an opaque alpha would otherwise mark every pixel)."""
-    mask = _open(Path(path), "mask")
+    """A mask file's values (H, W), fully decoded, read by what the mask shows (`mask_values`)."""
+    return mask_values(_open(Path(path), "mask"), path)
+
+
+def mask_values(mask: Image.Image, path: Path | str = "") -> np.ndarray:
+    """A mask's values (H, W), read by what it shows: grey as stored, palette indices as stored (instance ids),
+    colour as the brightest RGB channel, other colour spaces (CMYK, YCbCr, HSV) through their own conversion to RGB
+    and LAB by its lightness; an alpha channel is ignored (an opaque alpha would otherwise mark every pixel)."""
     values = np.asarray(mask)
-    if values.ndim == 3:
-        colour = values[..., :3] if mask.mode in ("RGB", "RGBA", "RGBX", "RGBa") else values[..., :1]  # LA: L
-        values = colour.max(axis=2)
-    return values
+    if values.ndim == 2:
+        return values
+    if mask.mode in RGB_MODES:
+        return values[..., :3].max(axis=2)
+    if mask.mode in FIRST_CHANNEL_MODES:
+        return values[..., 0]
+    if mask.mode in CONVERTED_MODES:  # CMYK white is (0, 0, 0, 0): its channels read as they are would invert it
+        return np.asarray(mask.convert("RGB")).max(axis=2)
+    raise DataError(f"mask {path}: its mode {mask.mode} is not one crossgraft reads; save it as a grey (L) PNG")
 
 
-def image_size(path: Path, what: str = "image") -> tuple[int, int]:
-    """(width, height), after decoding every pixel: an unreadable or truncated file fails here."""
-    return _open(Path(path), what).size
+def check_image_file(path: Path) -> tuple[int, int]:
+    """(width, height) of an image, read exactly as training and testing read it (`read_rgb`): a file this accepts
+    is a file they read."""
+    return read_rgb(path).size
+
+
+def check_mask_file(path: Path) -> tuple[int, int]:
+    """(width, height) of a mask, read exactly as training and testing read it (`read_mask_values`)."""
+    height, width = read_mask_values(path).shape
+    return width, height
 
 
 PNG_COMPRESS_LEVEL = 3  # twice as fast to write as Pillow's default 6, about 15% larger files

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from crossgraft.errors import DataError
 from crossgraft.files import atomic_write
-from crossgraft.images import image_size
+from crossgraft.images import check_image_file, check_mask_file
 from crossgraft.limits import path_component
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -117,9 +117,9 @@ def verify_image_files(samples: list[Sample]) -> None:
     """Decode every image and mask: unreadable or truncated files and mask/image size mismatches fail here, up
     front, naming the file."""
     for sample in samples:
-        width, height = image_size(sample.image_path)
+        width, height = check_image_file(sample.image_path)
         if sample.mask_path is not None:
-            mask_width, mask_height = image_size(sample.mask_path, "mask")
+            mask_width, mask_height = check_mask_file(sample.mask_path)
             if (mask_width, mask_height) != (width, height):
                 raise DataError(
                     f"mask {sample.mask_path} is {mask_width}x{mask_height} but its image {sample.image_path} is "
