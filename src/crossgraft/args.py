@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import difflib
 import sys
 import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast, get_args, get_origin, get_type_hints
+from typing import Any, NoReturn, cast, get_args, get_origin, get_type_hints
 
 from transformers import HfArgumentParser
 
@@ -126,6 +127,24 @@ class ConfigArgumentParser(HfArgumentParser):
         for dtype in types_:
             self._set_nested_defaults(dtype)
 
+    def error(self, message: str) -> NoReturn:
+        """An argument error is one ConfigError line (the command line prints it and exits with status 2), with
+        the closest flag for a misspelled one, instead of argparse's usage dump."""
+        raise ConfigError(f"{self.prog}: {message}{self.suggestion(message)}; `{self.prog} --help` lists the flags")
+
+    def suggestion(self, message: str) -> str:
+        """' (did you mean --dataset?)' for an unrecognized flag close to a real one."""
+        if not message.startswith("unrecognized arguments:"):
+            return ""
+        flags = [flag for action in self._actions for flag in action.option_strings]
+        guesses = []
+        for given in message.split(":", 1)[1].split():
+            flag = given.split("=", 1)[0]
+            close = difflib.get_close_matches(flag, flags, n=1, cutoff=0.6) if flag.startswith("-") else []
+            if close:
+                guesses.append(f"{close[0]} for {flag}")
+        return f" (did you mean {', '.join(guesses)}?)" if guesses else ""
+
     # ------------------------------------------------------------------------------------ building
     def _group(self, title: str | None) -> argparse._ArgumentGroup | None:
         if title is None:
@@ -180,9 +199,12 @@ class ConfigArgumentParser(HfArgumentParser):
     # ------------------------------------------------------------------------------------- parsing
     def parse(self, argv: Sequence[str] | None = None) -> Any:
         """Parse flags (and a --config file) into the config instances: one, or a tuple of several."""
-        prescan = argparse.ArgumentParser(add_help=False)
+        prescan = argparse.ArgumentParser(add_help=False, exit_on_error=False)
         prescan.add_argument(CONFIG_FLAG, default=None)
-        known, _ = prescan.parse_known_args(argv)
+        try:
+            known, _ = prescan.parse_known_args(argv)
+        except argparse.ArgumentError as error:
+            self.error(str(error))
         if known.config:
             self.apply_config_file(known.config)
         values = vars(self.parse_args(argv))
@@ -195,13 +217,25 @@ class ConfigArgumentParser(HfArgumentParser):
             raise ConfigError(
                 f"a requested option needs a package that is not installed ({error}); install it with pip"
             ) from error
-        except ValueError as error:  # a library config's own checks (TrainingArguments, …)
-            raise ConfigError(f"invalid settings: {error}") from error
+        except (ValueError, TypeError) as error:  # a library config's own checks (TrainingArguments, …)
+            raise ConfigError(f"invalid settings: {str(error)[:300]}") from error
         return configs[0] if len(configs) == 1 else tuple(configs)
 
     def apply_config_file(self, path: Path | str) -> None:
         """Make the file's settings the defaults, so that command-line flags still win."""
         self.apply_settings(read_config_file(path), str(path))
+
+    def fields_whose_type_allows(self, kind: str) -> set[str]:
+        """The fields (of every config, nested ones included) whose type names `kind`: "dict" (a library setting
+        such as TrainingArguments' --deepspeed takes a path or the DeepSpeed config itself) or "None"."""
+        found: set[str] = set()
+        pending: list[Any] = list(self.dataclass_types)
+        while pending:
+            dtype = pending.pop()
+            pending.extend(nested_fields(dtype).values())
+            names = {kind.lower(), "optional"} if kind == "None" else {kind.lower()}
+            found.update(f.name for f in dataclasses.fields(dtype) if any(n in str(f.type).lower() for n in names))
+        return found
 
     def apply_settings(self, settings: dict[str, Any], source: str) -> None:
         """Make `settings` ({flag: value}, or in sections named like the nested configs) the defaults."""
@@ -221,12 +255,45 @@ class ConfigArgumentParser(HfArgumentParser):
         unknown = sorted(set(flat) - set(actions))
         if unknown:
             raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}; `--help` lists the flags")
+        mappings, optional = self.fields_whose_type_allows("dict"), self.fields_whose_type_allows("None")
         for dest in flat:
             action = actions[dest]
+            if isinstance(flat[dest], dict) and dest not in mappings:
+                raise ConfigError(f"{source}: {dest} takes a single value, not a mapping")
+            if flat[dest] is None and dest not in optional and action.default is not None:
+                raise ConfigError(f"{source}: {dest} needs a value (null leaves it unset, which it cannot be)")
+            flat[dest] = file_value(action, flat[dest], f"{source}: {dest}")
             action.required = False
             if not action.option_strings:  # a positional given in the file may be left out on the command line
                 action.nargs = "*" if action.nargs in ("+", "*") else "?"
         self.set_defaults(**flat)
+
+
+def file_value(action: argparse.Action, value: Any, where: str) -> Any:
+    """A setting read from a config file, converted and checked as the same flag's command-line value is (its type
+    and choices), so a wrong value is one ConfigError naming the file and the setting."""
+    if value is None or isinstance(value, dict):  # None: unset; a mapping: a library setting that takes one
+        return value
+    if isinstance(value, list):
+        if action.nargs not in ("+", "*"):
+            raise ConfigError(f"{where} takes one value, not a list")
+        return [file_value_one(action, item, where) for item in value]
+    return file_value_one(action, value, where)
+
+
+def file_value_one(action: argparse.Action, value: Any, where: str) -> Any:
+    if isinstance(value, list | dict):
+        raise ConfigError(f"{where}: expected a single value, found {type(value).__name__}")
+    converted = value
+    if callable(action.type):
+        try:
+            converted = action.type(value if isinstance(value, str) else str(value))
+        except (ValueError, TypeError, argparse.ArgumentTypeError) as error:
+            raise ConfigError(f"{where} = {str(value)[:60]!r} is not a valid value ({str(error)[:100]})") from error
+    if action.choices is not None and converted not in action.choices:
+        shown = ", ".join(str(choice) for choice in action.choices)
+        raise ConfigError(f"{where} = {str(value)[:60]!r} is not one of the choices ({shown})")
+    return converted
 
 
 # ------------------------------------------------------------------------------------------- commands

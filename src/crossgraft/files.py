@@ -235,6 +235,8 @@ def parse_json(text: str, where: str, error: type[CrossgraftError] = DataError) 
 
 def parse_yaml(text: str, where: str, error: type[CrossgraftError] = DataError) -> Any:
     """A YAML document (safe subset: plain data only) read from a user's file, checked by `check_nesting`."""
+    if _flow_depth(text) > MAX_NESTING:  # refused before PyYAML spends seconds recursing into it
+        raise error(f"{where}: nested more than {MAX_NESTING} levels deep")
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError as problem:
@@ -245,9 +247,33 @@ def parse_yaml(text: str, where: str, error: type[CrossgraftError] = DataError) 
     return value
 
 
+def _flow_depth(text: str) -> int:
+    """The deepest nesting of YAML flow brackets ([ and {) outside quoted text."""
+    depth = deepest = 0
+    quote, escaped, previous = "", False, "\n"
+    for char in text:
+        if quote:
+            if escaped:
+                escaped = False
+            elif char == "\\" and quote == '"':
+                escaped = True
+            elif char == quote:
+                quote = ""
+        elif char == '"' or (char == "'" and previous in "\n\t ,[{:-"):
+            quote = char
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth = max(depth - 1, 0)
+        previous = char
+    return deepest
+
+
 def check_nesting(value: Any, where: str, error: type[CrossgraftError] = DataError) -> None:
-    """Refuse data nested more than MAX_NESTING levels deep, or one container reached twice (a YAML alias, which
-    can also make a structure that contains itself): code that walks the data could recurse without end."""
+    """Refuse data nested more than MAX_NESTING levels deep, one container reached twice (a YAML alias, which can
+    also make a structure that contains itself: code that walks the data could recurse without end) and mapping
+    keys that are not text (YAML allows numbers, null and more)."""
     seen: set[int] = set()
     stack = [(value, 1)]
     while stack:
@@ -259,6 +285,9 @@ def check_nesting(value: Any, where: str, error: type[CrossgraftError] = DataErr
         if id(item) in seen:
             raise error(f"{where}: a part is repeated by reference (a YAML alias such as *name); write it out")
         seen.add(id(item))
+        if isinstance(item, dict) and not all(isinstance(key, str) for key in item):
+            key = next(key for key in item if not isinstance(key, str))
+            raise error(f"{where}: a key that is not text ({str(key)[:40]!r}); every key must be a name")
         children = item.values() if isinstance(item, dict) else item
         stack.extend((child, depth + 1) for child in children)
 

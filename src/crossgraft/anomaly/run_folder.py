@@ -7,18 +7,20 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from crossgraft import __version__
 from crossgraft.anomaly.config import (
     AdapterConfig,
     BackboneConfig,
     CrossAttentionConfig,
+    GeluKind,
     QuirkConfig,
     Quirks,
     TrainConfig,
+    VVMode,
 )
-from crossgraft.anomaly.prompts import DescriptionTable
+from crossgraft.anomaly.prompts import DescriptionTable, check_table
 from crossgraft.args import ConfigArgumentParser, config_to_dict, read_config_file
 from crossgraft.errors import ConfigError
 from crossgraft.files import write_text_atomic
@@ -84,18 +86,44 @@ def load_run_config(save_path: Path) -> SavedRun:
     parser = ConfigArgumentParser(TrainConfig)
     parser.apply_settings(document, str(path))
     config = parser.parse([])
-    try:
-        quirks = Quirks(**resolved["quirks"])
-    except TypeError as error:
-        raise ConfigError(f"{path}: the resolved quirks are not readable ({error})") from error
     return SavedRun(
         config=config,
-        image_size=int(resolved["img_size"]),
-        surgery_from=int(resolved["surgery_from"]),
-        quirks=quirks,
-        descriptions=resolved.get("descriptions"),
-        loop=resolved.get("loop"),
+        image_size=_whole_number(resolved["img_size"], "img_size", path),
+        surgery_from=_whole_number(resolved["surgery_from"], "surgery_from", path),
+        quirks=_resolved_quirks(resolved["quirks"], path),
+        descriptions=_resolved_descriptions(resolved.get("descriptions"), path),
+        loop=None if resolved.get("loop") is None else _whole_number(resolved["loop"], "loop", path),
     )
+
+
+def _whole_number(value: Any, name: str, path: Path) -> int:
+    if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        raise ConfigError(f"{path}: resolved.{name} must be a whole number > 0, not {str(value)[:40]!r}")
+    return value
+
+
+def _resolved_quirks(value: Any, path: Path) -> Quirks:
+    """The quirks a run resolved, each checked against its allowed values."""
+    allowed: dict[str, tuple[Any, ...]] = {
+        "vv_mode": get_args(VVMode), "gelu": get_args(GeluKind), "stage1_last_level_only": (True, False),
+        "stage1_image_loss": (True, False), "stage1_augment": (True, False),
+    }  # fmt: skip
+    if not isinstance(value, dict):
+        raise ConfigError(f"{path}: resolved.quirks must be an object, not {type(value).__name__}")
+    for name, given in value.items():
+        if name not in allowed or not any(given is choice or given == choice and type(given) is type(choice)
+                                          for choice in allowed[name]):  # fmt: skip
+            raise ConfigError(f"{path}: resolved.quirks.{str(name)[:40]} = {str(given)[:40]!r} is not a known setting")
+    try:
+        return Quirks(**value)
+    except TypeError as error:
+        raise ConfigError(f"{path}: the resolved quirks are incomplete ({error})") from error
+
+
+def _resolved_descriptions(value: Any, path: Path) -> DescriptionTable | None:
+    if value is not None:
+        check_table(value, f"{path}: resolved.descriptions")
+    return value
 
 
 # the sections a run config must spell out in full: they define the model that test and predict rebuild (a setting

@@ -26,6 +26,7 @@ from crossgraft.llava.processing import ImageProcessor
 IMAGE_PLACEHOLDER = "<image>"
 VIDEO_PLACEHOLDER = "<video>"  # LLaVA-NeXT's video token: refused (crossgraft trains on images)
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+ROLE_NAMES = tuple(ROLES)  # membership by equality: a role that is not text (a list, say) is simply not one
 
 
 class LlavaDataError(DataError):
@@ -62,8 +63,16 @@ def expand_braces(path: str) -> list[str]:
     return [path[: match.start()] + part.strip() + path[match.end() :] for part in match.group(1).split(",")]
 
 
+def is_file(path: Path) -> bool:
+    """Path.is_file that says False for a name the system cannot even look up (too long, say)."""
+    try:
+        return path.is_file()
+    except (OSError, ValueError):
+        return False
+
+
 def _read_file(path: Path) -> list[Record]:
-    if not path.is_file():
+    if not is_file(path):
         raise LlavaDataError(f"data file not found: {path}")
     if path.suffix == ".jsonl":
         return [
@@ -87,7 +96,7 @@ def _sample(records: list[Record], strategy: str, rng: random.Random, where: str
             count = math.ceil(len(records) * float(amount[:-1]) / 100)
         else:
             count = int(amount)
-    except ValueError:
+    except (ValueError, OverflowError):  # not a number, or an infinite percentage
         count = -1
     if kind not in ("first", "end", "random") or count < 0:
         raise LlavaDataError(
@@ -101,7 +110,11 @@ def _sample(records: list[Record], strategy: str, rng: random.Random, where: str
     return rng.sample(records, count)
 
 
-def _read_yaml(path: Path, seed: int) -> list[Record]:
+def _read_yaml(path: Path, seed: int, reading: tuple[Path, ...]) -> list[Record]:
+    if path.resolve() in reading:
+        raise LlavaDataError(f"{path} lists itself among its datasets (through {', '.join(map(str, reading))})")
+    if not is_file(path):
+        raise LlavaDataError(f"data file not found: {path}")
     spec = parse_yaml(read_text(path, "data file"), str(path), LlavaDataError)
     if not isinstance(spec, dict) or not isinstance(spec.get("datasets"), list):
         raise LlavaDataError(f"{path}: expected a 'datasets:' list of {{json_path, sampling_strategy}} entries")
@@ -109,22 +122,27 @@ def _read_yaml(path: Path, seed: int) -> list[Record]:
     records = []
     for number, entry in enumerate(spec["datasets"]):
         where = f"{path}, datasets[{number}]"
-        if not isinstance(entry, dict) or "json_path" not in entry:
-            raise LlavaDataError(f"{where}: each entry needs a 'json_path'")
+        if not isinstance(entry, dict) or not isinstance(entry.get("json_path"), str) or not entry["json_path"]:
+            raise LlavaDataError(f"{where}: each entry needs a 'json_path' (a file name)")
         json_path = Path(entry["json_path"])
-        if not json_path.is_absolute() and not json_path.exists():
+        if not json_path.is_absolute() and not is_file(json_path):
             json_path = path.parent / json_path
-        records.extend(_sample(read_records(str(json_path), seed), entry.get("sampling_strategy", "all"), rng, where))
+        found = _read_records(str(json_path), seed, (*reading, path.resolve()))
+        records.extend(_sample(found, entry.get("sampling_strategy", "all"), rng, where))
     return records
 
 
 def read_records(data_path: str, seed: int = 0) -> list[Record]:
     """Every record of `data_path` (see DataArguments.data_path), not yet validated."""
+    return _read_records(data_path, seed, ())
+
+
+def _read_records(data_path: str, seed: int, reading: tuple[Path, ...]) -> list[Record]:
     records: list[Record] = []
     for name in expand_braces(str(data_path)):
         path = Path(name)
         if path.suffix in (".yaml", ".yml"):
-            records.extend(_read_yaml(path, seed))
+            records.extend(_read_yaml(path, seed, reading))
         elif path.suffix in (".json", ".jsonl"):
             records.extend(_read_file(path))
         else:
@@ -143,7 +161,7 @@ def validate_record(record: Record) -> None:
     if not isinstance(turns, list) or not turns:
         raise LlavaDataError(f"{record.where}: 'conversations' must be a non-empty list")
     for number, turn in enumerate(turns):
-        if not isinstance(turn, dict) or not isinstance(turn.get("value"), str) or turn.get("from") not in ROLES:
+        if not (isinstance(turn, dict) and isinstance(turn.get("value"), str) and turn.get("from") in ROLE_NAMES):
             raise LlavaDataError(
                 f'{record.where}: turn {number} must be {{"from": human|gpt, "value": text}}, found {turn!r:.80}'
             )
