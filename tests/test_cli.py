@@ -54,4 +54,32 @@ def test_a_flag_that_is_on_by_default_has_a_short_off_switch(capsys):
         main(["anomaly", "test", "--help"])
     lines = capsys.readouterr().out.splitlines()
     off = next(i for i, line in enumerate(lines) if line.strip().startswith("--no_plots"))
-    assert lines[off + 1].strip() == "turn --plots off"
+    assert " ".join(lines[off].split()) in ("--no_plots turn --plots off", "--no_plots") and "turn --plots off" in (
+        lines[off] + lines[off + 1]
+    )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["--version"],
+        ["anomaly", "--help"],
+        ["llava", "--help"],
+        ["anomaly", "train", "--help"],
+        ["anomaly", "predict", "--help"],
+        ["anomaly", "train", "--datset", "MVTec"],
+        ["anomaly", "train", "--config", "/no/such/file.yaml"],
+    ],
+    ids=" ".join,
+)
+def test_help_and_argument_errors_come_before_torch_and_transformers_load(argv):
+    probe = (
+        "import sys\nfrom crossgraft.cli import main\n"
+        f"try:\n    code = main({argv!r})\nexcept SystemExit as stop:\n    code = stop.code\n"
+        "print('loaded:', sorted({'torch', 'transformers'} & set(sys.modules)), 'exit:', code)"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("loaded: []"), (last, result.stderr[-2000:])
+    assert last.endswith("exit: 0") == (argv[-1] in ("--help", "--version")), last

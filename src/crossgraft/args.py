@@ -1,7 +1,9 @@
 """Command lines generated from config dataclasses, the same way for both families.
 
-`ConfigArgumentParser` is transformers' `HfArgumentParser` (a flag per field, help from the field's metadata,
-choices from `Literal`, `--flag` / `--no_flag` for booleans) with four additions:
+`ConfigArgumentParser` makes a flag per dataclass field, as transformers' `HfArgumentParser` does (help from the
+field's metadata, choices from `Literal` and enums, `--flag` / `--no_flag` for booleans, `nargs="+"` for lists) but
+with one spelling per flag (`--data_root`, no `--data-root` twin) and without importing transformers (help and
+argument errors come before any heavy import), with four additions:
 - a field whose type is itself a config dataclass contributes that dataclass's flags, as their own group,
   and the nested config is rebuilt on parsing; its defaults are the parent's (`default_factory`) ones;
 - field metadata `group` puts a flag into a named group, `positional` makes it a positional argument;
@@ -16,14 +18,15 @@ import argparse
 import copy
 import dataclasses
 import difflib
+import enum
+import importlib
 import sys
 import types
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, cast, get_args, get_origin, get_type_hints
-
-from transformers import HfArgumentParser
 
 from crossgraft.errors import ConfigError, CrossgraftError, DataError
 from crossgraft.files import parse_json, parse_yaml, read_text
@@ -40,6 +43,8 @@ class HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
+        if isinstance(action, argparse._StoreFalseAction):  # an off switch: its flag's line says the default
+            return text
         if "default" in text or action.default in (None, argparse.SUPPRESS) or not action.option_strings:
             return text
         return f"{text} (default: %(default)s)"
@@ -108,15 +113,79 @@ def read_config_file(path: Path | str) -> dict[str, Any]:
     return data
 
 
-class ConfigArgumentParser(HfArgumentParser):
+def string_to_bool(value: str | bool) -> bool:
+    """A boolean flag's value: yes/no, true/false, t/f, y/n, 1/0 (any case)."""
+    if isinstance(value, bool):
+        return value
+    if value.lower() in ("yes", "true", "t", "y", "1"):
+        return True
+    if value.lower() in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a yes/no value (true/false, 1/0, ...), got {value!r}")
+
+
+def choice_type(choices: Sequence[Any]) -> Callable[[str], Any]:
+    """Maps a choice's text back to the choice (an enum member's value, a Literal's value)."""
+    by_text = {str(choice): choice for choice in choices}
+    return lambda text: by_text.get(text, text)
+
+
+def add_field_flag(target: Any, f: dataclasses.Field, field_type: Any) -> None:
+    """The flag of one dataclass field (the rules of transformers' HfArgumentParser, one spelling per flag):
+    `X | None` is X; a Union with str is the other type; Literal and Enum give choices; bool takes an optional
+    yes/no value and, when on by default, gets a `--no_NAME` twin; list[X] takes one or more X."""
+    kwargs = {key: value for key, value in f.metadata.items() if key not in ARGPARSE_ONLY_METADATA}
+    aliases = kwargs.pop("aliases", [])
+    aliases = [aliases] if isinstance(aliases, str) else list(aliases)
+    if get_origin(field_type) in (typing.Union, types.UnionType):
+        members = get_args(field_type)
+        if type(None) not in members:  # Union[X, str]: the X
+            field_type = members[0] if members[1] is str else members[1]
+        elif bool not in members:  # X | None: the X (str when one of several, as for a path-or-mapping setting)
+            field_type = str if str in members else next(member for member in members if member is not type(None))
+    origin = get_origin(field_type) or field_type
+    has_default = f.default is not dataclasses.MISSING
+    is_switch = field_type is bool and f.default is not dataclasses.MISSING  # --NAME / --no_NAME
+    if origin is typing.Literal or (isinstance(field_type, type) and issubclass(field_type, enum.Enum)):
+        kwargs["choices"] = get_args(field_type) if origin is typing.Literal else [m.value for m in field_type]
+        kwargs["type"] = choice_type(kwargs["choices"])
+        kwargs["default" if has_default else "required"] = f.default if has_default else True
+    elif field_type is bool or field_type == bool | None:
+        kwargs.update(type=string_to_bool, metavar="yes|no")
+        if field_type is bool or (f.default is not None and has_default):
+            kwargs.update(default=f.default if has_default else False, nargs="?", const=True)
+    elif isinstance(origin, type) and issubclass(origin, list):
+        kwargs.update(type=get_args(field_type)[0], nargs="+")
+        if f.default_factory is not dataclasses.MISSING:
+            kwargs["default"] = f.default_factory()
+        elif not has_default:
+            kwargs["required"] = True
+    else:
+        kwargs["type"] = field_type
+        if has_default:
+            kwargs["default"] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            kwargs["default"] = f.default_factory()
+        else:
+            kwargs["required"] = True
+    target.add_argument(f"--{f.name}", *aliases, **kwargs)
+    if is_switch:  # the off switch; its help would repeat the flag's word for word
+        target.add_argument(
+            f"--no_{f.name}", action="store_false", dest=f.name, default=argparse.SUPPRESS, help=f"turn --{f.name} off"
+        )
+
+
+class ConfigArgumentParser(argparse.ArgumentParser):
     """An argument parser for one or more config dataclasses (see the module docstring)."""
 
     def __init__(self, config_types: type | Sequence[type], **kwargs: Any) -> None:
         kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(**kwargs)
         self._groups: dict[str, argparse._ArgumentGroup] = {}
         self._sections: set[str] = set()
-        types_: list[Any] = [config_types] if isinstance(config_types, type) else list(config_types)
-        super().__init__(types_, **kwargs)
+        self.dataclass_types: list[Any] = [config_types] if isinstance(config_types, type) else list(config_types)
+        for dtype in self.dataclass_types:
+            self._add_dataclass_arguments(dtype)
         self.add_argument(
             CONFIG_FLAG,
             metavar="FILE",
@@ -124,8 +193,11 @@ class ConfigArgumentParser(HfArgumentParser):
             help="a .json or .yaml file of settings ({flag: value}, or in sections like a saved run_config.json); "
             "flags on the command line win",
         )
-        for dtype in types_:
+        for dtype in self.dataclass_types:
             self._set_nested_defaults(dtype)
+        if self.usage is None:  # every flag is listed below, once: the usage line names the positionals only
+            positionals = [action.metavar or action.dest for action in self._actions if not action.option_strings]
+            self.usage = " ".join(["%(prog)s", *map(str, positionals), "[options]"])
 
     def error(self, message: str) -> NoReturn:
         """An argument error is one ConfigError line (the command line prints it and exits with status 2), with
@@ -164,27 +236,15 @@ class ConfigArgumentParser(HfArgumentParser):
                 self._sections.add(f.name)
                 self._add_dataclass_arguments(field_type)
                 continue
-            f.type = field_type
             target = self._group(f.metadata.get("group")) or section or self
             if f.metadata.get("positional"):
-                self._add_positional(target, f)
+                self._add_positional(target, f, field_type)
                 continue
-            plain = copy.copy(f)
-            plain.metadata = types.MappingProxyType(
-                {k: v for k, v in f.metadata.items() if k not in ARGPARSE_ONLY_METADATA}
-            )
-            # HfArgumentParser hands argument groups to this method too; its annotation says ArgumentParser
-            self._parse_dataclass_field(cast(argparse.ArgumentParser, target), plain)
-            if field_type is bool and f.default is True:  # its --no_ twin would repeat the help word for word
-                for action in self._actions:
-                    if f"--no_{f.name}" in action.option_strings:
-                        action.help = f"turn --{f.name} off"
-                        action.default = argparse.SUPPRESS
+            add_field_flag(target, f, field_type)
 
     @staticmethod
-    def _add_positional(target: Any, f: dataclasses.Field) -> None:
+    def _add_positional(target: Any, f: dataclasses.Field, value_type: Any) -> None:
         kwargs = {k: v for k, v in f.metadata.items() if k not in ARGPARSE_ONLY_METADATA}
-        value_type = f.type
         if get_origin(value_type) is list:
             kwargs.setdefault("nargs", "+")
             value_type = get_args(value_type)[0]
@@ -299,12 +359,21 @@ def file_value_one(action: argparse.Action, value: Any, where: str) -> Any:
 # ------------------------------------------------------------------------------------------- commands
 @dataclass(frozen=True)
 class Command:
-    """One subcommand: the config dataclass(es) its flags come from, and what runs with the parsed config."""
+    """One subcommand: the config dataclass(es) its flags come from, and what runs with the parsed config. A config
+    may be named as "module:Class" (loaded when the command's parser is built, so a family's help loads nothing)."""
 
-    config: type | tuple[type, ...]
+    config: type | str | tuple[type | str, ...]
     run: Callable[[Any], int]
     help: str
     description: str
+
+
+def resolve(reference: type | str) -> type:
+    """A class, or the class a "module:Class" string names (its module imported now)."""
+    if not isinstance(reference, str):
+        return reference
+    module, _, name = reference.partition(":")
+    return cast(type, getattr(importlib.import_module(module), name))
 
 
 def command_parser(
@@ -312,7 +381,8 @@ def command_parser(
 ) -> ConfigArgumentParser:
     """The parser of one command; `defaults` change flag defaults (the seeds' console scripts use this)."""
     prog = prog or f"crossgraft {family} {name}"
-    parser = ConfigArgumentParser(command.config, prog=prog, description=command.description)
+    configs = command.config if isinstance(command.config, tuple) else (command.config,)
+    parser = ConfigArgumentParser([resolve(config) for config in configs], prog=prog, description=command.description)
     if defaults:
         parser.set_defaults(**defaults)
     return parser

@@ -1,5 +1,6 @@
 """`crossgraft anomaly COMMAND`: each command parses its config (`anomaly/config.py`, where every flag and its help
-live) and calls one library function; this file only parses, calls and prints."""
+live) and calls one library function; this file only parses, calls and prints. The library loads inside each
+command, so help and argument errors come before torch is imported."""
 
 from __future__ import annotations
 
@@ -8,37 +9,33 @@ from collections.abc import Sequence
 from typing import Any
 
 from crossgraft.anomaly import config as cfg
-from crossgraft.anomaly.catalog import get_spec
-from crossgraft.anomaly.compare import compare
-from crossgraft.anomaly.data import load_data, sample_k_shot, summarize_samples, write_jsonl
-from crossgraft.anomaly.data.synthetic import make_synthetic_dataset
-from crossgraft.anomaly.demo import run_ablation_demo, run_demo
-from crossgraft.anomaly.diagnostics import feature_report, grad_flow, write_attention_maps
-from crossgraft.anomaly.evaluate import evaluate
-from crossgraft.anomaly.plots import plot_run
-from crossgraft.anomaly.predict import predict
-from crossgraft.anomaly.prompts import descriptions_for, load_class_descriptions
-from crossgraft.anomaly.train import train
 from crossgraft.args import Command, ConfigArgumentParser, command_parser, dispatch, run_command
-from crossgraft.files import write_text_atomic
 
 
 def cmd_demo(config: cfg.DemoConfig) -> int:
+    from crossgraft.anomaly.demo import run_demo
+
     run_demo(config)
     return 0
 
 
 def cmd_train(config: cfg.TrainConfig) -> int:
+    from crossgraft.anomaly.train import train
+
     train(config)
     return 0
 
 
 def cmd_test(config: cfg.EvalConfig) -> int:
+    from crossgraft.anomaly.evaluate import evaluate
+
     evaluate(config)
     return 0
 
 
 def cmd_predict(config: cfg.PredictConfig) -> int:
+    from crossgraft.anomaly.predict import predict
+
     result = predict(config)
     print(f"model: {result.model}")
     for p in result.predictions:
@@ -76,12 +73,16 @@ def cmd_serve(config: cfg.ServeConfig) -> int:
 
 
 def cmd_grad_flow(config: cfg.GradFlowConfig) -> int:
+    from crossgraft.anomaly.diagnostics import grad_flow
+
     for flow in grad_flow(config):
         print(flow.report() + "\n")
     return 0
 
 
 def cmd_attention_maps(config: cfg.AttentionMapsConfig) -> int:
+    from crossgraft.anomaly.diagnostics import write_attention_maps
+
     result = write_attention_maps(config)
     if result.missing_words:
         print(
@@ -93,11 +94,15 @@ def cmd_attention_maps(config: cfg.AttentionMapsConfig) -> int:
 
 
 def cmd_compare(config: cfg.CompareConfig) -> int:
+    from crossgraft.anomaly.compare import compare
+
     print(compare(config.runs, out=config.out, seed=config.seed))
     return 0
 
 
 def cmd_plot_run(config: cfg.PlotRunConfig) -> int:
+    from crossgraft.anomaly.plots import plot_run
+
     written = plot_run(config.run, config.out)
     print(
         f"training curves (loss per epoch and stage, average gradient norm per module group): {written[0]}, "
@@ -107,11 +112,15 @@ def cmd_plot_run(config: cfg.PlotRunConfig) -> int:
 
 
 def cmd_ablation_demo(config: cfg.AblationConfig) -> int:
+    from crossgraft.anomaly.demo import run_ablation_demo
+
     run_ablation_demo(config)
     return 0
 
 
 def cmd_make_synthetic(config: cfg.MakeSyntheticConfig) -> int:
+    from crossgraft.anomaly.data.synthetic import make_synthetic_dataset
+
     counts = make_synthetic_dataset(config.out, config.synthetic)
     print(f"wrote a synthetic MVTec-layout dataset to {config.out}")
     for name, per_split in counts.items():
@@ -120,12 +129,17 @@ def cmd_make_synthetic(config: cfg.MakeSyntheticConfig) -> int:
 
 
 def cmd_inspect_data(config: cfg.InspectConfig) -> int:
+    from crossgraft.anomaly.catalog import get_spec
+    from crossgraft.anomaly.data import load_data, summarize_samples
+
     samples = load_data(config.data, config.split)
     print(summarize_samples(samples, get_spec(config.data.dataset), config.split, config.data.root))
     return 0
 
 
 def cmd_k_shot(config: cfg.KShotConfig) -> int:
+    from crossgraft.anomaly.data import load_data, sample_k_shot, write_jsonl
+
     chosen = sample_k_shot(load_data(config.data, config.split), config.shot, config.seed)
     out = write_jsonl(chosen, config.jsonl, root=config.data.root)
     print(f"{len(chosen)} images ({config.shot} per class, seed {config.seed}) written to {out}")
@@ -134,6 +148,9 @@ def cmd_k_shot(config: cfg.KShotConfig) -> int:
 
 
 def cmd_descriptions(config: cfg.DescriptionsConfig) -> int:
+    from crossgraft.anomaly.prompts import descriptions_for, load_class_descriptions
+    from crossgraft.files import write_text_atomic
+
     table = load_class_descriptions(config.source)
     if config.dataset is not None:
         table = descriptions_for(table, config.dataset, str(config.source))
@@ -144,6 +161,8 @@ def cmd_descriptions(config: cfg.DescriptionsConfig) -> int:
 
 
 def cmd_features(config: cfg.FeaturesConfig) -> int:
+    from crossgraft.anomaly.diagnostics import feature_report
+
     print(feature_report(config))
     return 0
 

@@ -1,44 +1,29 @@
-"""LLaVA-OneVision with alternating attention (seed 004, DESIGN §7).
+"""LLaVA-OneVision with alternating attention.
 
-Importing this package registers the three model types with `AutoConfig` and `AutoModelForCausalLM`.
+The package itself is light (the command line's help needs nothing heavy). Its model classes and configs load on
+first use: `from crossgraft.llava import MODEL_CLASSES` (or any class below) loads `crossgraft.llava.modeling`, which
+registers the three model types with transformers' `AutoConfig` and `AutoModelForCausalLM`.
 """
 
-from transformers import AutoConfig, AutoModelForCausalLM
+from __future__ import annotations
 
-from crossgraft.llava.configuration import (
-    ALTERNATING_CROSS_MODEL_TYPE,
-    ALTERNATING_MODEL_TYPE,
-    BASE_MODEL_TYPE,
-    LlavaQwenAlternatingConfig,
-    LlavaQwenAlternatingCrossConfig,
-    LlavaQwenConfig,
-)
-from crossgraft.llava.modeling import (
-    LlavaQwenForCausalLM,
-    LlavaQwenWithAlternatingAttnForCausalLM,
-    LlavaQwenWithAlternatingCrossAttnForCausalLM,
-)
+import importlib
+from typing import Any
 
-MODEL_CLASSES = {
-    BASE_MODEL_TYPE: LlavaQwenForCausalLM,
-    ALTERNATING_MODEL_TYPE: LlavaQwenWithAlternatingAttnForCausalLM,
-    ALTERNATING_CROSS_MODEL_TYPE: LlavaQwenWithAlternatingCrossAttnForCausalLM,
+_LAZY = {
+    "MODEL_CLASSES": "crossgraft.llava.modeling",
+    "LlavaQwenForCausalLM": "crossgraft.llava.modeling",
+    "LlavaQwenWithAlternatingAttnForCausalLM": "crossgraft.llava.modeling",
+    "LlavaQwenWithAlternatingCrossAttnForCausalLM": "crossgraft.llava.modeling",
+    "LlavaQwenConfig": "crossgraft.llava.configuration",
+    "LlavaQwenAlternatingConfig": "crossgraft.llava.configuration",
+    "LlavaQwenAlternatingCrossConfig": "crossgraft.llava.configuration",
 }
+__all__ = list(_LAZY)
 
-for _config_class, _model_class in (
-    (LlavaQwenConfig, LlavaQwenForCausalLM),
-    (LlavaQwenAlternatingConfig, LlavaQwenWithAlternatingAttnForCausalLM),
-    (LlavaQwenAlternatingCrossConfig, LlavaQwenWithAlternatingCrossAttnForCausalLM),
-):
-    AutoConfig.register(_config_class.model_type, _config_class, exist_ok=True)
-    AutoModelForCausalLM.register(_config_class, _model_class, exist_ok=True)
 
-__all__ = [
-    "MODEL_CLASSES",
-    "LlavaQwenConfig",
-    "LlavaQwenAlternatingConfig",
-    "LlavaQwenAlternatingCrossConfig",
-    "LlavaQwenForCausalLM",
-    "LlavaQwenWithAlternatingAttnForCausalLM",
-    "LlavaQwenWithAlternatingCrossAttnForCausalLM",
-]
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'crossgraft.llava' has no attribute {name!r}")
+    importlib.import_module("crossgraft.llava.modeling")  # registers the model types whatever is asked for
+    return getattr(importlib.import_module(_LAZY[name]), name)

@@ -5,36 +5,33 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from crossgraft.args import Command, dispatch, run_command
-from crossgraft.llava.compare import compare
-from crossgraft.llava.config import (
-    AlternatingTrainingArguments,
-    DataArguments,
-    DemoConfig,
-    EvaluateConfig,
-    LlavaCompareConfig,
-    LlavaExportConfig,
-    MakeSampleConfig,
-    MakeTinyConfig,
-    MergeLoraConfig,
-    ModelArguments,
-    PlotRunsConfig,
-)
-from crossgraft.llava.configuration import LlavaConfigError
-from crossgraft.llava.demo import format_results, run_demo
-from crossgraft.llava.evaluate import evaluate
-from crossgraft.llava.export import describe_export, export_llava_next, merge_lora
-from crossgraft.llava.lora import lora_base
-from crossgraft.llava.plots import plot_runs
-from crossgraft.llava.sample import make_sample, make_tiny_model
-from crossgraft.llava.train import backbone_plan, describe_plan, dry_run, inspect_data, train
 
-TrainArguments = tuple[ModelArguments, DataArguments, AlternatingTrainingArguments]
+if TYPE_CHECKING:  # the configs load when a command's parser is built, the library when the command runs
+    from crossgraft.llava.config import (
+        AlternatingTrainingArguments,
+        DataArguments,
+        DemoConfig,
+        EvaluateConfig,
+        LlavaCompareConfig,
+        LlavaExportConfig,
+        MakeSampleConfig,
+        MakeTinyConfig,
+        MergeLoraConfig,
+        ModelArguments,
+        PlotRunsConfig,
+    )
+
+CONFIGS = "crossgraft.llava.config"
+TrainArguments = tuple["ModelArguments", "DataArguments", "AlternatingTrainingArguments"]
 
 
 def cmd_train(arguments: TrainArguments) -> int:
+    from crossgraft.llava.configuration import LlavaConfigError
+    from crossgraft.llava.train import backbone_plan, describe_plan, dry_run, inspect_data, train
+
     model_args, data_args, training_args = arguments
     if model_args.dry_run:
         checked = dry_run(model_args)
@@ -70,18 +67,24 @@ def cmd_train(arguments: TrainArguments) -> int:
 
 
 def cmd_make_sample(config: MakeSampleConfig) -> int:
+    from crossgraft.llava.sample import make_sample
+
     path = make_sample(config.out, config.count, config.seed)
     print(f"wrote {config.count} records to {path}")
     return 0
 
 
 def cmd_make_tiny(config: MakeTinyConfig) -> int:
+    from crossgraft.llava.sample import make_tiny_model
+
     make_tiny_model(config.out, config.model_type, config.seed)
     print(f"wrote a tiny {config.model_type} model to {config.out}")
     return 0
 
 
 def cmd_demo(config: DemoConfig) -> int:
+    from crossgraft.llava.demo import format_results, run_demo
+
     results = run_demo(config)
     print(format_results(results.variants, results.comparison))
     print(f"written to {config.out}/results.md; loss curves: {config.out}/training_curves.png")
@@ -89,6 +92,8 @@ def cmd_demo(config: DemoConfig) -> int:
 
 
 def cmd_plot_runs(config: PlotRunsConfig) -> int:
+    from crossgraft.llava.plots import plot_runs
+
     plotted = plot_runs(config.runs, config.out)
     if plotted.without_records:
         print(f"note: {', '.join(plotted.without_records)} logged no loss yet (see --logging_steps)")
@@ -97,12 +102,16 @@ def cmd_plot_runs(config: PlotRunsConfig) -> int:
 
 
 def cmd_evaluate(config: EvaluateConfig) -> int:
+    from crossgraft.llava.evaluate import evaluate
+
     folder, _ = evaluate(config)  # the summary is logged (console and evaluate.log)
     print(f"predictions: {folder}/predictions.jsonl; summary: {folder}/summary.json")
     return 0
 
 
 def cmd_compare(config: LlavaCompareConfig) -> int:
+    from crossgraft.llava.compare import compare
+
     print(compare(config.runs, config.data_path, config.out, config.seed))
     if config.out is not None:
         print(f"written to {config.out}/compare.txt and compare.json")
@@ -110,11 +119,16 @@ def cmd_compare(config: LlavaCompareConfig) -> int:
 
 
 def cmd_export(config: LlavaExportConfig) -> int:
+    from crossgraft.llava.export import describe_export, export_llava_next
+
     print(describe_export(export_llava_next(config.model_name_or_path, config.out, config.dtype)))
     return 0
 
 
 def cmd_merge_lora(config: MergeLoraConfig) -> int:
+    from crossgraft.llava.export import merge_lora
+    from crossgraft.llava.lora import lora_base
+
     out = merge_lora(config.model_name_or_path, config.out)
     print(f"merged {config.model_name_or_path} (base {lora_base(config.model_name_or_path)}) into {out}")
     return 0
@@ -122,7 +136,7 @@ def cmd_merge_lora(config: MergeLoraConfig) -> int:
 
 COMMANDS = {
     "train": Command(
-        (ModelArguments, DataArguments, AlternatingTrainingArguments),
+        (f"{CONFIGS}:ModelArguments", f"{CONFIGS}:DataArguments", f"{CONFIGS}:AlternatingTrainingArguments"),
         cmd_train,
         "train base / alternating / alternating_cross (= train_alternating; every Hugging Face TrainingArguments flag)",
         "Train LLaVA-OneVision (Qwen2 + SigLIP) as base, alternating or alternating_cross. Images go through the "
@@ -130,21 +144,21 @@ COMMANDS = {
         "--dry_run, --inspect_data and --inspect_weights report and exit before anything is loaded or trained.",
     ),
     "make-sample": Command(
-        MakeSampleConfig,
+        f"{CONFIGS}:MakeSampleConfig",
         cmd_make_sample,
         "write a tiny LAION-style image-caption set in LLaVA format",
         "Write generated images (coloured shapes) and their captions as LLaVA conversation records: "
         "OUT/images/*.png and OUT/sample.json.",
     ),
     "make-tiny": Command(
-        MakeTinyConfig,
+        f"{CONFIGS}:MakeTinyConfig",
         cmd_make_tiny,
         "write a tiny random model and its tokenizer (any variant, a bare Qwen2 LM or a SigLIP tower)",
         "Write a tiny random checkpoint (config.json, model.safetensors, tokenizer) to try every command offline. "
         "'qwen2' writes a bare language model, the backbone of --init_from_backbone.",
     ),
     "evaluate": Command(
-        EvaluateConfig,
+        f"{CONFIGS}:EvaluateConfig",
         cmd_evaluate,
         "generate answers for held-out records and score them (loss, perplexity, BLEU-4, ROUGE-L, CIDEr-D)",
         "Each held-out record's first question is answered with the KV-cached generate(); the answer is scored "
@@ -154,7 +168,7 @@ COMMANDS = {
         "and evaluate.log under --out.",
     ),
     "compare": Command(
-        LlavaCompareConfig,
+        f"{CONFIGS}:LlavaCompareConfig",
         cmd_compare,
         "metric differences between variants on the same held-out data, with paired bootstrap 95% intervals",
         "The first NAME=PATH is the reference. Every metric of every other variant minus the reference's, with a "
@@ -163,7 +177,7 @@ COMMANDS = {
         "settings.",
     ),
     "export": Command(
-        LlavaExportConfig,
+        f"{CONFIGS}:LlavaExportConfig",
         cmd_export,
         "write a run as a LLaVA-NeXT checkpoint folder (base, alternating, alternating_cross mask)",
         "The weights keep LLaVA-NeXT's names; config.json gets rope_theta, torch_dtype and "
@@ -172,7 +186,7 @@ COMMANDS = {
         "alternating_cross runs are refused: their blocks exist in neither LLaVA-NeXT nor the alternating fork.",
     ),
     "merge-lora": Command(
-        MergeLoraConfig,
+        f"{CONFIGS}:MergeLoraConfig",
         cmd_merge_lora,
         "merge a LoRA run's adapters into its base and write an ordinary checkpoint",
         "Loads the run's base (adapter_config.json's base_model_name_or_path, or the run's own base folder), its "
@@ -180,14 +194,14 @@ COMMANDS = {
         "config.json, model.safetensors and the tokenizer to OUT (staged, then renamed).",
     ),
     "plot-runs": Command(
-        PlotRunsConfig,
+        f"{CONFIGS}:PlotRunsConfig",
         cmd_plot_runs,
         "loss and throughput curves of one or several runs on one figure (PNG and SVG)",
         "Reads each run's trainer_state.json: training loss and eval_loss, samples per second and time per step "
         "(logged with --throughput_log_steps) against the optimizer step, one colour per run.",
     ),
     "demo": Command(
-        DemoConfig,
+        f"{CONFIGS}:DemoConfig",
         cmd_demo,
         "train base, alternating and both alternating_cross modes from one tiny backbone; compare them",
         "Write the tiny caption sample (75% train / 25% held out) and a tiny random LLaVA backbone, train the four "

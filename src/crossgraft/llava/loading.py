@@ -22,7 +22,6 @@ from crossgraft.errors import DataError
 from crossgraft.files import parse_json, read_text
 from crossgraft.graft import CheckpointError, CopyReport, file_problem, selective_copy
 from crossgraft.limits import MAX_SETTINGS_BYTES
-from crossgraft.llava import MODEL_CLASSES
 from crossgraft.llava.configuration import (
     ALTERNATING_CROSS_MODEL_TYPE,
     ALTERNATING_MODEL_TYPE,
@@ -35,7 +34,7 @@ from crossgraft.llava.configuration import (
     LlavaQwenConfig,
 )
 from crossgraft.llava.lora import apply_lora_folder, is_lora_folder, lora_base
-from crossgraft.llava.modeling import LlavaQwenForCausalLM, check_attention_implementation
+from crossgraft.llava.modeling import MODEL_CLASSES, LlavaQwenForCausalLM, check_attention_implementation
 
 VARIANTS = ("base", "alternating", "alternating_cross")
 TORCH_DTYPES = {name: getattr(torch, name) for name in DTYPE_NAMES}

@@ -26,7 +26,7 @@ from typing import Any, cast
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.models.qwen2.modeling_qwen2 import Qwen2DecoderLayer, Qwen2MLP, Qwen2RMSNorm, Qwen2RotaryEmbedding
@@ -699,3 +699,15 @@ class LlavaQwenWithAlternatingCrossAttnForCausalLM(LlavaQwenForCausalLM):
 
     config_class = LlavaQwenAlternatingCrossConfig
     config: LlavaQwenAlternatingCrossConfig
+
+
+# The three model types, registered with transformers' Auto classes when this module loads (every crossgraft function
+# that loads a model imports it; `import crossgraft.llava.modeling` does it for a script of your own).
+MODEL_CLASSES: dict[str, type[LlavaQwenForCausalLM]] = {
+    LlavaQwenConfig.model_type: LlavaQwenForCausalLM,
+    LlavaQwenAlternatingConfig.model_type: LlavaQwenWithAlternatingAttnForCausalLM,
+    LlavaQwenAlternatingCrossConfig.model_type: LlavaQwenWithAlternatingCrossAttnForCausalLM,
+}
+for _model_class in MODEL_CLASSES.values():
+    AutoConfig.register(_model_class.config_class.model_type, _model_class.config_class, exist_ok=True)
+    AutoModelForCausalLM.register(_model_class.config_class, _model_class, exist_ok=True)

@@ -24,13 +24,13 @@ from crossgraft.bpe import byte_symbols
 from crossgraft.errors import ConfigError
 from crossgraft.files import ensure_folder, with_umask_modes, write_text_atomic
 from crossgraft.images import save_image
-from crossgraft.llava import MODEL_CLASSES
 from crossgraft.llava.configuration import (
     BASE_MODEL_TYPE,
     CONFIG_CLASSES,
     TINY_TYPES,
     LlavaQwenConfig,
 )
+from crossgraft.llava.modeling import MODEL_CLASSES
 
 IM_START, IM_END, END_OF_TEXT = "<|im_start|>", "<|im_end|>", "<|endoftext|>"
 

@@ -377,8 +377,8 @@ def test_a_metadata_file_that_is_not_an_object_or_not_json_is_one_error(exports,
     folder = copied_export(exports, "base64", tmp_path)
     for text, message in [
         ("[1, 2]", "expected a JSON object, found list"),
-        ("{", "not readable json"),
-        ("[" * 100_000, "not readable json"),
+        ("{", "not valid json"),
+        ("[" * 100_000, "not valid json"),
         ('"\udc80"', "not utf-8 text"),
     ]:
         (folder / "metadata.json").write_text(text, errors="surrogatepass")
