@@ -83,3 +83,52 @@ def test_help_and_argument_errors_come_before_torch_and_transformers_load(argv):
     last = result.stdout.strip().splitlines()[-1]
     assert last.startswith("loaded: []"), (last, result.stderr[-2000:])
     assert last.endswith("exit: 0") == (argv[-1] in ("--help", "--version")), last
+
+
+REQUIRED = {  # each command's required arguments (some __post_init__ checks need real paths: tmp is filled in)
+    ("anomaly", "test"): ["--save_path", "{tmp}/run"],
+    ("anomaly", "predict"): ["{tmp}", "--save_path", "{tmp}/run", "--class_name", "dots"],
+    ("anomaly", "export"): ["--save_path", "{tmp}/run", "--class_name", "dots", "stripes", "--out", "{tmp}/export"],
+    ("anomaly", "serve"): ["--save_path", "{tmp}/run"],
+    ("anomaly", "attention-maps"): ["{tmp}", "--save_path", "{tmp}/run"],
+    ("anomaly", "compare"): ["base={tmp}/a", "cross={tmp}/b"],
+    ("anomaly", "plot-run"): ["{tmp}/run"],
+    ("anomaly", "make-synthetic"): ["--out", "{tmp}/synthetic"],
+    ("anomaly", "k-shot"): ["--shot", "4"],
+    ("anomaly", "descriptions"): ["--source", "{tmp}/constants.py", "--out", "{tmp}/descriptions.json"],
+    ("llava", "make-sample"): ["--out", "{tmp}/sample"],
+    ("llava", "make-tiny"): ["--out", "{tmp}/tiny"],
+    ("llava", "evaluate"): ["--model_name_or_path", "{tmp}/run", "--data_path", "{tmp}/held_out.json"],
+    ("llava", "compare"): ["base={tmp}/a", "alternating={tmp}/b"],
+    ("llava", "export"): ["{tmp}/export", "--model_name_or_path", "{tmp}/run"],
+    ("llava", "merge-lora"): ["{tmp}/merged", "--model_name_or_path", "{tmp}/run"],
+    ("llava", "plot-runs"): ["{tmp}/run"],
+    ("llava", "train"): ["--output_dir", "{tmp}/out", "--learning_rate", "0.0003", "--lr_scheduler_type", "cosine"],
+}
+
+
+def all_commands():
+    from crossgraft.anomaly.cli import COMMANDS as ANOMALY
+    from crossgraft.llava.cli import COMMANDS as LLAVA
+
+    return [("anomaly", name) for name in ANOMALY] + [("llava", name) for name in LLAVA]
+
+
+@pytest.mark.parametrize("family, command", all_commands(), ids=lambda value: value)
+def test_print_config_prints_yaml_that_config_reads_back_to_the_same_configuration(family, command, tmp_path, capsys):
+    from crossgraft.anomaly.cli import COMMANDS as ANOMALY
+    from crossgraft.args import command_parser
+    from crossgraft.llava.cli import COMMANDS as LLAVA
+
+    (tmp_path / "run").mkdir()
+    spec = (ANOMALY if family == "anomaly" else LLAVA)[command]
+    argv = [part.format(tmp=tmp_path) for part in REQUIRED.get((family, command), [])]
+    expected = command_parser(family, command, spec).parse(argv)
+    with pytest.raises(SystemExit) as stop:
+        command_parser(family, command, spec).parse([*argv, "--print_config"])
+    printed = capsys.readouterr().out
+    assert stop.value.code == 0 and printed.startswith(f"# crossgraft {family} {command}: the full configuration")
+    assert printed.count("\n# ") >= 2, "every setting comes with its help as a comment"
+    path = tmp_path / "printed.yaml"
+    path.write_text(printed)
+    assert command_parser(family, command, spec).parse(["--config", str(path)]) == expected

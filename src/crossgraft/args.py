@@ -21,6 +21,7 @@ import difflib
 import enum
 import importlib
 import sys
+import textwrap
 import types
 import typing
 from collections.abc import Callable, Sequence
@@ -28,11 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn, cast, get_args, get_origin, get_type_hints
 
+import yaml
+
 from crossgraft.errors import ConfigError, CrossgraftError, DataError
 from crossgraft.files import parse_json, parse_yaml, read_text
 from crossgraft.limits import MAX_SETTINGS_BYTES
 
 CONFIG_FLAG = "--config"
+PRINT_CONFIG_FLAG = "--print_config"
 # keys crossgraft writes into a saved run config beside the settings themselves; ignored when read back
 METADATA_KEYS = frozenset({"format", "crossgraft_version", "resolved"})
 ARGPARSE_ONLY_METADATA = ("group", "positional")
@@ -68,19 +72,28 @@ def flatten_config(config: Any) -> dict[str, Any]:
     return flat
 
 
+def plain_value(value: Any) -> Any:
+    """A setting as json / yaml data: paths as strings, tuples as lists, enum members as their values."""
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, enum.Enum):
+        return plain_value(value.value)
+    if isinstance(value, (list, tuple)):
+        return [plain_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): plain_value(v) for k, v in value.items()}
+    return value
+
+
+def yaml_flow(value: Any) -> str:
+    """One value as a single line of YAML (flow style)."""
+    as_list = yaml.safe_dump([value], default_flow_style=True, width=10**9, allow_unicode=True).strip()
+    return as_list[1:-1]  # [value] -> value
+
+
 def config_to_dict(config: Any) -> dict[str, Any]:
     """A config instance as json-ready nested dicts (paths as strings, tuples as lists)."""
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, Path):
-            return str(value)
-        if isinstance(value, (list, tuple)):
-            return [plain(v) for v in value]
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        return value
-
-    return {key: plain(value) for key, value in dataclasses.asdict(config).items()}
+    return {key: plain_value(value) for key, value in dataclasses.asdict(config).items()}
 
 
 def build_config(dtype: type, values: dict[str, Any]) -> Any:
@@ -187,6 +200,12 @@ class ConfigArgumentParser(argparse.ArgumentParser):
         for dtype in self.dataclass_types:
             self._add_dataclass_arguments(dtype)
         self.add_argument(
+            PRINT_CONFIG_FLAG,
+            action="store_true",
+            help="print the full configuration (these flags with the given --config and flags applied) as YAML that "
+            "--config reads back, and exit",
+        )
+        self.add_argument(
             CONFIG_FLAG,
             metavar="FILE",
             default=None,
@@ -269,6 +288,7 @@ class ConfigArgumentParser(argparse.ArgumentParser):
             self.apply_config_file(known.config)
         values = vars(self.parse_args(argv))
         values.pop(CONFIG_FLAG.lstrip("-"), None)
+        print_config = values.pop(PRINT_CONFIG_FLAG.lstrip("-"), False)
         try:
             configs = [build_config(dtype, values) for dtype in self.dataclass_types]
         except CrossgraftError:
@@ -279,7 +299,29 @@ class ConfigArgumentParser(argparse.ArgumentParser):
             ) from error
         except (ValueError, TypeError) as error:  # a library config's own checks (TrainingArguments, …)
             raise ConfigError(f"invalid settings: {str(error)[:300]}") from error
+        if print_config:
+            print(self.config_yaml(configs))
+            raise SystemExit(0)
         return configs[0] if len(configs) == 1 else tuple(configs)
+
+    def config_yaml(self, configs: Sequence[Any]) -> str:
+        """The full configuration as YAML that `--config` reads back: every flag with its value, defaults
+        included, each under its help text as a comment."""
+        actions: dict[str, argparse.Action] = {}
+        for action in self._actions:  # a flag, not its --no_ twin
+            if not isinstance(action, argparse._StoreFalseAction) and action.dest not in ("help", "config"):
+                actions.setdefault(action.dest, action)
+        actions.pop(PRINT_CONFIG_FLAG.lstrip("-"), None)
+        lines = [f"# {self.prog}: the full configuration (--config FILE reads it back; flags given with it win)"]
+        for config in configs:
+            for name, value in flatten_config(config).items():
+                if name not in actions:
+                    continue
+                help_text = " ".join((actions[name].help or "").split())
+                help_text = help_text.replace("%(default)s", "the value below").replace("%%", "%")
+                lines += ["", *textwrap.wrap(help_text, 118, initial_indent="# ", subsequent_indent="# ")]
+                lines.append(f"{name}: {yaml_flow(plain_value(value))}")
+        return "\n".join(lines)
 
     def apply_config_file(self, path: Path | str) -> None:
         """Make the file's settings the defaults, so that command-line flags still win."""
@@ -316,10 +358,15 @@ class ConfigArgumentParser(argparse.ArgumentParser):
         if unknown:
             raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}; `--help` lists the flags")
         mappings, optional = self.fields_whose_type_allows("dict"), self.fields_whose_type_allows("None")
+        lists = self.fields_whose_type_allows("list")
         for dest in flat:
             action = actions[dest]
             if isinstance(flat[dest], dict) and dest not in mappings:
                 raise ConfigError(f"{source}: {dest} takes a single value, not a mapping")
+            if isinstance(flat[dest], list) and action.nargs not in ("+", "*") and dest in lists:
+                if not all(isinstance(item, str) for item in flat[dest]):  # a library setting: text or a list of it
+                    raise ConfigError(f"{source}: {dest} takes a list of text")
+                continue
             if flat[dest] is None and dest not in optional and action.default is not None:
                 raise ConfigError(f"{source}: {dest} needs a value (null leaves it unset, which it cannot be)")
             flat[dest] = file_value(action, flat[dest], f"{source}: {dest}")

@@ -67,7 +67,7 @@ def test_a_broken_run_config_is_named(trained_run, tmp_path):
     with pytest.raises(ConfigError, match=r"run_config.json not found: is .* a crossgraft training folder"):
         load_trained(tmp_path)
     (tmp_path / RUN_CONFIG).write_text("{not json")
-    with pytest.raises(ConfigError, match=r"run_config.json: not a valid json file"):
+    with pytest.raises(ConfigError, match=r"run_config.json: not valid json"):
         load_trained(tmp_path)
     document = json.loads((trained_run / RUN_CONFIG).read_text())
     del document["resolved"]["surgery_from"]
