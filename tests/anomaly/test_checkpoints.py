@@ -1,4 +1,5 @@
-"""Checkpoints in the public AA-CLIP format (DESIGN §3) and the variants' (§4): names and shapes, loading the public
+"""Checkpoints in the public AA-CLIP format (docs/aa-clip.md) and the variants' (docs/cross-attention.md):
+names and shapes, loading the public
 code's files, mismatches explained by key, shapes and cause, and files that would run code refused."""
 
 import os

@@ -1,4 +1,5 @@
-"""Diagnostics (DESIGN §4): seed 001's gradient-flow check, text->patch attention maps, the backbone feature report."""
+"""Diagnostics (docs/cross-attention.md): seed 001's gradient-flow check, text->patch attention maps,
+the backbone feature report."""
 
 import pytest
 import torch

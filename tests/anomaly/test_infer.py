@@ -1,4 +1,5 @@
-"""Test-time maps and scores (DESIGN §3) against hand-worked values, and rebuilding a trained run from its folder."""
+"""Test-time maps and scores (docs/aa-clip.md) against hand-worked values, and
+rebuilding a trained run from its folder."""
 
 import json
 

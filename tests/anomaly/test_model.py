@@ -1,5 +1,6 @@
-"""AdaptedCLIP and its cross-attention modules (DESIGN §3, §4): shapes, per-image anchors, test-time use, weight 0 =
-base, gradients, the frozen stage-1 path as constructor settings, and shape errors that name both shapes."""
+"""AdaptedCLIP and its cross-attention modules (docs/aa-clip.md, docs/cross-attention.md): shapes, per-image anchors,
+test-time use, weight 0 = base, gradients, the frozen stage-1 path as constructor settings, and shape errors that
+name both shapes."""
 
 import pytest
 import torch

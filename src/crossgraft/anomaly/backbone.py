@@ -1,4 +1,4 @@
-"""Frozen CLIP backbone for the anomaly family (DESIGN §2).
+"""Frozen CLIP backbone for the anomaly family (docs/aa-clip.md).
 
 `FrozenCLIP` wraps a `transformers.CLIPModel` and runs its blocks itself, so that callers can take the
 token sequence after any block, insert adapters between blocks, and switch a block's attention to the
@@ -93,7 +93,7 @@ class FrozenCLIP(nn.Module):
     """A frozen CLIP whose blocks can be run one at a time.
 
     Block indices in the public methods are 0-based (`vision_block(i, x)` runs block i+1 of the paper's
-    1-based numbering); `levels` and `surgery_from` are 1-based, as in DESIGN.md and the public AA-CLIP flags.
+    1-based numbering); `levels` and `surgery_from` are 1-based, as in the public AA-CLIP flags.
     """
 
     image_position_embedding: torch.Tensor  # (1+N, W): a buffer, positions interpolated to the run's grid

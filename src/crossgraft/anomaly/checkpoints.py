@@ -1,4 +1,5 @@
-"""AA-CLIP checkpoints in the public code's format (DESIGN §3), and the cross-attention variants' (§4).
+"""AA-CLIP checkpoints in the public code's format (docs/aa-clip.md), and the
+cross-attention variants' (docs/cross-attention.md).
 
 text_adapter.pth:  {"epoch", "text_adapter": ModuleList state (0.fc.0.weight … K.fc.0.weight), "text_optimizer"}
 image_adapter.pth, image_adapter_{epoch}.pth:

@@ -7,8 +7,8 @@ cannot work are refused (`ConfigError`) when a config is made, before anything i
 
 - `DataConfig`: which images (a named dataset or a metadata file under a root, some classes): `load()`.
 - `BackboneConfig`: which CLIP, at which image size: `load()`.
-- `AdapterConfig`, `CrossAttentionConfig`: the model around the frozen CLIP (DESIGN §3, §4).
-- `QuirkConfig`: the public code's quirks, driven by `preset` and each overridable (DESIGN §3).
+- `AdapterConfig`, `CrossAttentionConfig`: the model around the frozen CLIP (docs/aa-clip.md, docs/cross-attention.md).
+- `QuirkConfig`: the public code's quirks, driven by `preset` and each overridable (docs/aa-clip.md).
 - `TrainConfig`: a training run; `save_run_config` / `load_run_config` write and read it with what it resolved.
 - one config per other command: `EvalConfig` (test), `PredictConfig`, `ExportConfig`, `ServeConfig`,
   `GradFlowConfig`, `AttentionMapsConfig`,
@@ -165,7 +165,7 @@ class BackboneConfig:
 
 @dataclass
 class AdapterConfig:
-    """AA-CLIP's adapters (DESIGN §3): the public train.py flags."""
+    """AA-CLIP's adapters (docs/aa-clip.md): the public train.py flags."""
 
     _argument_group_name = "model (the public train.py flags)"
 
@@ -194,12 +194,12 @@ class AdapterConfig:
         return config_to_dict(self)
 
 
-CROSS_GROUP = "cross-attention variants and fair comparison (DESIGN §4, seeds 000-003)"
+CROSS_GROUP = "cross-attention variants and fair comparison (docs/cross-attention.md, seeds 000-003)"
 
 
 @dataclass
 class CrossAttentionConfig:
-    """The cross-attention extension (DESIGN §4). `base` is AA-CLIP itself."""
+    """The cross-attention extension (docs/cross-attention.md). `base` is AA-CLIP itself."""
 
     _argument_group_name = CROSS_GROUP
 
@@ -266,7 +266,7 @@ class CrossAttentionConfig:
 
 @dataclass(frozen=True)
 class Quirks:
-    """What a run does about each of the public code's quirks (DESIGN §3)."""
+    """What a run does about each of the public code's quirks (docs/quirks.md)."""
 
     vv_mode: VVMode  # 1: V-V attention across the batch axis ("batch") or over tokens
     stage1_last_level_only: bool  # 2: the stage-1 loss keeps only the last level
@@ -289,7 +289,7 @@ PRESETS = {
 class QuirkConfig:
     """`preset` sets every quirk; each flag below overrides its own one."""
 
-    _argument_group_name = "fidelity: the public code's quirks (DESIGN §3)"
+    _argument_group_name = "fidelity: the public code's quirks (docs/quirks.md)"
 
     preset: Literal["reference", "fixed"] = field(
         default="reference",

@@ -1,4 +1,5 @@
-"""Diagnostics of the cross-attention variants (DESIGN §4): gradient flow and text→patch attention maps."""
+"""Diagnostics of the cross-attention variants (docs/cross-attention.md): gradient flow and text→patch attention
+maps."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""`crossgraft anomaly test`: evaluate one checkpoint of a trained run on a dataset (DESIGN §3, §5)."""
+"""`crossgraft anomaly test`: evaluate one checkpoint of a trained run on a dataset (docs/aa-clip.md,
+docs/metrics.md)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""Fair comparison (seed 000, DESIGN §4): a variant starts from a trained base model's adapters, and the log says
-so in the seed's words: the loading banners, the mean weight magnitude of each loaded module (a warning when it
+"""Fair comparison (seed 000, docs/cross-attention.md): a variant starts from a trained base model's adapters, and the
+log says so in the seed's words: the loading banners, the mean weight magnitude of each loaded module (a warning when it
 looks untrained), and the WEIGHT INITIALIZATION SUMMARY before each stage."""
 
 from __future__ import annotations

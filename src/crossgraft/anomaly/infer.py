@@ -1,4 +1,4 @@
-"""Test-time anomaly maps and image scores (DESIGN §3), and loading a trained run for inference."""
+"""Test-time anomaly maps and image scores (docs/aa-clip.md), and loading a trained run for inference."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""AA-CLIP's losses and patch-text similarity maps (DESIGN §3), written to match the public code's numbers."""
+"""AA-CLIP's losses and patch-text similarity maps (docs/aa-clip.md), written to match the public code's numbers."""
 
 from __future__ import annotations
 

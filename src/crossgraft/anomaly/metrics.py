@@ -1,4 +1,4 @@
-"""Exact, fast anomaly-detection metrics (DESIGN §5).
+"""Exact, fast anomaly-detection metrics (docs/metrics.md).
 
 Image and pixel AUROC / AP (as sklearn's `roc_auc_score` / `average_precision_score`, ties included), F1-max
 over every threshold of the precision-recall curve, and AUPRO as the official MVTec AD evaluation defines

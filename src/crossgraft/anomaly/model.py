@@ -1,4 +1,4 @@
-"""AdaptedCLIP: AA-CLIP's text and image adapters on a frozen CLIP (DESIGN §3).
+"""AdaptedCLIP: AA-CLIP's text and image adapters on a frozen CLIP (docs/aa-clip.md).
 
 Text side: adapters after text blocks 1..`text_adapt_until` (all positions), then the EOT feature after
 `ln_final` goes through a SimpleProj + LeakyReLU that replaces CLIP's text projection.

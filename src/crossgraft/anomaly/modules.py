@@ -1,4 +1,4 @@
-"""Trainable building blocks of AA-CLIP (DESIGN §3). Parameter names match the public checkpoints."""
+"""Trainable building blocks of AA-CLIP (docs/aa-clip.md). Parameter names match the public checkpoints."""
 
 from __future__ import annotations
 

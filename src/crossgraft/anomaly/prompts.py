@@ -1,4 +1,4 @@
-"""AA-CLIP's prompt ensemble (DESIGN §3): 6 normal and 10 abnormal sentences per class."""
+"""AA-CLIP's prompt ensemble (docs/aa-clip.md): 6 normal and 10 abnormal sentences per class."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The AA-CLIP two-stage training loop (DESIGN §3) and its cross-attention variants (§4).
+"""The AA-CLIP two-stage training loop (docs/aa-clip.md) and its cross-attention variants (docs/cross-attention.md).
 
 Stage 1 trains the text adapters (and the text cross-attention) against frozen V-V features; stage 2 trains
 the image adapters (and the image cross-attention) against frozen anchors. `num_feedback_loops` repeats the
