@@ -7,6 +7,7 @@ from pathlib import Path
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from crossgraft.files import atomic_write
 
@@ -39,3 +40,9 @@ def empty_axes(axes: Axes, title: str, note: str = NOT_APPLICABLE_NOTE) -> None:
     axes.text(0.5, 0.5, note, ha="center", va="center", transform=axes.transAxes, color="0.4")
     axes.set_xticks([])
     axes.set_yticks([])
+
+
+def integer_ticks(axes: Axes) -> Axes:
+    """Whole-number ticks on the x axis (epochs, optimizer steps): no 2.5th epoch."""
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return axes

@@ -113,6 +113,7 @@ def test_train_test_predict_commands(synthetic_root, tmp_path, capsys):
     assert main([*predict, "--threshold", "1000"]) == 0
     out = capsys.readouterr().out
     assert "model: base run in" in out and "(epoch 1)" in out and out.count("  normal  ") == 3
+    assert "image score  det score  verdict  image" in out
     assert main([*train, "--text_epoch", "1", "--image_epoch", "1", "--preset", "fixed"]) == 2
     assert "pass --resume" in capsys.readouterr().err
     assert main(["anomaly", "test", *common, "--save_path", str(tmp_path / "none")]) == 2

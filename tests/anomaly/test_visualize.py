@@ -24,6 +24,7 @@ from crossgraft.anomaly.visualize import (
     jet,
     load_rgb,
     panel_layout,
+    prediction_panel_text,
     render_contact_sheet,
     render_panel,
     resize_map,
@@ -102,11 +103,19 @@ def test_tiles_keep_large_maps_at_their_size_and_panels_are_written(tmp_path):
     assert Image.open(path).size == (layout.width, layout.height)
 
 
-def test_verdicts():
-    assert verdict(True, 1, "score >= 0.5") == "anomalous (score >= 0.5): correct"
-    assert verdict(True, 0, "score >= 0.5").endswith("false alarm")
-    assert verdict(False, 1, "score >= 0.5").endswith("missed")
-    assert verdict(False, None, "score > 2") == "normal (score > 2)"
+def test_a_verdict_states_the_comparison_that_holds():
+    f1 = "the class's F1-max threshold"
+    assert verdict(0.379, 0.6434, 1, f1, True) == "normal: score 0.379 < the class's F1-max threshold 0.6434 (missed)"
+    assert verdict(0.7, 0.6434, 1, f1, True) == "ANOMALOUS: score 0.7 >= the class's F1-max threshold 0.6434 (correct)"
+    assert verdict(0.5, 0.5, 0, "threshold", True).endswith(">= threshold 0.5 (false alarm)")  # ties: anomalous
+    assert verdict(0.5, 0.5, None, "threshold", False) == "normal: score 0.5 <= threshold 0.5"  # ties: normal
+    assert verdict(2.5, 2, None, "threshold", False) == "ANOMALOUS: score 2.5 > threshold 2"
+
+
+def test_predict_panels_name_the_image_by_its_folder_and_say_the_colour_unit():
+    text = prediction_panel_text("missing/000.png", "bottle", 0.379, 0.6434, -0.2, 0.9)
+    assert text.title.startswith("missing/000.png") and "normal: score 0.379 <= threshold 0.6434" in text.detail
+    assert "map values -0.2 to 0.9 (the image score's unit)" in text.scale
 
 
 def cell_origin(rank):

@@ -38,9 +38,10 @@ def cmd_predict(config: cfg.PredictConfig) -> int:
 
     result = predict(config)
     print(f"model: {result.model}")
+    print(f"{'image score':>11}  {'det score':>9}  {'verdict' if result.threshold is not None else ''}  image")
     for p in result.predictions:
-        flag = "" if p.anomalous is None else ("  ANOMALOUS" if p.anomalous else "  normal")
-        print(f"{p.image_score:10.3f}  det {p.det_score:.3f}{flag}  {p.image}")
+        flag = "" if p.anomalous is None else ("ANOMALOUS" if p.anomalous else "normal   ")
+        print(f"{p.image_score:11.3f}  {p.det_score:9.3f}  {flag}  {p.image}")
     if result.threshold is not None:
         print(f"threshold {result.threshold:.3f}{f' (fitted on {config.fit_on})' if config.fit_on else ''}")
     print(f"heat maps and one json per image in {config.out_dir}; summary {result.summary}")

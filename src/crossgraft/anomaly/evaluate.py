@@ -138,7 +138,13 @@ def judged(score: float, threshold: float | None, label: int | None) -> str:
     """The verdict against the class's F1-max threshold (the image metrics count score >= it as anomalous)."""
     if threshold is None:
         return "no threshold (the class has only one label)"
-    return verdict(score >= threshold, label, f"score >= the class's F1-max threshold {threshold:.4g}")
+    return verdict(score, threshold, label, "the class's F1-max threshold", at_threshold_anomalous=True)
+
+
+def shown_path(sample: Sample) -> str:
+    """An image's name with the folder it sits in (`missing/000.png`): MVTec-style trees repeat file names in
+    every defect folder."""
+    return f"{sample.image_path.parent.name}/{sample.image_path.name}"
 
 
 def draw_class(
@@ -152,18 +158,21 @@ def draw_class(
     """A panel per image and the class's contact sheet. Colours share the class-wide range the image scores
     are normalised with; the verdict is against the class's image F1-max threshold."""
     entries = []
-    range_note = f"colours: {low:.4g} to {high:.4g}, the min-max of the class's maps (as the image scores use)"
+    range_note = (
+        f"colours: map values {low:.4g} to {high:.4g}, the class's range (the image score is on 0..1: this range "
+        "normalised, mixed with the detection score)"
+    )
     for (sample, score_map, mask), score in zip(kept, image_scores.tolist()):
         truth = mask if sample.mask_path else None
         text = PanelText(
-            title=f"{sample.image_path.name}  |  {sample.class_name} / {sample.defect_type}",
-            detail=f"image score {score:.4g}  |  " + judged(score, threshold, sample.label),
+            title=f"{shown_path(sample)}  |  {sample.class_name} / {sample.defect_type}",
+            detail=judged(score, threshold, sample.label),
             scale=range_note,
         )
         name = f"{sample.defect_type}_{sample.image_path.stem}.png"
         image = load_rgb(sample.image_path)
         save_panel(image, score_map.astype(np.float32), visual_dir / name, text, truth, low, high)
-        entries.append(sheet_entry(image, sample.image_path.name, score_map, truth, low, high, score, sample.label))
+        entries.append(sheet_entry(image, shown_path(sample), score_map, truth, low, high, score, sample.label))
     class_name = kept[0][0].class_name
     title = f"{class_name}: {len(entries)} test images"
     save_contact_sheet(entries, visual_dir.parent / f"{class_name}_sheet.png", title, threshold)

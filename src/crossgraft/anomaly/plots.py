@@ -17,7 +17,7 @@ from crossgraft.anomaly.metrics import AnomalyMetrics, ClassCurves, Curve, clip_
 from crossgraft.anomaly.report import COLUMNS, MEAN_ROW, ComparedRun
 from crossgraft.errors import DataError
 from crossgraft.files import read_text
-from crossgraft.plots import empty_axes, new_figure, save_figure
+from crossgraft.plots import empty_axes, integer_ticks, new_figure, save_figure
 
 CURVE_PANELS = (  # (ClassCurves field, title, x label, y label)
     ("image_roc", "image ROC", "false positive rate", "true positive rate"),
@@ -230,10 +230,10 @@ def training_figure(records: list[EpochRecord], title: str) -> Figure:
                 norms = [r.grad_norms.get(group, np.nan) for r in rows]
                 norm_axes.plot(epochs, norms, marker="o", label=f"{group}{suffix}")
     loss_axes.set_title("training loss (mean over the epoch)")
-    loss_axes.set_xlabel("epoch")
+    integer_ticks(loss_axes).set_xlabel("epoch")
     loss_axes.set_ylabel("loss")
     norm_axes.set_title("average gradient norm per module group")
-    norm_axes.set_xlabel("epoch")
+    integer_ticks(norm_axes).set_xlabel("epoch")
     norm_axes.set_yscale("log")
     for axes in (loss_axes, norm_axes):
         axes.legend()

@@ -54,7 +54,8 @@ def predict(config: PredictConfig) -> PredictionSet:
         image_path = scored.sample.image_path
         stem = out / output_stem(image_path, config.inputs)
         low, high = colour_range(scored.score_map, threshold)
-        panel_text = prediction_panel_text(image_path.name, config.class_name, scored.image_score, threshold, low, high)
+        shown = output_stem(image_path, config.inputs).with_suffix(image_path.suffix).as_posix()  # missing/000.png
+        panel_text = prediction_panel_text(shown, config.class_name, scored.image_score, threshold, low, high)
         heatmap = save_panel(
             load_rgb(image_path),
             scored.score_map,

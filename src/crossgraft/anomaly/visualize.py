@@ -255,14 +255,22 @@ def save_panel(
     return save_image(Image.fromarray(render_panel(image, score_map, mask, low, high, text)), out_path)
 
 
-def verdict(anomalous: bool, label: int | None, rule: str) -> str:
-    """'anomalous (score >= F1-max threshold 0.55): correct' and kin; `rule` says how the call was made."""
-    words = f"{'anomalous' if anomalous else 'normal'} ({rule})"
+def verdict(
+    score: float, threshold: float, label: int | None, threshold_name: str, at_threshold_anomalous: bool
+) -> str:
+    """The call and the comparison that holds, e.g. 'normal: score 0.379 < F1-max threshold 0.643 (missed)';
+    `at_threshold_anomalous` says which side a score equal to the threshold falls on."""
+    anomalous = score >= threshold if at_threshold_anomalous else score > threshold
+    if anomalous:
+        relation = ">=" if at_threshold_anomalous else ">"
+    else:
+        relation = "<" if at_threshold_anomalous else "<="
+    words = f"{'ANOMALOUS' if anomalous else 'normal'}: score {score:.4g} {relation} {threshold_name} {threshold:.4g}"
     if label is None:
         return words
     if anomalous == bool(label):
-        return words + ": correct"
-    return words + (": false alarm" if anomalous else ": missed")
+        return words + " (correct)"
+    return words + (" (false alarm)" if anomalous else " (missed)")
 
 
 # --------------------------------------------------------------------------------------- contact sheet
@@ -343,13 +351,14 @@ def prediction_panel_text(
 ) -> PanelText:
     """The title block of a prediction's panel (predict's files, the web page's download)."""
     judged = (
-        "no threshold (--threshold or --fit_on gives a verdict)"
+        f"image score {image_score:.4g} (no threshold: --threshold or --fit_on gives a verdict)"
         if threshold is None
-        else verdict(image_score > threshold, None, f"score > threshold {threshold:.4g}")
+        else verdict(image_score, threshold, None, "threshold", at_threshold_anomalous=False)
     )
     return PanelText(
         title=f"{image_name}  |  {class_name}",
-        detail=f"image score {image_score:.4g} (the map's maximum)  |  {judged}",
-        scale=f"colours: {low:.4g} to {high:.4g}, this image's min to max(its max, the threshold)",
+        detail=f"{judged}  |  image score = the map's maximum",
+        scale=f"colours: map values {low:.4g} to {high:.4g} (the image score's unit), this image's min to "
+        "max(its max, the threshold)",
         empty_mask="no ground truth",
     )

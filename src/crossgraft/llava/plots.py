@@ -14,7 +14,7 @@ from transformers.trainer import TRAINER_STATE_NAME
 from crossgraft.errors import DataError
 from crossgraft.files import read_text
 from crossgraft.llava.train import checkpoint_folders
-from crossgraft.plots import empty_axes, new_figure, save_figure
+from crossgraft.plots import empty_axes, integer_ticks, new_figure, save_figure
 
 PANELS = (  # (log key, title, y label)
     ("loss", "training loss (solid) and eval_loss (dashed)", "loss"),
@@ -76,7 +76,7 @@ def runs_figure(runs: list[RunHistory]) -> Figure:
             empty_axes(axes, title, NO_THROUGHPUT)
             continue
         axes.set_title(title)
-        axes.set_xlabel("optimizer step")
+        integer_ticks(axes).set_xlabel("optimizer step")
         axes.set_ylabel(y_label)
         axes.grid(alpha=0.3)
         axes.legend()
