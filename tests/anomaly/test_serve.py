@@ -178,8 +178,7 @@ def test_the_page_in_a_real_browser(trained_run, detector, clear_defect, tmp_pat
                 if clear.count():
                     clear.click()
                 page.locator("#upload input[type=file]").set_input_files(str(path))
-                page.wait_for_function(f"document.body.innerText.includes({path.name!r})")
-                page.click("#detect")
+                page.wait_for_function(f"document.body.innerText.includes({path.name!r})")  # the result comes on upload
                 page.wait_for_function(  # the new file's result, no longer pending (gradio shows a timer then)
                     "([name]) => { const t = document.querySelector('#result').innerText;"
                     " return t.includes(name) && !/^\\s*\\d+(\\.\\d+)?s/.test(t)"
@@ -235,3 +234,25 @@ def test_every_normal_request_is_answered_beside_hostile_ones(trained_run, synth
         assert "stopped after 0.01 s:" in table and f"of {config.max_images} images scored" in table
     finally:
         app.close()
+
+
+def test_the_page_and_predict_fit_the_same_threshold_and_give_the_same_verdict(
+    detector, trained_run, synthetic_root, tmp_path
+):
+    from crossgraft.anomaly.config import PredictConfig
+    from crossgraft.anomaly.predict import predict
+
+    fit_on = tmp_path / "fit_on"
+    shutil.copytree(synthetic_root / "dots" / "train" / "good", fit_on / "dots")
+    shutil.copytree(synthetic_root / "checker" / "train" / "good", fit_on / "zero_shot_name")
+    page = class_thresholds(detector, fit_on)
+    inputs = synthetic_root / "dots" / "test"
+    predicted = predict(
+        PredictConfig(inputs=inputs, save_path=trained_run, class_name="dots", fit_on=fit_on / "dots",
+                      out=tmp_path / "predict", device="cpu")
+    )  # fmt: skip
+    assert page["dots"] == pytest.approx(predicted.threshold, rel=1e-6)
+    assert "zero_shot_name" in page  # a class typed on the page is fitted by the same rule
+    for prediction in predicted.predictions:
+        scored = detector.score([prediction.image], "dots")[0]
+        assert detector.render(scored, page["dots"]).anomalous == prediction.anomalous, prediction.image

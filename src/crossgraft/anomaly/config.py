@@ -733,7 +733,15 @@ class ServeConfig:
         metadata={"help": "a folder of example images to offer on the page (default: a few of the run's test images)"},
     )
     threshold: float | None = field(
-        default=None, metadata={"help": "the slider's starting threshold (default: the export's fitted one, if any)"}
+        default=None, metadata={"help": "the slider's starting threshold (default: the class's fitted one, if any)"}
+    )
+    fit_on: Path | None = field(
+        default=None,
+        metadata={
+            "help": "a folder with one subfolder of normal images per class (FIT_ON/CLASS, any class name): each such "
+            "class's threshold is fitted on it as predict --fit_on fits it (default: an export's fitted thresholds, or "
+            "the normal images a training run trained on)"
+        },
     )
     domain: Literal["industrial", "medical"] = field(
         default="industrial", metadata={"help": "blur kernel of the maps (7/σ1 industrial, 9/σ1.5 medical)"}
@@ -764,6 +772,11 @@ class ServeConfig:
     def __post_init__(self) -> None:
         self.save_path, self.model = _path(self.save_path), _path(self.model)
         self.examples, self.class_descriptions = _path(self.examples), _path(self.class_descriptions)
+        self.fit_on = _path(self.fit_on)
+        _require(
+            self.fit_on is None or self.fit_on.is_dir(),
+            f"--fit_on {self.fit_on}: not a folder (it holds one subfolder of normal images per class)",
+        )
         _require(
             (self.save_path is None) != (self.model is None),
             "give a training run (--save_path) or an export (--model), one of them",

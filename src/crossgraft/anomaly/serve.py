@@ -25,7 +25,14 @@ from PIL import Image
 from crossgraft.anomaly.config import ServeConfig
 from crossgraft.anomaly.data.formats import find_images
 from crossgraft.anomaly.data.records import NORMAL, Sample
-from crossgraft.anomaly.deploy.engines import Engine, ExportedEngine, TorchEngine, engine_from, require_package
+from crossgraft.anomaly.deploy.engines import (
+    Engine,
+    ExportedEngine,
+    TorchEngine,
+    engine_from,
+    fit_threshold,
+    require_package,
+)
 from crossgraft.anomaly.detector import resized_pixels
 from crossgraft.anomaly.visualize import (
     colour_range,
@@ -180,12 +187,23 @@ def example_images(config: ServeConfig, engine: Engine) -> list[list[str]]:
     return chosen[:MAX_EXAMPLES]
 
 
-def class_thresholds(detector: PageDetector) -> dict[str, float]:
-    """Each class's threshold: an export's fitted ones, or for a training run the highest score of the normal images
-    it trained on (as `predict --fit_on` fits it: none of them is flagged)."""
+def class_thresholds(
+    detector: PageDetector, fit_on: Path | None = None, batch_size: int = SCORE_BATCH
+) -> dict[str, float]:
+    """Each class's threshold, by the one fitting rule `predict --fit_on` and `export --fit_on` use (the highest
+    score of the class's normal images: none of them is flagged): from FIT_ON/CLASS for every class that has such a
+    folder (trained, exported or any other name), else an export's own fitted thresholds, else the normal images a
+    training run trained on."""
     engine = detector.engine
+    fitted: dict[str, float] = {}
+    if fit_on is not None:
+        for folder in sorted(path for path in Path(fit_on).iterdir() if path.is_dir()):
+            if not engine.zero_shot and folder.name not in engine.classes:
+                log.warning("%s: %s is not a class of this export; left out", fit_on, folder.name)
+                continue
+            fitted[folder.name] = fit_threshold(engine, folder.name, folder, batch_size)
     if isinstance(engine, ExportedEngine):
-        return dict(engine.metadata.thresholds)
+        return {**engine.metadata.thresholds, **fitted}
     normal: dict[str, list[Path]] = {}
     for sample in training_samples(engine):
         if sample.label == NORMAL:
@@ -196,7 +214,7 @@ def class_thresholds(detector: PageDetector) -> dict[str, float]:
             thresholds[class_name] = max(s.image_score for s in detector.score(paths[:MAX_FIT_IMAGES], class_name))
         except CrossgraftError as error:
             log.warning("no threshold for %s: %s", class_name, error)
-    return thresholds
+    return {**thresholds, **fitted}
 
 
 def slider_range(
@@ -229,7 +247,7 @@ def round_to_digits(value: float, digits: int = SLIDER_DIGITS) -> float:
 def serve(config: ServeConfig) -> None:
     """Build the page and serve it until interrupted."""
     app = build_app(config)
-    log.info("serving on http://%s:%d", config.host, config.port)
+    print(f"serving on http://{config.host}:{config.port} (Ctrl+C stops)", flush=True)
     app.launch(server_name=config.host, server_port=config.port, show_error=True, max_file_size=upload_cap(config))
 
 
@@ -243,32 +261,49 @@ def build_app(config: ServeConfig) -> Any:
     """The gradio Blocks of the page (not yet launched)."""
     gr = require_package("gradio", "crossgraft anomaly serve", extra="serve")
     set_max_pixels(config.max_image_pixels)
+    print(f"loading {config.save_path or config.model} ...", flush=True)
     engine = engine_from(config, require_text_adapter=True)
     detector = PageDetector(
         engine, int(config.max_upload_mb * BYTES_PER_MB), config.threshold, config.max_images, config.request_seconds
     )
     examples = example_images(config, engine)
-    fitted = {} if config.threshold is not None else class_thresholds(detector)
+    print(f"fitting the classes' thresholds{f' on {config.fit_on}' if config.fit_on else ''} ...", flush=True)
+    fitted = {} if config.threshold is not None else class_thresholds(detector, config.fit_on)
     first_class = engine.classes[0] if engine.classes else None
     threshold = config.threshold if config.threshold is not None else fitted.get(first_class or "")
     low, high, start = slider_range(detector, examples, threshold, list(fitted.values()))
     downloads = Path(tempfile.mkdtemp(prefix="crossgraft-serve-"))
+    print("building the page ...", flush=True)
+
+    def request_folder() -> Path:
+        """A fresh folder per request: the page serves a panel while another request may write one of that name."""
+        return Path(tempfile.mkdtemp(dir=downloads))
+
+    def threshold_note(class_name: str | None) -> str:
+        name = (class_name or "").strip()
+        if config.threshold is not None or name in fitted:
+            return ""
+        return (
+            f"\n\nthreshold set by hand: no fitted threshold for {name!r} (`serve --fit_on DIR` fits one from "
+            "DIR/CLASS, as `predict --fit_on` does)"
+        )
 
     def detect_one(path: str | None, class_name: str | None, threshold: float) -> tuple[Any, ...]:
         if not path:
-            return None, None, None, "upload an image (or pick an example below)", None
+            return None, None, None, "upload an image (or pick an example below)", None, None
         try:
             scored = detector.score([path], class_name)[0]
         except CrossgraftError as error:
-            return None, None, None, f"**refused:** {error}", None
+            return None, None, None, f"**refused:** {error}", None, None
         rendered = detector.render(scored, threshold)
-        return rendered.heat, rendered.overlay, str(detector.panel(scored, threshold, downloads)), rendered.text, scored
+        panel = str(detector.panel(scored, threshold, request_folder()))
+        return rendered.heat, rendered.overlay, panel, rendered.text + threshold_note(class_name), scored, scored.image
 
     def rerender(scored: Scored | None, threshold: float) -> tuple[Any, ...]:
         if scored is None:
             return None, None, None, "upload an image (or pick an example below)"
         rendered = detector.render(scored, threshold)
-        return rendered.heat, rendered.overlay, str(detector.panel(scored, threshold, downloads)), rendered.text
+        return rendered.heat, rendered.overlay, str(detector.panel(scored, threshold, request_folder())), rendered.text
 
     def detect_many(files: list[str] | None, class_name: str | None, threshold: float) -> tuple[Any, str]:
         if not files:
@@ -307,6 +342,7 @@ def build_app(config: ServeConfig) -> Any:
             with gr.Row():
                 with gr.Column():
                     upload = gr.File(label="image", file_count="single", elem_id="upload")
+                    uploaded = gr.Image(label="uploaded image", type="numpy", interactive=False, elem_id="uploaded")
                     class_box = class_choice(elem_id="class")
                     slider = threshold_slider(elem_id="threshold")
                     button = gr.Button("Detect", variant="primary", elem_id="detect")
@@ -320,7 +356,9 @@ def build_app(config: ServeConfig) -> Any:
                     panel = gr.File(label="panel (PNG, as predict writes it)", elem_id="panel")
             state = gr.State(None)
             class_box.change(lambda name, current: fitted.get(name, current), [class_box, slider], slider)
-            button.click(detect_one, [upload, class_box, slider], [heat, overlay, panel, result, state])
+            outputs = [heat, overlay, panel, result, state, uploaded]
+            button.click(detect_one, [upload, class_box, slider], outputs)
+            upload.upload(detect_one, [upload, class_box, slider], outputs)  # a result appears on upload
             slider.release(rerender, [state, slider], [heat, overlay, panel, result])
         with gr.Tab("Gallery"):
             uploads = gr.File(label="images", file_count="multiple", elem_id="uploads")
