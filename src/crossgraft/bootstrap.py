@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 BOOTSTRAP_SAMPLES = 10_000
+MIN_UNITS = 5  # fewer paired units give a percentile interval too coarse to call a 95% interval: none is reported
 CHUNK = 500  # resamples drawn at once: bounds memory at CHUNK x units counts
 
 
@@ -33,8 +34,19 @@ def bootstrap_interval(
     samples: int = BOOTSTRAP_SAMPLES,
     level: float = 0.95,
 ) -> tuple[float, float]:
-    """Percentile interval of `statistic`, which maps (r, units) counts to (r,) values."""
+    """Percentile interval of `statistic`, which maps (r, units) counts to (r,) values (callers report none below
+    MIN_UNITS units: see `interval_text`)."""
     values = np.concatenate([statistic(counts) for counts in resample_counts(units, rng, samples)])
     tail = 100 * (1 - level) / 2
     low, high = np.nanpercentile(values, [tail, 100 - tail])
     return float(low), float(high)
+
+
+def interval_text(
+    low: float | None, high: float | None, units: int, what: str, scale: float = 100, digits: int = 1
+) -> str:
+    """'[+0.4, +2.1] (n=12 classes)', or why there is no interval: the unit count is always shown."""
+    count = f"n={units} {what}"
+    if units < MIN_UNITS or low is None or high is None:
+        return f"none ({count}; a bootstrap interval needs at least {MIN_UNITS})"
+    return f"[{scale * low:+.{digits}f}, {scale * high:+.{digits}f}] ({count})"

@@ -26,7 +26,11 @@ def test_compare_deltas_and_paired_bootstrap(tmp_path):
     assert "B  vs  A" in text and "+5.0" in text and "± 1.0" in text
     deltas, per_class = compare_runs([read_json(tmp_path / "A1.json")], [read_json(tmp_path / "B1.json")])
     assert all(d.delta == pytest.approx(0.05) for d in deltas)
-    assert all(d.ci_low == pytest.approx(0.05) and d.ci_high == pytest.approx(0.05) for d in deltas)
+    assert all(d.ci_low is None and d.ci_high is None and d.units == 3 for d in deltas)  # 3 classes: no interval
+    assert "none (n=3 classes; a bootstrap interval needs at least 5)" in text
+    five = {c: metrics(0.5) for c in "abcde"}
+    deltas, _ = compare_runs([five], [{c: metrics(0.55) for c in "abcde"}])
+    assert all(d.ci_low == pytest.approx(0.05) and d.ci_high == pytest.approx(0.05) and d.units == 5 for d in deltas)
     assert per_class["pixel_auroc"] == pytest.approx({"a": 0.05, "b": 0.05, "c": 0.05})
     assert json.loads((tmp_path / "compare.json").read_text())["comparisons"][0]["run"].startswith("B=")
 

@@ -59,6 +59,9 @@ def test_compare_refuses_evaluations_of_other_samples_or_settings(tiny_models, l
                                    out=tmp_path / "b", **config))  # fmt: skip
     text = compare([f"base={a}", f"alt={b}"], out=tmp_path / "cmp")
     assert "alt  vs  base" in text and "BLEU-4" in text and "paired bootstrap" in text
+    samples = len(json.loads(llava_sample.read_text()))
+    expected = f"(n={samples} samples)" if samples >= 5 else f"none (n={samples} samples"
+    assert expected in text
     assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["comparisons"][0]["variant"] == "alt"
 
     fewer = tmp_path / "fewer"
@@ -79,3 +82,13 @@ def test_statistics_skip_attributes_when_records_have_none():
     for row in evaluation.rows:
         row["attributes_total"] = 0
     assert "attributes" not in statistics_of(evaluation)
+
+
+def test_fewer_than_five_samples_get_no_interval_but_their_count():
+    from crossgraft.llava.compare import compare_variants, format_deltas
+
+    few = fake_evaluation(["A red circle."] * 4, [2.0] * 4)
+    few.rows = few.rows[:4]
+    deltas = compare_variants([few], [few], seed=0)
+    assert all(d.ci_low is None and d.units == 4 for d in deltas)
+    assert "none (n=4 samples; a bootstrap interval needs at least 5)" in format_deltas("a", "b", deltas, 4, "")

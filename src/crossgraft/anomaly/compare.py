@@ -18,7 +18,7 @@ import numpy as np
 
 from crossgraft.anomaly.plots import write_comparison_figures
 from crossgraft.anomaly.report import COLUMNS, ComparedRun, MetricDelta, read_json
-from crossgraft.bootstrap import bootstrap_interval
+from crossgraft.bootstrap import MIN_UNITS, bootstrap_interval, interval_text
 from crossgraft.errors import ConfigError
 from crossgraft.files import write_text_atomic
 
@@ -72,6 +72,7 @@ def compare_runs(reference: list[dict], other: list[dict], *, seed: int = 0) -> 
         per_class[metric] = {c: float(class_b[i] - class_a[i]) for i, c in enumerate(classes)}
         seeds_a, seeds_b = np.nanmean(a, axis=1), np.nanmean(b, axis=1)  # per seed, mean over classes
         low = high = None
+        units = 0
         if max(len(reference), len(other)) > 1 or len(classes) > 1:
             pairs = min(len(reference), len(other))
             diff = (b[:pairs] if len(other) > 1 else b) - (a[:pairs] if len(reference) > 1 else a)  # (seeds, classes)
@@ -82,7 +83,9 @@ def compare_runs(reference: list[dict], other: list[dict], *, seed: int = 0) -> 
             def resampled_mean(counts: np.ndarray, s: np.ndarray = class_sums, n: np.ndarray = class_counts) -> Any:
                 return (counts @ s) / (counts @ n)  # the mean over seeds and resampled classes
 
-            low, high = bootstrap_interval(resampled_mean, diff.shape[1], rng)
+            units = int(diff.shape[1])
+            if units >= MIN_UNITS:
+                low, high = bootstrap_interval(resampled_mean, units, rng)
         deltas.append(
             MetricDelta(
                 metric,
@@ -93,6 +96,7 @@ def compare_runs(reference: list[dict], other: list[dict], *, seed: int = 0) -> 
                 float(np.std(seeds_b)),
                 low,
                 high,
+                units,
             )
         )
     return deltas, per_class
@@ -101,12 +105,13 @@ def compare_runs(reference: list[dict], other: list[dict], *, seed: int = 0) -> 
 def format_comparison(name_a: str, name_b: str, deltas: list[MetricDelta], per_class: dict, seeds: int) -> str:
     lines = [
         f"{name_b}  vs  {name_a}  (values in %, mean over classes{', ± std over seeds' if seeds > 1 else ''})",
-        f"{'metric':<10}{'reference':>16}{'other':>16}{'delta':>9}   bootstrap 95% CI of the delta",
+        f"{'metric':<10}{'reference':>16}{'other':>16}{'delta':>9}   paired bootstrap 95% CI of the delta "
+        f"(n: classes resampled{', each the mean over the paired seeds' if seeds > 1 else ''})",
     ]
     for d in deltas:
         ref = f"{100 * d.reference:.1f}" + (f" ± {100 * d.reference_std:.1f}" if seeds > 1 else "")
         oth = f"{100 * d.other:.1f}" + (f" ± {100 * d.other_std:.1f}" if seeds > 1 else "")
-        ci = "" if d.ci_low is None or d.ci_high is None else f"[{100 * d.ci_low:+.1f}, {100 * d.ci_high:+.1f}]"
+        ci = interval_text(d.ci_low, d.ci_high, d.units, "classes")
         lines.append(f"{COLUMNS[d.metric]:<10}{ref:>16}{oth:>16}{100 * d.delta:>+9.1f}   {ci}")
     if per_class:
         metrics = list(per_class)

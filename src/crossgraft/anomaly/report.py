@@ -105,8 +105,9 @@ class MetricDelta:
     delta: float
     reference_std: float  # over seeds (0 with one seed)
     other_std: float
-    ci_low: float | None  # paired bootstrap 95% interval of the mean difference
+    ci_low: float | None  # paired bootstrap 95% interval of the mean difference (None below MIN_UNITS classes)
     ci_high: float | None
+    units: int = 0  # classes the interval resamples (each the mean over the paired seeds)
 
 
 @dataclass

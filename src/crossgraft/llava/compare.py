@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from crossgraft.bootstrap import bootstrap_interval
+from crossgraft.bootstrap import MIN_UNITS, bootstrap_interval, interval_text
 from crossgraft.errors import ConfigError
 from crossgraft.files import write_text_atomic
 from crossgraft.llava.caption_metrics import CAPTION_METRICS, caption_statistics, mean_finalize
@@ -53,8 +53,9 @@ class LlavaMetricDelta:
     reference: float  # mean over the variant's runs
     other: float
     delta: float
-    ci_low: float
-    ci_high: float
+    ci_low: float | None  # None below MIN_UNITS samples
+    ci_high: float | None
+    units: int = 0  # held-out samples the interval resamples
 
 
 # name → (label, scale for printing, finalize of summed statistics)
@@ -157,8 +158,8 @@ def compare_variants(reference: list[Evaluation], other: list[Evaluation], seed:
             pair_counts = rng.multinomial(pairs, np.full(pairs, 1 / pairs), size=len(counts))
             return (per_pair * pair_counts).sum(axis=1) / pairs
 
-        low, high = bootstrap_interval(difference, units, rng)
-        deltas.append(LlavaMetricDelta(metric, value_a, value_b, value_b - value_a, low, high))
+        low, high = bootstrap_interval(difference, units, rng) if units >= MIN_UNITS else (None, None)
+        deltas.append(LlavaMetricDelta(metric, value_a, value_b, value_b - value_a, low, high, units))
     return deltas
 
 
@@ -173,7 +174,7 @@ def format_deltas(name_a: str, name_b: str, deltas: list[LlavaMetricDelta], samp
         digits = 3 if scale == 1 else 1
         lines.append(
             f"{label:<12}{scale * d.reference:>{width}.{digits}f}{scale * d.other:>{width}.{digits}f}"
-            f"{scale * d.delta:>+9.{digits}f}   [{scale * d.ci_low:+.{digits}f}, {scale * d.ci_high:+.{digits}f}]"
+            f"{scale * d.delta:>+9.{digits}f}   {interval_text(d.ci_low, d.ci_high, d.units, 'samples', scale, digits)}"
         )
     return "\n".join(lines)
 
