@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from crossgraft.errors import OutputError
@@ -32,19 +33,25 @@ def console_logging(name: str = "crossgraft") -> logging.Logger:
     return logger
 
 
-def setup_run_logging(save_dir: Path, filename: str, name: str = "crossgraft") -> logging.Logger:
-    """Log INFO and above to `save_dir/filename` (appending, so a resumed run keeps its history) and stdout."""
+def setup_run_logging(save_dir: Path, filename: str | Sequence[str], name: str = "crossgraft") -> logging.Logger:
+    """Log INFO and above to `save_dir/filename` (appending, so a resumed run keeps its history; several names: the
+    same lines in each) and stdout."""
     save_dir = ensure_folder(save_dir)
-    try:
-        file_handler = logging.FileHandler(save_dir / filename, encoding="utf-8")
-    except OSError as error:
-        raise OutputError(f"cannot write the log {save_dir / filename}: {error.strerror or error}") from error
-    file_handler.setFormatter(logging.Formatter(FORMAT))
+    handlers = []
+    for file_name in [filename] if isinstance(filename, str) else list(filename):
+        try:
+            handler = logging.FileHandler(save_dir / file_name, encoding="utf-8")
+        except OSError as error:
+            raise OutputError(f"cannot write the log {save_dir / file_name}: {error.strerror or error}") from error
+        handler.setFormatter(logging.Formatter(FORMAT))
+        handlers.append(handler)
     pending = [r for h in logging.getLogger(name).handlers if isinstance(h, PendingRecords) for r in h.records]
     for record in pending:  # what console_logging kept while the run was being set up
-        file_handler.handle(record)
+        for handler in handlers:
+            handler.handle(record)
     logger = _reset(name)
-    logger.addHandler(file_handler)
+    for handler in handlers:
+        logger.addHandler(handler)
     logger.addHandler(_console())
     return logger
 

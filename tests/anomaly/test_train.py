@@ -116,6 +116,8 @@ def test_vanishing_gradients_are_warned(synthetic_root, tmp_path):
     cross = CrossAttentionConfig(variant="text_cross_attn", text_cross_attn_weight=0.0)
     train(quick_config(synthetic_root, run, image_epoch=1, cross=cross))
     log = (run / "train_cross_attention.log").read_text()
+    assert (run / "train.log").read_text() == log  # every run writes train.log; a variant the seed's name too
+    assert (run / "plots" / "training.png").is_file() and (run / "plots" / "training.svg").is_file()
     assert "average gradient norm of text_cross_attn is 0.00e+00 < 1e-03" in log
     assert "average gradient norm of text_adapter" not in log
 
@@ -499,3 +501,11 @@ def test_a_variant_at_zero_strength_trains_step_for_step_like_the_base(synthetic
         assert run["cross_start"] and run["cross_start"].keys() == run["cross_end"].keys()
         for key, value in run["cross_start"].items():
             assert torch.equal(run["cross_end"][key], value), f"{variant}: {key} moved at strength 0"
+
+
+def test_the_log_counts_the_whole_run_with_an_eta(trained_run):
+    log = (trained_run / "train.log").read_text()
+    lines = [line for line in log.splitlines() if " run: " in line]
+    assert [line.split(" run: ")[1].split(" epochs")[0] for line in lines] == ["1 of 3", "2 of 3", "3 of 3"]
+    assert "about 0:00 left); image epoch 1 finished" in lines[-1]
+    assert "training image epoch 1: loss" in log  # the public code's 0-based numbering, as the progress bar shows

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -55,6 +56,7 @@ from crossgraft.anomaly.feature_cache import Stage1FeatureCache
 from crossgraft.anomaly.losses import stage1_loss, stage2_loss
 from crossgraft.anomaly.metrics import mean_metrics
 from crossgraft.anomaly.model import AdaptedCLIP, TextSide, evaluation_mode
+from crossgraft.anomaly.plots import plot_run
 from crossgraft.anomaly.prompts import (
     DescriptionTable,
     class_text,
@@ -139,6 +141,11 @@ class StageRunner:
         self.samples = samples
         self.config = config
         self.logger = logger
+        # the whole run's progress, across stages and feedback rounds: a line after every epoch with an ETA
+        self.total_epochs = config.num_feedback_loops * (config.text_epoch + config.image_epoch)
+        self.epochs_done = 0
+        self.epoch_seconds: dict[str, list[float]] = {"text": [], "image": []}
+        self.started = time.monotonic()
 
     def loader(self, stage: Stage, epoch: int) -> DataLoader:
         seed = epoch_seed(self.config.seed, stage.number, epoch)
@@ -156,8 +163,11 @@ class StageRunner:
 
     def run(self, stage: Stage, start_epoch: int, last_checkpoint: Path) -> None:
         """Train epochs start_epoch..epochs-1, checkpointing after each (the main process writes)."""
+        self.epochs_done += start_epoch  # done by the run this one resumes
         for epoch in range(start_epoch, stage.epochs):
+            epoch_started = time.monotonic()
             loss, norms = self.run_epoch(stage, epoch, last_checkpoint)
+            self.epoch_seconds[stage.name].append(time.monotonic() - epoch_started)
             self.logger.info(
                 "training %s epoch %d: loss: %.6f | average grad norm: %s",
                 stage.name,
@@ -179,6 +189,31 @@ class StageRunner:
             self.check_learning(stage, epoch, norms, last_checkpoint)
             if self.accelerator.is_main_process:
                 stage.save(epoch + 1)
+            self.epochs_done += 1
+            self.log_progress(stage, epoch)
+
+    def log_progress(self, stage: Stage, epoch: int) -> None:
+        """'run: 3 of 14 epochs done (0:42 so far, about 2:30 left)': the ETA counts each stage's remaining epochs at
+        that stage's mean epoch time (the other stage's where it has not run yet)."""
+        if self.total_epochs <= 0:
+            return
+        means = {name: sum(times) / len(times) for name, times in self.epoch_seconds.items() if times}
+        fallback = next(iter(means.values()), 0.0)
+        remaining_epochs = max(self.total_epochs - self.epochs_done, 0)
+        # the remaining epochs split between the stages in the run's own proportion
+        text_share = self.config.text_epoch / max(self.config.text_epoch + self.config.image_epoch, 1)
+        left = remaining_epochs * (
+            text_share * means.get("text", fallback) + (1 - text_share) * means.get("image", fallback)
+        )
+        self.logger.info(
+            "run: %d of %d epochs done (%s so far, about %s left); %s epoch %d finished",
+            min(self.epochs_done, self.total_epochs),
+            self.total_epochs,
+            clock(time.monotonic() - self.started),
+            clock(left),
+            stage.name,
+            epoch,
+        )
 
     def stop(self, reason: str, last_checkpoint: Path) -> None:
         """End training: the reason goes to the run's log and to the error; the checkpoints before it stay."""
@@ -207,7 +242,7 @@ class StageRunner:
         """One epoch; returns the mean loss and the mean gradient norm of each module group."""
         progress = tqdm(
             self.loader(stage, epoch),
-            desc=f"{stage.name} epoch {epoch + 1}/{stage.epochs}",
+            desc=f"{stage.name} epoch {epoch} ({epoch + 1} of {stage.epochs})",  # numbered as the log line is
             leave=False,
             disable=not self.accelerator.is_main_process,
         )
@@ -244,6 +279,13 @@ class StageRunner:
         for parameter in parameters:
             if parameter.grad is not None:
                 parameter.grad = self.accelerator.reduce(parameter.grad, reduction="mean")
+
+
+def clock(seconds: float) -> str:
+    """H:MM:SS, or M:SS under an hour."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
 def trained_modules(model: AdaptedCLIP, side: str) -> dict[str, torch.nn.Module]:
@@ -348,7 +390,9 @@ def _train(config: TrainConfig, accelerator: Accelerator, lock: RunLock) -> Adap
         lock.acquire()
         check_run_folder(config)  # again, under the lock: no other run has started here since
     logger = setup_run_logging(
-        save_path, "train.log" if config.variant == "base" else "train_cross_attention.log", name="crossgraft.train"
+        save_path,  # every run writes train.log; a variant also the seed's train_cross_attention.log
+        ["train.log"] if config.variant == "base" else ["train.log", "train_cross_attention.log"],
+        name="crossgraft.train",
     )
     if not main:  # one process writes the log and the checkpoints
         logger.setLevel(logging.WARNING)
@@ -386,6 +430,9 @@ def _train(config: TrainConfig, accelerator: Accelerator, lock: RunLock) -> Adap
     if rounds > 1 and main:  # the run folder's own files are the last round's, so test/predict find them
         for path in (save_path / f"loop_{rounds}").glob("*.pth"):
             shutil.copy2(path, save_path / path.name)
+    if main:  # what `plot-run` draws, for every run
+        figure = plot_run(save_path)
+        logger.info("training curves: %s", figure[0])
     logger.info("done: checkpoints in %s", save_path)
     return model
 
