@@ -169,3 +169,16 @@ def test_a_second_evaluation_into_the_same_folder_stops_at_once(evaluated, tmp_p
         with pytest.raises(RunFolderInUse, match="in use by another run"):
             evaluate(config)
     assert (out / PREDICTIONS_FILE).read_text() == "" and not (out / "evaluate.log").exists()
+
+
+def test_empty_answers_are_named_in_the_summary():
+    from crossgraft.llava.evaluate import format_summary, summarize
+
+    row = {"id": "a", "prediction": "", "reference": "A dot.", "loss_sum": 2.0, "tokens": 2, "attributes_right": 0,
+           "attributes_total": 0}  # fmt: skip
+    every = summarize([row, {**row, "id": "b"}], [])
+    assert every.empty_predictions == 2
+    assert "2 of 2 predictions are empty: the model stops at once" in format_summary(every)
+    some = summarize([row, {**row, "id": "b", "prediction": "A dot."}], [])
+    assert "1 of 2 predictions are empty (" in format_summary(some)
+    assert "empty" not in format_summary(summarize([{**row, "prediction": "A dot."}], []))

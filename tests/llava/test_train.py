@@ -480,3 +480,14 @@ def test_the_saved_config_keeps_the_source_max_length_unless_given(llava_sample,
     assert json.loads((out / "config.json").read_text())["tokenizer_model_max_length"] == expected
     settings = json.loads((out / "run_args.json").read_text())  # the data flags reach the run folder too
     assert settings["data"]["label_mode"] == "answers" and settings["model"]["model_name_or_path"] == str(source)
+
+
+def test_the_console_shows_each_log_record_once_and_no_pin_memory_warning(tiny_models, llava_sample, tmp_path, capfd):
+    flags = ["--model_name_or_path", str(tiny_models["llava_qwen"]), "--data_path", str(llava_sample),
+             "--output_dir", str(tmp_path / "out"), "--max_steps", "2", "--per_device_train_batch_size", "2",
+             "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none"]  # fmt: skip
+    assert crossgraft_main(["llava", "train", *flags]) == 0
+    printed = capfd.readouterr()
+    console = printed.out + printed.err
+    assert console.count("step 1: {") == 1 and "{'loss'" not in console, console[-3000:]
+    assert "pin_memory" not in console

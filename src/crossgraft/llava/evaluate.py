@@ -81,6 +81,7 @@ class EvaluationSummary:
     cider_d: float
     attributes_right: float | None  # share of attribute words named in the answers; None without attributes
     metrics_source: str = METRICS_SOURCE
+    empty_predictions: int = 0  # generated answers with no text at all
 
 
 def sample_id(record: Record) -> str:
@@ -317,8 +318,17 @@ def summarize(rows: list[dict[str, Any]], skipped: list[str]) -> EvaluationSumma
     values = {name: summed_value(CAPTION_METRICS[name].finalize, stats) for name, stats in caption.items()}
     totals = sum(r["attributes_total"] for r in rows)
     attributes = sum(r["attributes_right"] for r in rows) / totals if totals else None
+    empty = sum(not row["prediction"].strip() for row in rows)
     return EvaluationSummary(
-        len(rows), skipped, loss, math.exp(loss), values["bleu4"], values["rouge_l"], values["cider_d"], attributes
+        len(rows),
+        skipped,
+        loss,
+        math.exp(loss),
+        values["bleu4"],
+        values["rouge_l"],
+        values["cider_d"],
+        attributes,
+        empty_predictions=empty,
     )
 
 
@@ -332,6 +342,12 @@ def format_summary(summary: EvaluationSummary) -> str:
     ]
     if summary.attributes_right is not None:
         lines.append(f"attribute words named: {100 * summary.attributes_right:.1f}%")
+    if summary.empty_predictions:
+        stops = ": the model stops at once" if summary.empty_predictions == summary.samples else ""
+        lines.append(
+            f"{summary.empty_predictions} of {summary.samples} predictions are empty{stops} (the caption metrics "
+            "count them as answers that name nothing)"
+        )
     return "\n".join(lines)
 
 

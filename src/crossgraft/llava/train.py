@@ -19,6 +19,7 @@ import torch
 from transformers import (
     AutoTokenizer,
     PreTrainedModel,
+    ProgressCallback,
     Trainer,
     TrainerCallback,
     TrainerControl,
@@ -133,6 +134,13 @@ class RunLogCallback(TrainerCallback):
     ) -> None:
         if logs and state.is_world_process_zero:
             self.logger.info("step %d: %s", state.global_step, json.dumps(logs, sort_keys=True))
+
+
+class QuietProgressCallback(ProgressCallback):
+    """The Trainer's progress bar without its own copy of every log record (the run log prints it once)."""
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        return None
 
 
 class AlternatingTrainer(Trainer):
@@ -498,6 +506,8 @@ def _train(
     resume: str | None,
 ) -> TrainResult:
     logger = setup_run_logging(output_dir, LOG_FILE, LOGGER_NAME)
+    if training_args.dataloader_pin_memory and not torch.cuda.is_available():
+        training_args.dataloader_pin_memory = False  # pinning needs a GPU; without one torch warns at every epoch
     if training_args.process_index == 0:  # the Trainer keeps its own arguments in training_args.bin
         settings = {"model": asdict(model_args), "data": asdict(data_args)}
         write_text_atomic(output_dir / RUN_ARGS_FILE, json.dumps(settings, indent=2, default=str) + "\n")
@@ -510,6 +520,9 @@ def _train(
         callbacks=[RunLogCallback(logger)],
         **run.data_module,
     )
+    # the run log prints each record once (RunLogCallback); the Trainer's bar would print it a second time
+    trainer.remove_callback(ProgressCallback)
+    trainer.add_callback(QuietProgressCallback)
     if training_args.throughput_log_steps > 0:
         # First in line, so every reporter (console, log file, integrations) sees the merged record.
         trainer.callback_handler.callbacks.insert(0, ThroughputCallback(training_args.throughput_log_steps))
