@@ -295,3 +295,18 @@ def test_video_records_are_refused_by_id_when_read_and_at_inspection(tmp_path, c
     assert train_main(["--data_path", str(path), "--inspect_data"]) == 2
     printed = capsys.readouterr()
     assert "record 1 (id r1): video is not supported" in printed.out + printed.err
+
+
+def test_make_sample_writes_a_held_out_file_with_other_ids_and_images(tmp_path, capsys):
+    from crossgraft.cli import main
+    from crossgraft.llava.data import load_records
+
+    assert main(["llava", "make-sample", "--out", str(tmp_path), "--count", "6", "--heldout", "3"]) == 0
+    assert "3 held-out records" in capsys.readouterr().out
+    train = load_records(str(tmp_path / "sample.json"))
+    held_out = load_records(str(tmp_path / "held_out.json"))
+    assert (len(train), len(held_out)) == (6, 3)
+    assert not {r.data["id"] for r in train} & {r.data["id"] for r in held_out}
+    assert not {r.data["image"] for r in train} & {r.data["image"] for r in held_out}
+    assert all((tmp_path / r.data["image"]).is_file() for r in [*train, *held_out])
+    assert main(["llava", "make-sample", "--out", str(tmp_path / "x"), "--heldout", "-1"]) == 2

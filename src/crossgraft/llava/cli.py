@@ -67,10 +67,12 @@ def cmd_train(arguments: TrainArguments) -> int:
 
 
 def cmd_make_sample(config: MakeSampleConfig) -> int:
-    from crossgraft.llava.sample import make_sample
+    from crossgraft.llava.sample import HELD_OUT_FILE, make_sample
 
-    path = make_sample(config.out, config.count, config.seed)
+    path = make_sample(config.out, config.count, config.seed, config.heldout)
     print(f"wrote {config.count} records to {path}")
+    if config.heldout:
+        print(f"wrote {config.heldout} held-out records (other ids and images) to {path.parent / HELD_OUT_FILE}")
     return 0
 
 

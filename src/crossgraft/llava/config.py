@@ -276,8 +276,17 @@ class MakeSampleConfig:
     """`make-sample`: a tiny LAION-style image-caption set in LLaVA format."""
 
     out: Path = field(metadata={"help": "folder to write"})
-    count: int = field(default=12, metadata={"help": "number of image-caption records"})
+    count: int = field(default=12, metadata={"help": "number of image-caption records (the training file)"})
+    heldout: int = field(
+        default=0,
+        metadata={"help": "also write this many other records to OUT/held_out.json (ids disjoint from the training "
+                  "file's), for `evaluate`"},
+    )  # fmt: skip
     seed: int = field(default=0, metadata={"help": "the same seed writes the same sample"})
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or self.heldout < 0:
+            raise LlavaConfigError(f"--count must be >= 1 and --heldout >= 0, got {self.count} and {self.heldout}")
 
 
 @dataclass

@@ -153,17 +153,21 @@ def caption_attributes(caption: str) -> tuple[str | None, str | None, str | None
     return colour, shape, background
 
 
-def make_sample(out: Path, count: int = 12, seed: int = 0) -> Path:
+HELD_OUT_FILE = "held_out.json"
+
+
+def make_sample(out: Path, count: int = 12, seed: int = 0, heldout: int = 0) -> Path:
     """Write `count` generated images and their captions as a LLaVA-format json; returns the json path.
 
     Layout: OUT/images/NNNN.png and OUT/sample.json (records with `id`, `image`, `conversations` and the
-    `attributes` the caption names, which `evaluate` checks the generated captions against).
+    `attributes` the caption names, which `evaluate` checks the generated captions against); with `heldout`, that
+    many more records in OUT/held_out.json, whose ids and images the training file does not hold.
     """
     out = Path(out)
     ensure_folder(out / "images")
     rng = random.Random(seed)
     records = []
-    for index in range(count):
+    for index in range(count + heldout):
         shape, colour, background = rng.choice(SHAPES), rng.choice(list(COLOURS)), rng.choice(list(BACKGROUNDS))
         size = rng.choice([(64, 64), (64, 48), (48, 64)])
         name = f"images/{index:04d}.png"
@@ -181,5 +185,7 @@ def make_sample(out: Path, count: int = 12, seed: int = 0) -> Path:
             }
         )
     path = out / "sample.json"
-    write_text_atomic(path, json.dumps(records, indent=1))
+    write_text_atomic(path, json.dumps(records[:count], indent=1))
+    if heldout:
+        write_text_atomic(out / HELD_OUT_FILE, json.dumps(records[count:], indent=1))
     return path
