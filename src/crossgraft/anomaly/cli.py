@@ -50,6 +50,9 @@ def cmd_predict(config: cfg.PredictConfig) -> int:
 
 def cmd_export(config: cfg.ExportConfig) -> int:
     from crossgraft.anomaly.deploy.export import export  # the exporters load only when asked for
+    from crossgraft.runlog import console_logging
+
+    console_logging("crossgraft.anomaly.deploy.export")  # what it is doing, as it does it
 
     result = export(config)
     metadata = result.metadata

@@ -347,7 +347,7 @@ def build_app(config: ServeConfig) -> Any:
                     slider = threshold_slider(elem_id="threshold")
                     button = gr.Button("Detect", variant="primary", elem_id="detect")
                     if examples:
-                        gr.Examples(examples, inputs=[upload, class_box], label="examples")
+                        gr.Examples(examples, inputs=[upload, class_box], label="examples (each with its own class)")
                 with gr.Column():
                     result = gr.Markdown("upload an image (or pick an example)", elem_id="result")
                     with gr.Row():
@@ -358,7 +358,7 @@ def build_app(config: ServeConfig) -> Any:
             class_box.change(lambda name, current: fitted.get(name, current), [class_box, slider], slider)
             outputs = [heat, overlay, panel, result, state, uploaded]
             button.click(detect_one, [upload, class_box, slider], outputs)
-            upload.upload(detect_one, [upload, class_box, slider], outputs)  # a result appears on upload
+            upload.change(detect_one, [upload, class_box, slider], outputs)  # a result on upload or on an example
             slider.release(rerender, [state, slider], [heat, overlay, panel, result])
         with gr.Tab("Gallery"):
             uploads = gr.File(label="images", file_count="multiple", elem_id="uploads")

@@ -86,6 +86,7 @@ def export(config: ExportConfig) -> ExportResult:
     set_max_pixels(config.max_image_pixels)
     require_package("onnxruntime" if config.format == "onnx" else "openvino", f"--format {config.format}")
     require_package("onnxscript", "exporting an ONNX graph")  # torch.onnx's exporter
+    log.info("loading %s ...", config.save_path)
     run = load_trained(config.save_path, config.epoch, device="cpu", image_size=config.img_size)
     check_text_adapter(run)
     descriptions = run.descriptions(config.class_descriptions)
@@ -113,10 +114,13 @@ def export(config: ExportConfig) -> ExportResult:
     )
     staging = staging_folder(config.out)
     try:
+        log.info("writing the %s graph for %s ...", config.format, ", ".join(config.class_name))
         write_graph(graph, staging, config.format, config.quantize)
         write_text_atomic(staging / METADATA, json.dumps(asdict(metadata), indent=2) + "\n")
+        log.info("checking the graph against PyTorch ...")
         difference = check_export(graph, staging)
         if config.fit_on is not None:  # fitted through the new graph itself: the scores it will threshold
+            log.info("fitting thresholds on %s ...", config.fit_on)
             metadata.thresholds = fit_thresholds(exported_engine(staging), config)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
