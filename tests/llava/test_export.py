@@ -49,6 +49,16 @@ def test_base_export_loads_with_the_same_logits_and_a_complete_config(tiny_model
     assert config["mm_use_im_patch_token"] is False and config["mm_use_im_start_end"] is False
     assert "get_model_name_from_path" in (out / "README.md").read_text()
     assert not list(tmp_path.glob(".*partial"))
+    # transformers 4.40 (LLaVA-NeXT's pin) reads additional_special_tokens, transformers 5 writes extra_special_tokens
+    tokenizer_config = json.loads((out / "tokenizer_config.json").read_text())
+    special = ["<|im_start|>", "<|im_end|>"]
+    assert tokenizer_config["additional_special_tokens"] == tokenizer_config["extra_special_tokens"] == special
+    assert json.loads((out / "special_tokens_map.json").read_text())["additional_special_tokens"] == special
+    from transformers import AutoTokenizer
+
+    reloaded, source = AutoTokenizer.from_pretrained(out), AutoTokenizer.from_pretrained(tiny_models["llava_qwen"])
+    assert reloaded("<|im_start|>user hi<|im_end|>").input_ids == source("<|im_start|>user hi<|im_end|>").input_ids
+    assert sorted(reloaded.all_special_tokens) == sorted(source.all_special_tokens)
     original, exported = load_model(str(tiny_models["llava_qwen"])).eval(), load_model(str(out)).eval()
     assert original.state_dict().keys() == exported.state_dict().keys()
     input_ids = torch.tensor([[5, 6, -200, 7, 8]])

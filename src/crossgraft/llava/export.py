@@ -118,8 +118,26 @@ def export_llava_next(run: str, out: Path, dtype: str = "keep") -> LlavaNextExpo
         model.config.use_mm_proj = True
         model.save_pretrained(staging)
         AutoTokenizer.from_pretrained(run).save_pretrained(staging)
+        tokenizer_for_older_loaders(staging)
         write_text_atomic(staging / "README.md", export_readme(out.name, model_type, wanted))
     return LlavaNextExport(out, wanted, model_type != BASE_MODEL_TYPE)
+
+
+def tokenizer_for_older_loaders(folder: Path) -> None:
+    """transformers 5 writes the special tokens as `extra_special_tokens`; transformers 4.40 (LLaVA-NeXT's pin)
+    reads `additional_special_tokens` (tokenizer_config.json, special_tokens_map.json) and would lose them, and
+    LLaVA-NeXT's preprocess_qwen needs them. Both spellings are written."""
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    extra = config.get("extra_special_tokens")
+    tokens = list(extra) if isinstance(extra, list) else list(extra.values()) if isinstance(extra, dict) else []
+    if not tokens:
+        return
+    config.setdefault("additional_special_tokens", tokens)
+    write_text_atomic(config_path, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+    special = {key: config[key] for key in ("bos_token", "eos_token", "pad_token", "unk_token") if config.get(key)}
+    special["additional_special_tokens"] = config["additional_special_tokens"]
+    write_text_atomic(folder / "special_tokens_map.json", json.dumps(special, indent=2, ensure_ascii=False) + "\n")
 
 
 def export_readme(name: str, model_type: str, class_name: str) -> str:
