@@ -288,3 +288,22 @@ def test_adapters_get_gradients_under_gradient_checkpointing_on_text_only_batche
     wrapped(input_ids=input_ids, labels=input_ids).loss.backward()
     grads = [p.grad for name, p in wrapped.named_parameters() if "lora_B" in name]  # A gets none while B is 0
     assert len(grads) == 28 and all(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_peft_causal_lm_wrapping_as_llava_next_does_it_works(tiny_models):
+    """LLaVA-NeXT wraps with task_type="CAUSAL_LM": forward and generate run through the wrapper unchanged at init."""
+    peft = pytest.importorskip("peft")
+    model = load_model(str(tiny_models[BASE])).eval()
+    inputs = batch()
+    with torch.no_grad():
+        reference = model(**inputs).logits
+        tokens = model.generate(inputs["input_ids"][:1, :5], None, inputs["images"][:1], max_new_tokens=3,
+                                eos_token_id=1, pad_token_id=0)  # fmt: skip
+    config = peft.LoraConfig(task_type="CAUSAL_LM", r=4, lora_alpha=8, target_modules=lora_target_pattern(model))
+    wrapped = peft.get_peft_model(model, config).eval()
+    assert type(wrapped).__name__ == "PeftModelForCausalLM"
+    with torch.no_grad():
+        assert torch.equal(wrapped(**inputs).logits, reference)  # lora_B starts at zero
+        again = wrapped.generate(input_ids=inputs["input_ids"][:1, :5], images=inputs["images"][:1],
+                                 max_new_tokens=3, eos_token_id=1, pad_token_id=0)  # fmt: skip
+    assert torch.equal(again, tokens)

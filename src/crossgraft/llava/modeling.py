@@ -527,6 +527,20 @@ class LlavaQwenForCausalLM(LlavaQwenPreTrainedModel):
         ).last_hidden_state
         return batch, hidden_states
 
+    generation_config: Any = None  # peft's CAUSAL_LM wrapper sets and reads it; generate() takes settings as arguments
+
+    def prepare_inputs_for_generation(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        images: ImageTiles | None = None,
+        image_sizes: ImageSizes = None,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
+        """One forward pass's inputs, for code that asks the model for them (peft's `task_type="CAUSAL_LM"`
+        wrapper, as LLaVA-NeXT uses it, keeps a reference). `generate` itself keeps its own cache."""
+        return {"input_ids": input_ids, "attention_mask": attention_mask, "images": images, "image_sizes": image_sizes}
+
     def generate(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         """`decode(...)`'s new tokens (B, T), pad_token_id after each row's end."""
         return self.decode(*args, **kwargs).tokens
