@@ -67,7 +67,7 @@ from crossgraft.anomaly.prompts import (
 from crossgraft.anomaly.run_folder import RUN_CONFIG, TRAIN_SAMPLES, SavedRun, load_run_config, save_run_config
 from crossgraft.args import flatten_config
 from crossgraft.devices import resolve_device
-from crossgraft.errors import TrainingError
+from crossgraft.errors import DataError, TrainingError
 from crossgraft.lock import RunLock
 from crossgraft.runlog import setup_run_logging
 
@@ -430,9 +430,11 @@ def _train(config: TrainConfig, accelerator: Accelerator, lock: RunLock) -> Adap
     if rounds > 1 and main:  # the run folder's own files are the last round's, so test/predict find them
         for path in (save_path / f"loop_{rounds}").glob("*.pth"):
             shutil.copy2(path, save_path / path.name)
-    if main:  # what `plot-run` draws, for every run
-        figure = plot_run(save_path)
-        logger.info("training curves: %s", figure[0])
+    if main:  # what `plot-run` draws, for every run that trained an epoch
+        try:
+            logger.info("training curves: %s", plot_run(save_path)[0])
+        except DataError as error:
+            logger.info("no training curves: %s", error)
     logger.info("done: checkpoints in %s", save_path)
     return model
 
