@@ -336,3 +336,51 @@ def test_anyres_without_pinpoints_is_refused_before_anything_is_written(tiny_mod
     assert main(["llava", "train", *flags, "--image_aspect_ratio", "anyres_max_9"]) == 2
     assert "anyres_max_9 needs image_grid_pinpoints" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_the_counted_length_of_every_record_equals_the_models_splice(tmp_path):
+    from crossgraft.llava.data import LazySupervisedDataset, LengthLimit
+    from crossgraft.llava.processing import ImageProcessor
+
+    model = anyres_model("llava_qwen")
+    tokenizer = _tokenizer()
+    image_processor = ImageProcessor.from_config(model.config)
+    limit = LengthLimit(10_000, model.config.vision_tower_config().patch_size, True)
+    dataset = LazySupervisedDataset(write_records(tmp_path), tokenizer, image_processor, None, length_limit=limit)
+    collate = DataCollatorForSupervisedDataset(tokenizer.pad_token_id)
+    for index, record in enumerate(dataset.records):
+        images = [dataset.read_image(record, name) for name in record.image_paths]
+        counted, first_learned = dataset.needed_length(record, images)
+        item = dataset[index]
+        with torch.no_grad():
+            spliced = model.model.prepare_multimodal_inputs(**{k: v for k, v in collate([item]).items()})
+        assert counted == int(spliced.attention_mask.sum()), record.data["id"]
+        learned = (spliced.labels[0] != -100).nonzero()
+        assert first_learned == int(learned[0]), record.data["id"]
+
+
+def test_a_record_cut_before_its_answer_is_skipped_with_its_needed_length(tmp_path, caplog):
+    from crossgraft.llava.data import LazySupervisedDataset, LengthLimit, LlavaDataError
+    from crossgraft.llava.processing import ImageProcessor
+
+    model = anyres_model("llava_qwen")
+    records = write_records(tmp_path)
+    image_processor = ImageProcessor.from_config(model.config)
+    patch = model.config.vision_tower_config().patch_size
+
+    def dataset_cut_at(limit):
+        limited = LengthLimit(limit, patch, True)
+        return LazySupervisedDataset(records, _tokenizer(), image_processor, None, length_limit=limited)
+
+    probe = dataset_cut_at(10**6)
+    firsts = [probe.needed_length(r, [probe.read_image(r, n) for n in r.image_paths])[1] for r in records]
+    cut_at = firsts[0]  # the first record's first answer token falls just past the limit
+    dataset = dataset_cut_at(cut_at)
+    with caplog.at_level("WARNING"):
+        item = dataset[0]
+    kept = next(i for i, first in enumerate(firsts) if first < cut_at)
+    assert torch.equal(item["input_ids"], probe[kept]["input_ids"])
+    assert f"skipped {records[0].where}: model_max_length {cut_at} cuts it before its first answer token" in caplog.text
+    nothing = dataset_cut_at(1)
+    with pytest.raises(LlavaDataError, match="every record is cut before its first answer token"):
+        nothing[0]

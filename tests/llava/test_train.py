@@ -491,3 +491,26 @@ def test_the_console_shows_each_log_record_once_and_no_pin_memory_warning(tiny_m
     console = printed.out + printed.err
     assert console.count("step 1: {") == 1 and "{'loss'" not in console, console[-3000:]
     assert "pin_memory" not in console
+
+
+def test_records_cut_before_their_answer_are_reported_and_never_trained_on(tiny_models, llava_sample, tmp_path, capsys):
+    base = ["--model_name_or_path", str(tiny_models["llava_qwen"]), "--data_path", str(llava_sample)]
+    records = len(json.loads(llava_sample.read_text()))
+    assert crossgraft_main(["llava", "train", *base, "--inspect_data", "--model_max_length", "30"]) == 0
+    out = capsys.readouterr().out
+    assert f"{records} record(s) would be cut before their first answer token at model_max_length 30" in out
+    assert "(id sample-0000) needs " in out
+    assert crossgraft_main(["llava", "train", *base, "--inspect_data"]) == 0
+    assert "every record keeps an answer token within model_max_length" in capsys.readouterr().out
+    flags = [
+        "--output_dir",
+        str(tmp_path / "out"),
+        "--max_steps",
+        "1",
+        "--model_max_length",
+        "30",
+        "--report_to",
+        "none",
+    ]
+    assert crossgraft_main(["llava", "train", *base, *flags]) == 2  # nothing to learn from: refused, not loss 0
+    assert "every record is cut before its first answer token" in capsys.readouterr().err

@@ -169,3 +169,25 @@ def merge_tiles(
     newline = image_newline.to(feature_map.dtype)[:, None, None].expand(width, feature_map.shape[1], 1)
     feature_map = torch.cat([feature_map, newline], dim=2)  # (D, H', W'+1)
     return torch.cat([base, feature_map.flatten(1).transpose(0, 1)])  # (p² + H'·(W'+1), D)
+
+
+def image_token_count(
+    image_size: Resolution,
+    single_tile: bool,
+    tile_size: int,
+    patch_size: int,
+    pinpoints: Sequence[Resolution],
+    aspect_ratio: str,
+    unpad: bool,
+) -> int:
+    """How many positions one image takes in the spliced sequence: the features of its tiles as `merge_tiles`
+    arranges them (computed by that same function on one-wide features, so the count cannot drift from the model's)."""
+    per_tile = (tile_size // patch_size) ** 2  # p²
+    if single_tile or not is_anyres(aspect_ratio):
+        return per_tile + (1 if unpad else 0)
+    grid = grid_shape(image_size, pinpoints, tile_size)
+    merged = merge_tiles(
+        torch.zeros(per_tile, 1), torch.zeros(grid[0] * grid[1], per_tile, 1), image_size, grid, torch.zeros(1),
+        max_tiles(aspect_ratio),
+    )  # fmt: skip
+    return int(merged.shape[0])

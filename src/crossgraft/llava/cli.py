@@ -44,7 +44,7 @@ def cmd_train(arguments: TrainArguments) -> int:
         print("dry run: nothing loaded or trained")
         return 0
     if model_args.inspect_data:
-        inspection = inspect_data(data_args)
+        inspection = inspect_data(data_args, model_args, training_args)
         records = inspection.records
         print(f"records: {len(records)} (from {data_args.data_path})")
         if records:
@@ -53,6 +53,15 @@ def cmd_train(arguments: TrainArguments) -> int:
         if inspection.problems:
             print(f"{len(inspection.problems)} invalid record(s); the first: {inspection.problems[0]}")
             return 2
+        if inspection.limit is not None and inspection.cut:
+            print(
+                f"{len(inspection.cut)} record(s) would be cut before their first answer token at model_max_length "
+                f"{inspection.limit.max_length} (training skips them): "
+                + "; ".join(f"{where} needs {needed}" for where, needed in inspection.cut[:20])
+                + (" ..." if len(inspection.cut) > 20 else "")
+            )
+        elif inspection.limit is not None:
+            print(f"every record keeps an answer token within model_max_length {inspection.limit.max_length}")
         print(f"all {len(records)} records are valid")
         return 0
     if model_args.inspect_weights:

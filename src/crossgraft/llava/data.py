@@ -4,6 +4,7 @@ and a collator that leaves `<image>` placeholders for the model to splice."""
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import re
@@ -19,9 +20,12 @@ from transformers import PreTrainedTokenizerBase
 from crossgraft.errors import DataError
 from crossgraft.files import parse_json, parse_yaml, read_json_lines, read_text
 from crossgraft.images import read_rgb, set_max_pixels
+from crossgraft.llava.anyres import image_token_count
 from crossgraft.llava.config import DEFAULT_SYSTEM_PROMPT, DataArguments
 from crossgraft.llava.configuration import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from crossgraft.llava.processing import ImageProcessor
+
+LOGGER = logging.getLogger(__name__)  # a child of the run log's logger: skipped records are written there
 
 IMAGE_PLACEHOLDER = "<image>"
 VIDEO_PLACEHOLDER = "<video>"  # LLaVA-NeXT's video token: refused (crossgraft trains on images)
@@ -314,6 +318,38 @@ def image_inputs(image_processor: ImageProcessor, images: list[Image.Image]) -> 
     return {"images": [p.tiles for p in processed], "image_sizes": torch.tensor([p.size for p in processed])}
 
 
+@dataclass(frozen=True)
+class LengthLimit:
+    """What the model keeps of a sample: its first `max_length` positions after the images are spliced in."""
+
+    max_length: int
+    patch_size: int  # the tower's: an image tile gives (tile_size / patch_size)² features
+    unpad: bool  # mm_patch_merge_type spatial_unpad: newlines after rows (and after a single tile)
+
+    def image_tokens(self, processor: ImageProcessor, sizes: list[tuple[int, int]]) -> list[int]:
+        """Positions each image of one sample takes (several images: one tile each, LLaVA-NeXT's rule)."""
+        single = len(sizes) > 1
+        return [
+            image_token_count(size, single, processor.size, self.patch_size, processor.grid_pinpoints,
+                              processor.aspect_ratio, self.unpad)
+            for size in sizes
+        ]  # fmt: skip
+
+
+def spliced_length(input_ids: list[int], labels: list[int], image_tokens: list[int]) -> tuple[int, int | None]:
+    """(length after splicing, position of the first learned token or None): each `<image>` placeholder becomes
+    that image's positions."""
+    position, first_learned, images = 0, None, iter(image_tokens)
+    for token, label in zip(input_ids, labels):
+        if token == IMAGE_TOKEN_INDEX:
+            position += next(images, 1)
+            continue
+        if label != IGNORE_INDEX and first_learned is None:
+            first_learned = position
+        position += 1
+    return position, first_learned
+
+
 class LazySupervisedDataset(Dataset):
     """Records are validated up front; tokenising and image loading happen per item."""
 
@@ -326,8 +362,11 @@ class LazySupervisedDataset(Dataset):
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         label_mode: str = "answers",
         keep_image_position: bool = False,
+        length_limit: LengthLimit | None = None,
     ) -> None:
         self.records = records
+        self.length_limit = length_limit
+        self.skipped: set[str] = set()  # records this process skipped: cut before any answer token
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.image_folder = image_folder
@@ -338,12 +377,12 @@ class LazySupervisedDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def _image_path(self, record: Record, name: str) -> Path:
+    def image_path(self, record: Record, name: str) -> Path:
         base = Path(self.image_folder) if self.image_folder else Path(record.source).parent
         return Path(name) if Path(name).is_absolute() else base / name
 
     def read_image(self, record: Record, name: str) -> Image.Image:
-        path = self._image_path(record, name)
+        path = self.image_path(record, name)
         if not path.is_file():
             raise LlavaDataError(f"{record.where}: image not found: {path}")
         try:
@@ -356,13 +395,46 @@ class LazySupervisedDataset(Dataset):
         images = [self.read_image(record, name) for name in record.image_paths]
         return image_inputs(self.image_processor, images)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        record = self.records[index]
+    def tokenized(self, record: Record) -> tuple[list[int], list[int]]:
         turns = record.data["conversations"]
         if not self.keep_image_position:
             turns = move_lone_image_to_front(turns)
-        input_ids, labels = tokenize_conversation(turns, self.tokenizer, self.system_prompt, self.label_mode)
-        return {"input_ids": torch.tensor(input_ids), "labels": torch.tensor(labels), **self.load_images(record)}
+        return tokenize_conversation(turns, self.tokenizer, self.system_prompt, self.label_mode)
+
+    def needed_length(self, record: Record, images: list[Image.Image]) -> tuple[int, int | None]:
+        """(length after splicing, first learned position) of a record whose images are `images`."""
+        assert self.length_limit is not None
+        input_ids, labels = self.tokenized(record)
+        counts = self.length_limit.image_tokens(self.image_processor, [image.size for image in images])
+        return spliced_length(input_ids, labels, counts)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """The sample at `index`; with a length limit, a record the limit would cut before its first answer token
+        is skipped (logged by id, with the length it needs) for the next one, so no batch trains on nothing."""
+        for offset in range(len(self.records)):
+            record = self.records[(index + offset) % len(self.records)]
+            images = [self.read_image(record, name) for name in record.image_paths]
+            if self.length_limit is not None:
+                needed, first_learned = self.needed_length(record, images)
+                if first_learned is None or first_learned >= self.length_limit.max_length:
+                    if record.where not in self.skipped:
+                        self.skipped.add(record.where)
+                        LOGGER.warning(
+                            "skipped %s: model_max_length %d cuts it before its first answer token (it needs %d "
+                            "positions); raise --model_max_length to train on it",
+                            record.where, self.length_limit.max_length, needed,
+                        )  # fmt: skip
+                    continue
+            input_ids, labels = self.tokenized(record)
+            return {
+                "input_ids": torch.tensor(input_ids),
+                "labels": torch.tensor(labels),
+                **image_inputs(self.image_processor, images),
+            }
+        raise LlavaDataError(
+            f"every record is cut before its first answer token at model_max_length "
+            f"{self.length_limit.max_length if self.length_limit else '?'}: raise --model_max_length"
+        )
 
 
 @dataclass
@@ -389,7 +461,10 @@ class DataCollatorForSupervisedDataset:
 
 
 def make_supervised_data_module(
-    tokenizer: PreTrainedTokenizerBase, data_args: DataArguments, image_processor: ImageProcessor
+    tokenizer: PreTrainedTokenizerBase,
+    data_args: DataArguments,
+    image_processor: ImageProcessor,
+    length_limit: LengthLimit | None = None,
 ) -> dict[str, Any]:
     """LLaVA-NeXT's entry point: {'train_dataset', 'eval_dataset', 'data_collator'} for the Trainer; images go
     through the model's `image_processor`."""
@@ -401,7 +476,7 @@ def make_supervised_data_module(
         records = load_records(path, data_args.data_sampling_seed)
         return LazySupervisedDataset(
             records, tokenizer, image_processor, data_args.image_folder, data_args.system_prompt,
-            data_args.label_mode, data_args.keep_image_position,
+            data_args.label_mode, data_args.keep_image_position, length_limit,
         )  # fmt: skip
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -11,11 +11,12 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
 import torch
+from PIL import Image
 from transformers import (
     AutoTokenizer,
     PreTrainedModel,
@@ -36,14 +37,25 @@ from crossgraft.files import with_umask_modes, write_text_atomic
 from crossgraft.graft import CheckpointError, file_problem
 from crossgraft.llava.config import AlternatingTrainingArguments, DataArguments, ModelArguments
 from crossgraft.llava.configuration import LlavaConfigError
-from crossgraft.llava.data import LlavaDataError, Record, make_supervised_data_module, read_records, validate_record
+from crossgraft.llava.data import (
+    LazySupervisedDataset,
+    LengthLimit,
+    LlavaDataError,
+    Record,
+    make_supervised_data_module,
+    read_records,
+    validate_record,
+)
 from crossgraft.llava.loading import (
     BackboneInit,
     CheckpointKind,
+    build_config,
     build_from_plan,
     inspect_checkpoint,
     load_model,
     plan_init_from_backbone,
+    read_raw_config,
+    target_model_type,
     variant_mismatch,
 )
 from crossgraft.llava.lora import (
@@ -310,24 +322,85 @@ def dry_run(model_args: ModelArguments) -> DryRun:
     return DryRun(kind, variant_mismatch(kind, model_args.variant))
 
 
+def length_limit(config: Any, training_args: Any, processor: ImageProcessor) -> LengthLimit:
+    """The positions a sample keeps: --model_max_length, else the checkpoint's tokenizer_model_max_length (OneVision
+    records 32768), else DEFAULT_MODEL_MAX_LENGTH text positions plus the largest image of the configured grid."""
+    tower = config.vision_tower_config()
+    unpad = "unpad" in config.mm_patch_merge_type
+    limit = LengthLimit(0, int(tower.patch_size), unpad)
+    given = getattr(training_args, "model_max_length", None) or config.tokenizer_model_max_length
+    if given:
+        return LengthLimit(int(given), limit.patch_size, unpad)
+    largest = max(limit.image_tokens(processor, [size])[0] for size in [*processor.grid_pinpoints, (1, 1)])
+    return LengthLimit(DEFAULT_MODEL_MAX_LENGTH + largest, limit.patch_size, unpad)
+
+
+def limit_source(config: Any, training_args: Any) -> str:
+    """Where the length limit came from, for the log."""
+    if getattr(training_args, "model_max_length", None):
+        return "--model_max_length"
+    if config.tokenizer_model_max_length:
+        return "the checkpoint's tokenizer_model_max_length"
+    return f"default: {DEFAULT_MODEL_MAX_LENGTH} text positions plus the largest image of the configured grid"
+
+
 @dataclass
 class DataInspection:
     records: list[Record]
     problems: list[str]  # one message per invalid record, naming it
+    limit: LengthLimit | None = None  # the length limit training would use (with a checkpoint to read it from)
+    cut: list[tuple[str, int]] = field(default_factory=list)  # (record, positions it needs) cut before any answer
 
 
-def inspect_data(data_args: DataArguments) -> DataInspection:
-    """Read every record (no images), and validate each."""
+def inspect_data(
+    data_args: DataArguments,
+    model_args: ModelArguments | None = None,
+    training_args: AlternatingTrainingArguments | None = None,
+) -> DataInspection:
+    """Read every record and validate each; with a LLaVA checkpoint (--model_name_or_path), also count each valid
+    record's positions after its images are spliced in, and list the records the length limit would cut before
+    their first answer token (they would train on nothing)."""
     if not data_args.data_path:
         raise LlavaDataError("--inspect_data needs --data_path")
     records = read_records(data_args.data_path, data_args.data_sampling_seed)
-    problems = []
+    problems, valid = [], []
     for record in records:
         try:
             validate_record(record)
+            valid.append(record)
         except LlavaDataError as error:
             problems.append(str(error))
-    return DataInspection(records, problems)
+    inspection = DataInspection(records, problems)
+    source = model_args.model_name_or_path if model_args is not None else None
+    if source and valid:
+        kind = inspect_checkpoint(source)
+        if kind.variant is not None:
+            config = build_config(read_raw_config(source), target_model_type(kind, "auto"))
+            processor = ImageProcessor.from_config(config, data_args.image_aspect_ratio, data_args.image_grid_pinpoints)
+            inspection.limit = length_limit(config, training_args, processor)
+            tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name_or_path or source)  # type: ignore[union-attr]
+            dataset = LazySupervisedDataset(
+                valid, tokenizer, processor, data_args.image_folder, data_args.system_prompt, data_args.label_mode,
+                data_args.keep_image_position, inspection.limit,
+            )  # fmt: skip
+            for record in valid:
+                needed, first = dataset.needed_length(
+                    record, [image_header(dataset, record, n) for n in record.image_paths]
+                )
+                if first is None or first >= inspection.limit.max_length:
+                    inspection.cut.append((record.where, needed))
+    return inspection
+
+
+def image_header(dataset: LazySupervisedDataset, record: Record, name: str) -> Any:
+    """An image opened for its size only (the pixels are not decoded): what the length count needs."""
+    path = dataset.image_path(record, name)
+    if not path.is_file():
+        raise LlavaDataError(f"{record.where}: image not found: {path}")
+    try:
+        return Image.open(path)
+    except (OSError, ValueError) as error:
+        raise LlavaDataError(f"{record.where}: cannot read the image {path} ({error})") from error
 
 
 def backbone_plan(model_args: ModelArguments) -> BackboneInit:
@@ -437,10 +510,6 @@ def prepare_run(
         model = prepare_model(model_args, logger)
     tokenizer_source = model_args.tokenizer_name_or_path or model_args.model_name_or_path or model_args.backbone_model
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
-    model.config.tokenizer_model_max_length = (
-        training_args.model_max_length or model.config.tokenizer_model_max_length or DEFAULT_MODEL_MAX_LENGTH
-    )
-    logger.info("sequences are cut to %d tokens (tokenizer_model_max_length)", model.config.tokenizer_model_max_length)
     model.config.tokenizer_padding_side = "right"
     counts = set_trainable_parts(model, model_args.tunable_parts)
     logger.info("%s", describe_freeze_state(counts, training_args))
@@ -448,10 +517,13 @@ def prepare_run(
     image_processor = ImageProcessor.from_config(
         model.config, data_args.image_aspect_ratio, data_args.image_grid_pinpoints
     )
+    limit = length_limit(model.config, training_args, image_processor)
+    logger.info("sequences are cut to %d positions (%s)", limit.max_length, limit_source(model.config, training_args))
+    model.config.tokenizer_model_max_length = limit.max_length
     # the model merges anyres tiles by its config's settings, and the saved config.json says how the run saw images
     model.config.update(image_processor.config_settings())
     logger.info("%s", image_processor.describe())
-    data_module = make_supervised_data_module(tokenizer, data_args, image_processor)
+    data_module = make_supervised_data_module(tokenizer, data_args, image_processor, limit)
     logger.info("%d training records from %s", len(data_module["train_dataset"]), data_args.data_path)
     lora_base_source = None
     if training_args.lora_enable:  # refused here, before anything is written: no peft, or nothing to adapt
