@@ -307,3 +307,19 @@ def test_peft_causal_lm_wrapping_as_llava_next_does_it_works(tiny_models):
         again = wrapped.generate(input_ids=inputs["input_ids"][:1, :5], images=inputs["images"][:1],
                                  max_new_tokens=3, eos_token_id=1, pad_token_id=0)  # fmt: skip
     assert torch.equal(again, tokens)
+
+
+def test_llava_next_targets_adapt_what_llava_next_adapts(tiny_models):
+    """LLaVA-NeXT's suffix rule: the language model's linear layers and the tower's q/k/v, never the projector,
+    the gated blocks or lm_head (which train in full or stay as they are)."""
+    model = load_model(str(tiny_models[CROSS]))
+    wrapped = add_lora(model, 4, 8, 0.0, "base", targets="llava_next")
+    adapted = {name.removeprefix("base_model.model.").removesuffix(".lora_A")
+               for name, _ in wrapped.named_modules() if name.endswith(".lora_A")}  # fmt: skip
+    language = {name for name in adapted if name.startswith("model.layers.")}
+    tower = {name for name in adapted if "vision_tower" in name}
+    assert language and tower and adapted == language | tower
+    assert {name.rsplit(".", 1)[-1] for name in tower} == {"q_proj", "k_proj", "v_proj"}
+    decoder_only = add_lora(load_model(str(tiny_models[CROSS])), 4, 8, 0.0, "base")
+    default = {n for n, _ in decoder_only.named_modules() if n.endswith(".lora_A")}
+    assert len(default) == len(language) and all("vision_tower" not in n and "xattn" not in n for n in default)

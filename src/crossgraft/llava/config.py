@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from transformers import TrainingArguments
 
@@ -174,6 +175,14 @@ class AlternatingTrainingArguments(TrainingArguments):
         },
     )
     lora_r: int = field(default=64, metadata={"help": "LoRA rank (LLaVA-NeXT's default)"})
+    lora_targets: Literal["language_model", "llava_next"] = field(
+        default="language_model",
+        metadata={
+            "help": "which linear layers get adapters: language_model (the decoder's own, model.layers.*) or "
+            "llava_next (LLaVA-NeXT's rule: every linear layer whose name ends like one of the language model's, "
+            "so the vision tower's q_proj / k_proj / v_proj too; gated blocks and the projector still train in full)"
+        },
+    )
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha: updates are scaled by alpha / r"})
     lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA branch's input"})
     merge_lora: bool = field(

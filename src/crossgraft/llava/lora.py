@@ -44,6 +44,8 @@ BASE_FOLDER = "base"
 MERGED_FOLDER = "merged"
 LANGUAGE_LAYERS = "model.layers."
 # Settings a run may change without changing the weights; a LoRA run's config.json carries them for its base.
+LLAVA_NEXT_MULTIMODAL = ("mm_projector", "vision_tower", "vision_resampler", "xattn")  # where suffixes are not read
+LLAVA_NEXT_MULTIMODAL_TRAINED = ("mm_projector", "vision_resampler", "xattn")  # trained in full: never adapted
 ADAPTER_KEY = re.compile(r"^(?:base_model\.model\.)?(.+)\.(lora_A|lora_B)(?:\.[^.]+)?\.weight$")  # peft's names
 RUN_SETTINGS = ("image_aspect_ratio", "image_grid_pinpoints", "tokenizer_model_max_length", "tokenizer_padding_side")
 
@@ -77,11 +79,32 @@ def lora_target_pattern(model: nn.Module) -> str:
     return re.escape(LANGUAGE_LAYERS) + r"\d+\.(?:" + "|".join(re.escape(s) for s in suffixes) + ")"
 
 
-def add_lora(model: LlavaQwenForCausalLM, r: int, alpha: int, dropout: float, base: str) -> Any:
+def llava_next_target_pattern(model: nn.Module) -> str:
+    """LLaVA-NeXT's targets (its find_all_linear_names): the last name part of every linear layer outside the
+    multimodal parts (lm_head excepted), matched as a suffix anywhere, so the vision tower's q_proj / k_proj / v_proj
+    are adapted too. Gated blocks and the projector train in full, so they are left out."""
+    lora_target_pattern(model)  # the same refusal when the language model has no linear layer
+    suffixes = sorted(
+        {
+            name.rsplit(".", 1)[-1]
+            for name, module in model.named_modules()
+            if type(module) is nn.Linear
+            and not any(part in name for part in LLAVA_NEXT_MULTIMODAL)
+            and name != "lm_head"
+        }
+    )
+    excluded = "|".join(re.escape(part) for part in (*LLAVA_NEXT_MULTIMODAL_TRAINED, "lm_head"))
+    return rf"(?!.*(?:{excluded})).*\.(?:" + "|".join(re.escape(s) for s in suffixes) + ")"
+
+
+def add_lora(
+    model: LlavaQwenForCausalLM, r: int, alpha: int, dropout: float, base: str, targets: str = "language_model"
+) -> Any:
     """Wrap `model` in a peft LoRA model. What trained before (the parts of --mm_tunable_parts outside the
-    language model, the gated blocks) still trains in full; the language model trains through its adapters."""
+    language model, the gated blocks) still trains in full; the language model trains through its adapters.
+    `targets`: language_model (the decoder's linear layers) or llava_next (LLaVA-NeXT's suffix rule)."""
     peft = import_peft()
-    pattern = lora_target_pattern(model)
+    pattern = llava_next_target_pattern(model) if targets == "llava_next" else lora_target_pattern(model)
     full = {name for name, p in model.named_parameters() if p.requires_grad and not name.startswith(LANGUAGE_LAYERS)}
     full -= {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}  # the language model's own
     config = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=pattern, bias="none")

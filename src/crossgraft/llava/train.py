@@ -558,13 +558,13 @@ def wrap_in_lora(run: PreparedRun, args: AlternatingTrainingArguments, logger: l
     if run.lora_base == str(base_folder) and not base_folder.is_dir() and args.process_index == 0:
         write_checkpoint(run.model, run.tokenizer, base_folder)
         logger.info("LoRA base written to %s (the model as built, before training)", base_folder)
-    model = add_lora(run.model, args.lora_r, args.lora_alpha, args.lora_dropout, run.lora_base)
+    model = add_lora(run.model, args.lora_r, args.lora_alpha, args.lora_dropout, run.lora_base, args.lora_targets)
     adapters = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
     layers = sum(1 for n, _ in model.named_modules() if n.endswith(".lora_A"))
     logger.info(
-        "LoRA r=%d alpha=%d dropout=%g: %s adapter parameters on %d linear layers of the language model (its own "
+        "LoRA r=%d alpha=%d dropout=%g, targets %s: %s adapter parameters on %d linear layers (the adapted "
         "weights frozen); base %s",
-        args.lora_r, args.lora_alpha, args.lora_dropout, f"{adapters:,}", layers, run.lora_base,
+        args.lora_r, args.lora_alpha, args.lora_dropout, args.lora_targets, f"{adapters:,}", layers, run.lora_base,
     )  # fmt: skip
     return model
 
