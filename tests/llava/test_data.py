@@ -310,3 +310,20 @@ def test_make_sample_writes_a_held_out_file_with_other_ids_and_images(tmp_path, 
     assert not {r.data["image"] for r in train} & {r.data["image"] for r in held_out}
     assert all((tmp_path / r.data["image"]).is_file() for r in [*train, *held_out])
     assert main(["llava", "make-sample", "--out", str(tmp_path / "x"), "--heldout", "-1"]) == 2
+
+
+def test_modality_grouped_batches_hold_one_modality_and_every_record_once():
+    from crossgraft.llava.data import ModalityGroupedSampler
+
+    lengths = [(-1 if i % 3 == 0 else 1) * (5 + i % 7) for i in range(50)]  # 17 text-only, 33 with an image
+    batch_size, world_size = 2, 2
+    sampler = ModalityGroupedSampler(lengths, batch_size, world_size, seed=0)
+    order = list(sampler)
+    assert sorted(order) == list(range(50)) and len(sampler) == 50
+    megabatches = [order[i : i + batch_size * world_size] for i in range(0, len(order), batch_size * world_size)]
+    mixed = [m for m in megabatches if len({lengths[i] > 0 for i in m}) > 1]
+    assert len(mixed) <= 1 and (not mixed or mixed[0] == megabatches[-1])  # only the leftovers' last megabatch
+    assert list(ModalityGroupedSampler(lengths, batch_size, world_size, seed=0)) == order  # seeded: resumable
+    sampler.set_epoch(1)
+    assert list(sampler) != order  # another epoch, another order
+    assert list(ModalityGroupedSampler(lengths, batch_size, world_size, seed=1)) != order

@@ -34,8 +34,10 @@ def cmd_train(arguments: TrainArguments) -> int:
 
     model_args, data_args, training_args = arguments
     if model_args.dry_run:
-        checked = dry_run(model_args)
+        checked = dry_run(model_args, data_args)
         print(checked.kind.describe())
+        for note in checked.notes:
+            print(note)
         if checked.problem and not model_args.force:
             print(f"error: {checked.problem}")
             return 2

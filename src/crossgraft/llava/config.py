@@ -28,6 +28,10 @@ DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."  # LLaVA-NeXT's qwen_1_5 
 TUNABLE_PARTS = ("mm_vision_tower", "mm_mlp_adapter", "mm_language_model")  # LLaVA-NeXT's names
 
 
+LLAVA_NEXT_GROUP = "LLaVA-NeXT's script flags (checked against the checkpoint, or accepted with no effect)"
+QWEN_TEMPLATES = ("qwen_1_5", "qwen_2", "chatml_direct")  # LLaVA-NeXT's names for the ChatML template
+
+
 @dataclass
 class ModelArguments:
     model_name_or_path: str | None = field(
@@ -122,7 +126,44 @@ class ModelArguments:
         },
     )
 
+    # LLaVA-NeXT's training scripts pass these; each is checked against the checkpoint (see llava/train.py)
+    version: str | None = field(
+        default=None,
+        metadata={"help": "LLaVA-NeXT's conversation template: crossgraft uses Qwen's chat template, so qwen_1_5, "
+                  "qwen_2 or chatml_direct (OneVision's) are accepted and others refused", "group": LLAVA_NEXT_GROUP},
+    )  # fmt: skip
+    mm_projector_type: str | None = field(
+        default=None,
+        metadata={"help": "must be the checkpoint's projector (mlp2x_gelu, the only one crossgraft builds)",
+                  "group": LLAVA_NEXT_GROUP},
+    )  # fmt: skip
+    mm_vision_select_layer: int | None = field(
+        default=None, metadata={"help": "must be the checkpoint's (OneVision: -2)", "group": LLAVA_NEXT_GROUP}
+    )
+    mm_patch_merge_type: str | None = field(
+        default=None,
+        metadata={"help": "must be the checkpoint's (OneVision: spatial_unpad)", "group": LLAVA_NEXT_GROUP},
+    )
+    mm_use_im_start_end: bool = field(
+        default=False,
+        metadata={"help": "image start/end tokens: not supported, so only False", "group": LLAVA_NEXT_GROUP},
+    )
+    mm_use_im_patch_token: bool = field(
+        default=False,
+        metadata={"help": "the <im_patch> token: not supported, so only False", "group": LLAVA_NEXT_GROUP},
+    )
+
     def __post_init__(self) -> None:
+        if self.version is not None and self.version not in QWEN_TEMPLATES:
+            raise LlavaConfigError(
+                f"--version {self.version}: crossgraft formats conversations with Qwen's chat template "
+                f"({', '.join(QWEN_TEMPLATES)}); another template would change what the model is trained on"
+            )
+        if self.mm_use_im_start_end or self.mm_use_im_patch_token:
+            raise LlavaConfigError(
+                "--mm_use_im_start_end / --mm_use_im_patch_token True add image tokens that OneVision checkpoints do "
+                "not have; crossgraft supports only False (as OneVision's scripts pass)"
+            )
         variants = ("auto", "alternating", "alternating_cross", "base")
         if self.variant not in variants:
             raise LlavaConfigError(f"--variant must be one of {', '.join(variants)}, got {self.variant!r}")
@@ -193,7 +234,30 @@ class AlternatingTrainingArguments(TrainingArguments):
         },
     )
 
+    group_by_modality_length: bool = field(
+        default=False,
+        metadata={"help": "LLaVA-NeXT's batching: image and text-only records in separate batches (each step one "
+                  "modality on every process), shuffled by the run's seed and the epoch", "group": LLAVA_NEXT_GROUP},
+    )  # fmt: skip
+    # LLaVA-NeXT's scripts were written for transformers 4.x: its spellings of two settings
+    evaluation_strategy: str | None = field(
+        default=None, metadata={"help": "transformers 4's name for --eval_strategy (the same setting)",
+                                "group": LLAVA_NEXT_GROUP},
+    )  # fmt: skip
+    warmup_ratio: float | None = field(
+        default=None, metadata={"help": "the share of the steps spent warming up: --warmup_steps as a ratio (0..1)",
+                                "group": LLAVA_NEXT_GROUP},
+    )  # fmt: skip
+
     def __post_init__(self) -> None:
+        if self.evaluation_strategy is not None:  # before TrainingArguments reads eval_strategy
+            self.eval_strategy = self.evaluation_strategy
+        if self.warmup_ratio is not None:
+            if not 0 <= self.warmup_ratio < 1:
+                raise LlavaConfigError(f"--warmup_ratio must lie in [0, 1), got {self.warmup_ratio}")
+            if self.warmup_steps:
+                raise LlavaConfigError("--warmup_ratio and --warmup_steps say the same thing twice: give one of them")
+            self.warmup_steps = self.warmup_ratio  # transformers 5 reads a warmup_steps below 1 as a ratio
         super().__post_init__()
         if self.throughput_log_steps < 0:
             raise LlavaConfigError(f"--throughput_log_steps must be >= 0 (0: off), got {self.throughput_log_steps}")
@@ -270,6 +334,21 @@ class DataArguments:
         },
     )
     max_image_pixels: int | None = field(default=None, metadata={"help": MAX_PIXELS_HELP})
+    video_folder: str | None = field(
+        default=None,
+        metadata={"help": "LLaVA-NeXT's video root: accepted with no effect (video records are refused)",
+                  "group": LLAVA_NEXT_GROUP},
+    )  # fmt: skip
+    frames_upbound: int | None = field(
+        default=None,
+        metadata={"help": "LLaVA-NeXT's video frame cap: accepted with no effect (video records are refused)",
+                  "group": LLAVA_NEXT_GROUP},
+    )  # fmt: skip
+    lazy_preprocess: bool = field(
+        default=True,
+        metadata={"help": "LLaVA-NeXT's lazy tokenisation: crossgraft always tokenises each sample when it is used",
+                  "group": LLAVA_NEXT_GROUP},
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         if self.image_aspect_ratio is not None:

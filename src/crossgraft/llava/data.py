@@ -8,6 +8,7 @@ import logging
 import math
 import random
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -485,3 +486,88 @@ def make_supervised_data_module(
         "eval_dataset": dataset(data_args.eval_data_path) if data_args.eval_data_path else None,
         "data_collator": DataCollatorForSupervisedDataset(pad),
     }
+
+
+# ------------------------------------------------------------------------------- --group_by_modality_length
+def modality_lengths(records: list[Record]) -> list[int]:
+    """LLaVA-NeXT's length of each record for grouping: the words of its conversation, negative for a record
+    without an image (the sign is the modality)."""
+    lengths = []
+    for record in records:
+        words = sum(len(str(turn.get("value", "")).split()) for turn in record.data["conversations"])
+        words = max(words, 1)
+        lengths.append(words if record.image_paths else -words)
+    return lengths
+
+
+def even_chunks(indices: list[int], lengths: list[int], chunks: int) -> list[list[int]]:
+    """Split `indices` (longest first) into `chunks` of equal count, each index going to the chunk with the least
+    total length so far: every process gets a similar amount of work."""
+    if len(indices) % chunks:
+        return [indices[i::chunks] for i in range(chunks)]
+    per_chunk = len(indices) // chunks
+    parts: list[list[int]] = [[] for _ in range(chunks)]
+    totals = [0] * chunks
+    for index in indices:
+        open_parts = [c for c in range(chunks) if len(parts[c]) < per_chunk]
+        target = min(open_parts, key=lambda c: totals[c])
+        parts[target].append(index)
+        totals[target] += abs(lengths[index])
+    return parts
+
+
+def length_grouped_indices(
+    lengths: list[int], batch_size: int, world_size: int, generator: torch.Generator
+) -> list[int]:
+    """A shuffled order in megabatches of world_size x batch_size, each sorted by length and spread evenly over
+    the processes."""
+    order = torch.randperm(len(lengths), generator=generator).tolist()
+    size = world_size * batch_size
+    megabatches = [
+        sorted(order[i : i + size], key=lambda j: abs(lengths[j]), reverse=True) for i in range(0, len(order), size)
+    ]
+    return [i for megabatch in megabatches for chunk in even_chunks(megabatch, lengths, world_size) for i in chunk]
+
+
+def modality_grouped_indices(
+    lengths: list[int], batch_size: int, world_size: int, generator: torch.Generator
+) -> list[int]:
+    """LLaVA-NeXT's --group_by_modality_length order: image records and text-only records are grouped apart into
+    megabatches of world_size x batch_size (so every process trains on one modality in a step), the megabatches
+    are shuffled, and the two modalities' leftovers form one last mixed megabatch."""
+    image = [i for i, length in enumerate(lengths) if length > 0]
+    text = [i for i, length in enumerate(lengths) if length < 0]
+    if not image or not text:
+        return length_grouped_indices(lengths, batch_size, world_size, generator)
+    size = world_size * batch_size
+    groups = []
+    for members in (image, text):
+        shuffled = [
+            members[i] for i in length_grouped_indices([lengths[j] for j in members], batch_size, world_size, generator)
+        ]
+        groups.append([shuffled[i : i + size] for i in range(0, len(shuffled), size)])
+    leftover = groups[0][-1] + groups[1][-1]
+    megabatches = groups[0][:-1] + groups[1][:-1]
+    megabatches = [megabatches[i] for i in torch.randperm(len(megabatches), generator=generator).tolist()]
+    if leftover:
+        megabatches.append(sorted(leftover))
+    return [i for megabatch in megabatches for i in megabatch]
+
+
+class ModalityGroupedSampler(torch.utils.data.Sampler[int]):
+    """`modality_grouped_indices` as a sampler: seeded by the run's seed and the epoch (`set_epoch`), so a resumed
+    run sees the same order and skips the batches it already trained on."""
+
+    def __init__(self, lengths: list[int], batch_size: int, world_size: int, seed: int) -> None:
+        self.lengths, self.batch_size, self.world_size, self.seed = lengths, batch_size, world_size, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(modality_grouped_indices(self.lengths, self.batch_size, self.world_size, generator))

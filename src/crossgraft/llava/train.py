@@ -41,8 +41,10 @@ from crossgraft.llava.data import (
     LazySupervisedDataset,
     LengthLimit,
     LlavaDataError,
+    ModalityGroupedSampler,
     Record,
     make_supervised_data_module,
+    modality_lengths,
     read_records,
     validate_record,
 )
@@ -155,7 +157,19 @@ class QuietProgressCallback(ProgressCallback):
         return None
 
 
-class AlternatingTrainer(Trainer):
+class ModalityGroupingTrainer(Trainer):
+    """--group_by_modality_length: the training order comes from ModalityGroupedSampler."""
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        if getattr(self.args, "group_by_modality_length", False) and isinstance(dataset, LazySupervisedDataset):
+            args = self.args
+            world = args.world_size * args.gradient_accumulation_steps  # as LLaVA-NeXT counts a megabatch
+            return ModalityGroupedSampler(modality_lengths(dataset.records), args.train_batch_size, world, args.seed)
+        return super()._get_train_sampler(train_dataset)
+
+
+class AlternatingTrainer(ModalityGroupingTrainer):
     """The Trainer with one more optimizer group (the tanh gates, at --xattn_gate_lr, without weight decay), and a
     guard: a non-finite loss or gradient stops training before the optimizer step that would apply it."""
 
@@ -312,14 +326,40 @@ class DryRun:
 
     kind: CheckpointKind
     problem: str | None  # the variant mismatch, if any
+    notes: list[str] = field(default_factory=list)  # what LLaVA-NeXT's script flags do here
 
 
-def dry_run(model_args: ModelArguments) -> DryRun:
+def dry_run(model_args: ModelArguments, data_args: DataArguments | None = None) -> DryRun:
     source = model_args.model_name_or_path or model_args.backbone_model
     if not source:
         raise LlavaConfigError("--dry_run needs --model_name_or_path (or --backbone_model)")
     kind = inspect_checkpoint(source)
-    return DryRun(kind, variant_mismatch(kind, model_args.variant))
+    notes = script_flag_notes(model_args, data_args, read_raw_config(source) if kind.variant is not None else {})
+    return DryRun(kind, variant_mismatch(kind, model_args.variant), notes)
+
+
+def script_flag_notes(model_args: ModelArguments, data_args: DataArguments | None, config: Any) -> list[str]:
+    """LLaVA-NeXT's script flags against the checkpoint's config (a dict or a config object): a value that
+    contradicts it is refused; the flags that have no effect here get a line saying so."""
+
+    def checkpoint(name: str) -> Any:
+        return config.get(name) if isinstance(config, dict) else getattr(config, name, None)
+
+    for flag in ("mm_projector_type", "mm_vision_select_layer", "mm_patch_merge_type"):
+        given, saved = getattr(model_args, flag), checkpoint(flag)
+        if given is not None and saved is not None and given != saved:
+            raise LlavaConfigError(
+                f"--{flag} {given} contradicts the checkpoint, whose config.json says {saved}: the model is built "
+                "from its config, so drop the flag or give the checkpoint's value"
+            )
+    notes = []
+    if model_args.version is not None:
+        notes.append(f"--version {model_args.version}: conversations use Qwen's chat template (ChatML), as it names")
+    if data_args is not None:
+        if data_args.video_folder is not None or data_args.frames_upbound is not None:
+            notes.append("--video_folder / --frames_upbound: no effect (video records are refused by id)")
+        notes.append("--lazy_preprocess: no effect (samples are always tokenised when they are used)")
+    return notes
 
 
 def length_limit(config: Any, training_args: Any, processor: ImageProcessor) -> LengthLimit:
@@ -510,6 +550,8 @@ def prepare_run(
         model = prepare_model(model_args, logger)
     tokenizer_source = model_args.tokenizer_name_or_path or model_args.model_name_or_path or model_args.backbone_model
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
+    for note in script_flag_notes(model_args, data_args, model.config):
+        logger.info("%s", note)
     model.config.tokenizer_padding_side = "right"
     counts = set_trainable_parts(model, model_args.tunable_parts)
     logger.info("%s", describe_freeze_state(counts, training_args))
