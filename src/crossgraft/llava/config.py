@@ -121,7 +121,7 @@ class ModelArguments:
     mm_tunable_parts: str = field(
         default="mm_mlp_adapter,mm_language_model",
         metadata={
-            "help": "comma-separated parts to train: mm_vision_tower, mm_mlp_adapter (projector + image_newline), "
+            "help": "comma-separated parts to train: mm_vision_tower, mm_mlp_adapter (the projector), "
             "mm_language_model. Gated cross-attention blocks are always trained"
         },
     )
@@ -195,7 +195,7 @@ class AlternatingTrainingArguments(TrainingArguments):
         default=1e-3, metadata={"help": "learning rate of the tanh gates (own optimizer group, no weight decay)"}
     )
     mm_projector_lr: float | None = field(
-        default=None, metadata={"help": "learning rate of the projector and image_newline (default: --learning_rate)"}
+        default=None, metadata={"help": "learning rate of the projector (default: --learning_rate)"}
     )
     mm_vision_tower_lr: float | None = field(
         default=None, metadata={"help": "learning rate of the vision tower when it trains (default: --learning_rate)"}

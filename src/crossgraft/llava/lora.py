@@ -106,7 +106,9 @@ def add_lora(
     peft = import_peft()
     pattern = llava_next_target_pattern(model) if targets == "llava_next" else lora_target_pattern(model)
     full = {name for name, p in model.named_parameters() if p.requires_grad and not name.startswith(LANGUAGE_LAYERS)}
-    full -= {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight"}  # the language model's own
+    # the language model's own, image_newline included (LLaVA-NeXT counts it with the language model: under LoRA
+    # only the adapters of that part train)
+    full -= {"model.embed_tokens.weight", "model.norm.weight", "lm_head.weight", "model.image_newline"}
     config = peft.LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=pattern, bias="none")
     wrapped = peft.get_peft_model(model, config)
     wrapped.peft_config["default"].base_model_name_or_path = base  # peft would take the folder's name as given

@@ -242,7 +242,7 @@ def tunable_part(name: str) -> str:
     """LLaVA-NeXT's mm_tunable_parts name of a parameter (`xattn` for the gated blocks, which always train)."""
     if ".vision_tower." in name:
         return "mm_vision_tower"
-    if ".mm_projector." in name or name.endswith("image_newline"):
+    if ".mm_projector." in name:  # image_newline is not: LLaVA-NeXT unfreezes it with the language model
         return "mm_mlp_adapter"
     if ".xattn." in name:
         return "xattn"
