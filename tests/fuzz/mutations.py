@@ -5,13 +5,17 @@ Lines or a Python literal, in some encoding, and perhaps cut short."""
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
+
+from crossgraft.errors import CrossgraftError
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
 DEADLINE_MS = 5000  # a reader that takes longer on a small file is hanging, not slow
@@ -162,3 +166,22 @@ def mutated_bytes(draw: st.DrawFn, valid: Any, write: Callable[[Any], str], yaml
     if draw(st.booleans()) and data:
         data = data[: draw(st.integers(min_value=0, max_value=len(data) - 1))]  # cut short
     return data
+
+
+COUNTER = itertools.count()
+
+
+def written(folder: Path, name: str, data: bytes) -> Path:
+    """`data` as FOLDER/N/NAME, a fresh subfolder per example."""
+    path = folder / f"{next(COUNTER)}" / name
+    path.parent.mkdir(parents=True)
+    path.write_bytes(data)
+    return path
+
+
+def reads_or_refuses(read: Callable[..., Any], *args: Any) -> Any:
+    """The reader's result, or None when it refused with a CrossgraftError (any other exception fails the test)."""
+    try:
+        return read(*args)
+    except CrossgraftError:
+        return None

@@ -4,12 +4,10 @@ and mask files of every mode, whole or cut short."""
 from __future__ import annotations
 
 import io
-import itertools
-from pathlib import Path
 
 import numpy as np
 import pytest
-from fuzz.mutations import FUZZ, as_json, as_json_lines, mutated_bytes
+from fuzz.mutations import FUZZ, as_json, as_json_lines, mutated_bytes, reads_or_refuses, written
 from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
@@ -18,10 +16,8 @@ from crossgraft.anomaly.data.formats import read_jsonl, read_meta_json
 from crossgraft.anomaly.data.records import Sample
 from crossgraft.anomaly.data.transforms import load_image, load_mask
 from crossgraft.anomaly.deploy.engines import ExportMetadata, read_metadata
-from crossgraft.errors import CrossgraftError
 from crossgraft.images import read_mask_values, read_rgb
 
-COUNTER = itertools.count()
 META_LINES = [
     {"image_path": "dots/test/good/000.png", "label": 0, "class_name": "dots"},
     {"image_path": "dots/test/hole/001.png", "label": 1, "class_name": "dots", "mask_path": "dots/gt/001.png",
@@ -46,20 +42,6 @@ EXPORT_METADATA = {
 }  # fmt: skip
 MODES = ["1", "L", "P", "I", "I;16", "F", "LA", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "LAB", "HSV"]
 FORMATS = ["PNG", "TIFF", "JPEG", "BMP", "GIF", "WEBP"]
-
-
-def written(folder: Path, name: str, data: bytes) -> Path:
-    path = folder / f"{next(COUNTER)}" / name
-    path.parent.mkdir(parents=True)
-    path.write_bytes(data)
-    return path
-
-
-def reads_or_refuses(read, *args):
-    try:
-        return read(*args)
-    except CrossgraftError:
-        return None
 
 
 def test_meta_jsonl(tmp_path_factory):

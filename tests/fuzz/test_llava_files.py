@@ -3,22 +3,19 @@ folder's adapter_config.json."""
 
 from __future__ import annotations
 
-import itertools
 import json
 from pathlib import Path
 
 import pytest
 import torch
-from fuzz.mutations import FUZZ, as_json, as_json_lines, as_yaml, mutated_bytes
+from fuzz.mutations import FUZZ, as_json, as_json_lines, as_yaml, mutated_bytes, reads_or_refuses, written
 from hypothesis import given
 from safetensors.torch import save_file
 
-from crossgraft.errors import CrossgraftError
 from crossgraft.llava.data import read_records, validate_record
 from crossgraft.llava.evaluate import read_predictions, summarize
 from crossgraft.llava.lora import read_adapter_config
 
-COUNTER = itertools.count()
 RECORDS = [
     {"id": "s0", "image": "a.png", "conversations": [{"from": "human", "value": "<image>\nWhat is it?"},
                                                       {"from": "gpt", "value": "A dotted tile."}]},
@@ -37,20 +34,6 @@ ADAPTER_CONFIG = {
     "target_modules": "model\\.layers\\.\\d+\\.(self_attn|mlp)\\.\\w+_proj", "base_model_name_or_path": "base",
     "inference_mode": True, "fan_in_fan_out": False, "modules_to_save": None,
 }  # fmt: skip
-
-
-def written(folder: Path, name: str, data: bytes) -> Path:
-    path = folder / f"{next(COUNTER)}" / name
-    path.parent.mkdir(parents=True)
-    path.write_bytes(data)
-    return path
-
-
-def reads_or_refuses(read, *args):
-    try:
-        return read(*args)
-    except CrossgraftError:
-        return None
 
 
 def read_and_validate(path: Path) -> list:

@@ -3,11 +3,8 @@
 
 from __future__ import annotations
 
-import itertools
-from pathlib import Path
-
 import pytest
-from fuzz.mutations import FUZZ, as_json, as_python, as_yaml, mutated_bytes
+from fuzz.mutations import FUZZ, as_json, as_python, as_yaml, mutated_bytes, reads_or_refuses, written
 from hypothesis import given
 
 from crossgraft.anomaly.cli import COMMANDS as ANOMALY_COMMANDS
@@ -15,10 +12,8 @@ from crossgraft.anomaly.config import PRESETS, BackboneConfig, DataConfig, Train
 from crossgraft.anomaly.prompts import load_class_descriptions
 from crossgraft.anomaly.run_folder import SavedRun, load_run_config, save_run_config
 from crossgraft.args import command_parser
-from crossgraft.errors import CrossgraftError
 from crossgraft.llava.cli import COMMANDS as LLAVA_COMMANDS
 
-COUNTER = itertools.count()
 TRAIN_FLAGS = {
     "dataset": "synthetic", "data_root": "data", "classes": ["dots", "stripes"], "clip": "tiny", "img_size": 64,
     "text_epoch": 1, "image_epoch": 2, "text_batch_size": 4, "relu": True, "seed": 7, "device": "cpu",
@@ -32,20 +27,6 @@ EVALUATE_FLAGS = {
 }
 DESCRIPTIONS = {"dots": "a surface with a dotted pattern", "stripes": "a striped surface"}
 NESTED_DESCRIPTIONS = {"MVTec": {"bottle": "the bottle", "cable": "three cables"}, "VisA": {"pcb1": "a board"}}
-
-
-def written(folder: Path, name: str, data: bytes) -> Path:
-    path = folder / f"{next(COUNTER)}" / name
-    path.parent.mkdir(parents=True)
-    path.write_bytes(data)
-    return path
-
-
-def reads_or_refuses(read, *args):
-    try:
-        return read(*args)
-    except CrossgraftError:
-        return None
 
 
 @pytest.mark.parametrize("suffix", [".json", ".yaml"])

@@ -63,14 +63,7 @@ def test_an_interrupted_evaluation_resumes_where_it_stopped(evaluated, monkeypat
     (out / "evaluation.json").write_text((folder / "evaluation.json").read_text())
     kept = "".join(json.dumps(row) + "\n" for row in full[:4])
     (out / PREDICTIONS_FILE).write_text(kept + '{"id": "sample-0004", "predic')  # cut short mid-line
-    evaluated_ids = []
-    original = evaluate_module._evaluate_batch
-
-    def recording(model, tokenizer, dataset, chunk, *args):
-        evaluated_ids.extend(sample.sample_id for sample in chunk)
-        return original(model, tokenizer, dataset, chunk, *args)
-
-    monkeypatch.setattr(evaluate_module, "_evaluate_batch", recording)
+    evaluated_ids = recording_batches(monkeypatch)
     _, resumed = evaluate(EvaluateConfig(**{**config.__dict__, "out": out}))
     assert evaluated_ids == [row["id"] for row in full[4:]]
     assert rows_of(out) == full
