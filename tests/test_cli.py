@@ -70,6 +70,9 @@ def test_a_flag_that_is_on_by_default_has_a_short_off_switch(capsys):
         ["anomaly", "predict", "--help"],
         ["anomaly", "train", "--datset", "MVTec"],
         ["anomaly", "train", "--config", "/no/such/file.yaml"],
+        ["llava", "evaluate", "--help"],
+        ["llava", "export", "--help"],
+        ["llava", "evaluate", "--modle", "x"],
     ],
     ids=" ".join,
 )

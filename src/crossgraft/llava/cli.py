@@ -11,7 +11,6 @@ from crossgraft.args import Command, dispatch, run_command
 
 if TYPE_CHECKING:  # the configs load when a command's parser is built, the library when the command runs
     from crossgraft.llava.config import (
-        AlternatingTrainingArguments,
         DataArguments,
         DemoConfig,
         EvaluateConfig,
@@ -23,6 +22,7 @@ if TYPE_CHECKING:  # the configs load when a command's parser is built, the libr
         ModelArguments,
         PlotRunsConfig,
     )
+    from crossgraft.llava.training_args import AlternatingTrainingArguments
 
 CONFIGS = "crossgraft.llava.config"
 TrainArguments = tuple["ModelArguments", "DataArguments", "AlternatingTrainingArguments"]
@@ -149,7 +149,11 @@ def cmd_merge_lora(config: MergeLoraConfig) -> int:
 
 COMMANDS = {
     "train": Command(
-        (f"{CONFIGS}:ModelArguments", f"{CONFIGS}:DataArguments", f"{CONFIGS}:AlternatingTrainingArguments"),
+        (
+            f"{CONFIGS}:ModelArguments",
+            f"{CONFIGS}:DataArguments",
+            "crossgraft.llava.training_args:AlternatingTrainingArguments",  # TrainingArguments: loaded for train only
+        ),
         cmd_train,
         "train base / alternating / alternating_cross (= train_alternating; every Hugging Face TrainingArguments flag)",
         "Train LLaVA-OneVision (Qwen2 + SigLIP) as base, alternating or alternating_cross. Images go through the "

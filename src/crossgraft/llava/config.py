@@ -5,18 +5,16 @@ LLaVA-NeXT's own), and one config per other command. The command line is generat
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
-
-from transformers import TrainingArguments
+from typing import Any
 
 from crossgraft.limits import MAX_PIXELS_HELP
-from crossgraft.llava.configuration import (
+from crossgraft.llava.constants import (
     ASPECT_RATIO_HELP,
     DEFAULT_SKIP_PREFIXES,
     DTYPE_NAMES,
+    LLAVA_NEXT_GROUP,
     SUPPORTED_ATTENTION,
     TINY_TYPES,
     XATTN_MODES,
@@ -28,7 +26,6 @@ DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."  # LLaVA-NeXT's qwen_1_5 
 TUNABLE_PARTS = ("mm_vision_tower", "mm_mlp_adapter", "mm_language_model")  # LLaVA-NeXT's names
 
 
-LLAVA_NEXT_GROUP = "LLaVA-NeXT's script flags (checked against the checkpoint, or accepted with no effect)"
 QWEN_TEMPLATES = ("qwen_1_5", "qwen_2", "chatml_direct")  # LLaVA-NeXT's names for the ChatML template
 
 
@@ -180,102 +177,6 @@ class ModelArguments:
     @property
     def tunable_parts(self) -> list[str]:
         return [part.strip() for part in self.mm_tunable_parts.split(",") if part.strip()]
-
-
-@dataclass
-class AlternatingTrainingArguments(TrainingArguments):
-    throughput_log_steps: int = field(
-        default=0,
-        metadata={
-            "help": "every N optimizer steps, add samples/s, step time and (CUDA) "
-            "peak memory to the loss log record; 0 = off"
-        },
-    )
-    xattn_gate_lr: float = field(
-        default=1e-3, metadata={"help": "learning rate of the tanh gates (own optimizer group, no weight decay)"}
-    )
-    mm_projector_lr: float | None = field(
-        default=None, metadata={"help": "learning rate of the projector (default: --learning_rate)"}
-    )
-    mm_vision_tower_lr: float | None = field(
-        default=None, metadata={"help": "learning rate of the vision tower when it trains (default: --learning_rate)"}
-    )
-    model_max_length: int | None = field(
-        default=None,
-        metadata={
-            "help": "spliced sequences (text + image features) are cut to this length, and the saved config.json "
-            "records it (tokenizer_model_max_length). Default: the source checkpoint's (lmms-lab OV: 32768), else 2048"
-        },
-    )
-    lora_enable: bool = field(
-        default=False,
-        metadata={
-            "help": "train the language model through LoRA adapters on its linear layers (peft: pip install "
-            "'crossgraft[lora]'); its own weights stay frozen, the other --mm_tunable_parts and the gated blocks "
-            "train in full. Saves write the adapter and non_lora_trainables.safetensors"
-        },
-    )
-    lora_r: int = field(default=64, metadata={"help": "LoRA rank (LLaVA-NeXT's default)"})
-    lora_targets: Literal["language_model", "llava_next"] = field(
-        default="language_model",
-        metadata={
-            "help": "which linear layers get adapters: language_model (the decoder's own, model.layers.*) or "
-            "llava_next (LLaVA-NeXT's rule: every linear layer whose name ends like one of the language model's, "
-            "so the vision tower's q_proj / k_proj / v_proj too; gated blocks and the projector still train in full)"
-        },
-    )
-    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha: updates are scaled by alpha / r"})
-    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA branch's input"})
-    merge_lora: bool = field(
-        default=False,
-        metadata={
-            "help": "with --lora_enable: when training ends, also write the adapters merged into the weights as "
-            "OUTPUT_DIR/merged, a checkpoint that loads like any other"
-        },
-    )
-
-    group_by_modality_length: bool = field(
-        default=False,
-        metadata={"help": "LLaVA-NeXT's batching: image and text-only records in separate batches (each step one "
-                  "modality on every process), shuffled by the run's seed and the epoch", "group": LLAVA_NEXT_GROUP},
-    )  # fmt: skip
-    # LLaVA-NeXT's scripts were written for transformers 4.x: its spellings of two settings
-    evaluation_strategy: str | None = field(
-        default=None, metadata={"help": "transformers 4's name for --eval_strategy (the same setting)",
-                                "group": LLAVA_NEXT_GROUP},
-    )  # fmt: skip
-    warmup_ratio: float | None = field(
-        default=None, metadata={"help": "the share of the steps spent warming up: --warmup_steps as a ratio (0..1)",
-                                "group": LLAVA_NEXT_GROUP},
-    )  # fmt: skip
-
-    def __post_init__(self) -> None:
-        if self.evaluation_strategy is not None:  # before TrainingArguments reads eval_strategy
-            self.eval_strategy = self.evaluation_strategy
-        if self.warmup_ratio is not None:
-            if not 0 <= self.warmup_ratio < 1:
-                raise LlavaConfigError(f"--warmup_ratio must lie in [0, 1), got {self.warmup_ratio}")
-            if self.warmup_steps:
-                raise LlavaConfigError("--warmup_ratio and --warmup_steps say the same thing twice: give one of them")
-            self.warmup_steps = self.warmup_ratio  # transformers 5 reads a warmup_steps below 1 as a ratio
-        super().__post_init__()
-        if self.throughput_log_steps < 0:
-            raise LlavaConfigError(f"--throughput_log_steps must be >= 0 (0: off), got {self.throughput_log_steps}")
-        for name in ("xattn_gate_lr", "mm_projector_lr", "mm_vision_tower_lr"):
-            value = getattr(self, name)
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise LlavaConfigError(f"--{name} must be a positive number, got {value}")
-        if not (math.isfinite(self.learning_rate) and self.learning_rate >= 0):
-            raise LlavaConfigError(f"--learning_rate must be a finite number >= 0, got {self.learning_rate}")
-        if self.model_max_length is not None and self.model_max_length < 1:
-            raise LlavaConfigError(f"--model_max_length must be at least 1, got {self.model_max_length}")
-        if self.lora_r < 1 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
-            raise LlavaConfigError(
-                f"LoRA needs --lora_r >= 1, --lora_alpha > 0 and 0 <= --lora_dropout < 1, got {self.lora_r}, "
-                f"{self.lora_alpha}, {self.lora_dropout}"
-            )
-        if self.merge_lora and not self.lora_enable:
-            raise LlavaConfigError("--merge_lora merges LoRA adapters; it needs --lora_enable")
 
 
 @dataclass
@@ -529,3 +430,13 @@ class LlavaExportConfig:
         default="keep",
         metadata={"help": "weights dtype of the export", "choices": ["keep", *DTYPE_NAMES]},
     )
+
+
+def __getattr__(name: str) -> Any:
+    """`AlternatingTrainingArguments` lives in `llava/training_args.py` (it extends transformers' TrainingArguments,
+    which the other commands' help should not load); it is still importable from here."""
+    if name == "AlternatingTrainingArguments":
+        from crossgraft.llava.training_args import AlternatingTrainingArguments
+
+        return AlternatingTrainingArguments
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

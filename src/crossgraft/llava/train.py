@@ -35,7 +35,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from crossgraft.errors import TrainingError
 from crossgraft.files import with_umask_modes, write_text_atomic
 from crossgraft.graft import CheckpointError, file_problem
-from crossgraft.llava.config import AlternatingTrainingArguments, DataArguments, ModelArguments
+from crossgraft.llava.config import DataArguments, ModelArguments
 from crossgraft.llava.configuration import LlavaConfigError
 from crossgraft.llava.data import (
     LazySupervisedDataset,
@@ -73,6 +73,7 @@ from crossgraft.llava.lora import (
 )
 from crossgraft.llava.modeling import LlavaQwenForCausalLM
 from crossgraft.llava.processing import ImageProcessor
+from crossgraft.llava.training_args import AlternatingTrainingArguments
 from crossgraft.lock import RunLock
 from crossgraft.runlog import console_logging, setup_run_logging
 
