@@ -221,10 +221,14 @@ def test_every_normal_request_is_answered_beside_hostile_ones(trained_run, synth
     config = ServeConfig(save_path=trained_run, port=port, device="cpu", request_seconds=0.01, concurrency=1)
     app = build_app(config)
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    image = gradio_client.handle_file(str(sorted((synthetic_root / "dots" / "test").rglob("*.png"))[0]))
+    # distinct images: gradio caches an output file by its content, and identical outputs written at the same
+    # moment by concurrent requests can be served half-written (a gradio race, not the page's)
+    paths = sorted(p for p in synthetic_root.rglob("*.png") if "ground_truth" not in p.parts)[:21]
+    images = [gradio_client.handle_file(str(path)) for path in paths]
+    image = images[-1]
     try:
         client = gradio_client.Client(f"http://127.0.0.1:{port}", verbose=False)
-        normal = [client.submit(image, "dots", 0.5, api_name="/detect_one") for _ in range(20)]
+        normal = [client.submit(picture, "dots", 0.5, api_name="/detect_one") for picture in images[:20]]
         long_name = client.submit(image, "x" * 100_000, 0.5, api_name="/detect_one")
         many = client.submit([image] * config.max_images, "dots", 0.5, api_name="/detect_many")
         answers = [job.result(timeout=PAGE_TIMEOUT_MS / 1000)[3] for job in normal]
