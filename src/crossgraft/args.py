@@ -31,9 +31,8 @@ from typing import Any, NoReturn, cast, get_args, get_origin, get_type_hints
 
 import yaml
 
-from crossgraft.errors import ConfigError, CrossgraftError, DataError
-from crossgraft.files import parse_json, parse_yaml, read_text
-from crossgraft.limits import MAX_SETTINGS_BYTES
+from crossgraft.errors import ConfigError, CrossgraftError
+from crossgraft.files import parse_json, parse_yaml, read_settings_text
 
 CONFIG_FLAG = "--config"
 PRINT_CONFIG_FLAG = "--print_config"
@@ -115,10 +114,7 @@ def read_config_file(path: Path | str) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    try:
-        text = read_text(path, "config file", max_bytes=MAX_SETTINGS_BYTES)
-    except DataError as error:
-        raise ConfigError(str(error)) from error
+    text = read_settings_text(path, "config file", ConfigError)
     parse = parse_yaml if path.suffix in (".yaml", ".yml") else parse_json
     data = parse(text, str(path), ConfigError)
     if not isinstance(data, dict):

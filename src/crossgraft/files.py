@@ -16,7 +16,7 @@ from typing import IO, Any
 import yaml
 
 from crossgraft.errors import CrossgraftError, DataError, OutputError
-from crossgraft.limits import MAX_NESTING
+from crossgraft.limits import MAX_NESTING, MAX_SETTINGS_BYTES
 
 
 def ensure_folder(folder: Path | str) -> Path:
@@ -220,6 +220,22 @@ def read_json_lines(
             continue
         lines.append(JsonLine(number, value))
     return lines
+
+
+def read_settings_text(path: Path | str, what: str, error: type[CrossgraftError] = DataError) -> str:
+    """A small settings file's text (utf-8, at most MAX_SETTINGS_BYTES); every problem is one `error` naming it."""
+    try:
+        return read_text(path, what, max_bytes=MAX_SETTINGS_BYTES)
+    except DataError as problem:
+        raise error(str(problem)) from problem
+
+
+def read_json_object(path: Path | str, what: str, error: type[CrossgraftError] = DataError) -> dict[str, Any]:
+    """A small json settings file that must hold an object (`read_settings_text`, `parse_json`)."""
+    document = parse_json(read_settings_text(path, what, error), str(path), error)
+    if not isinstance(document, dict):
+        raise error(f"{path}: expected a JSON object, found {type(document).__name__}")
+    return document
 
 
 def parse_json(text: str, where: str, error: type[CrossgraftError] = DataError) -> Any:

@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from crossgraft.anomaly.catalog import PUBLIC_DATA_ROOTS
-from crossgraft.errors import ConfigError, DataError
-from crossgraft.files import check_nesting, parse_json, read_text
-from crossgraft.limits import MAX_SETTINGS_BYTES
+from crossgraft.errors import ConfigError
+from crossgraft.files import check_nesting, parse_json, read_settings_text
 
 NORMAL_STATES = ("{}", "a {}", "the {}")
 ABNORMAL_STATES = ("a damaged {}", "a broken {}", "a {} with flaw", "a {} with defect", "a {} with damage")
@@ -50,23 +49,15 @@ def load_class_descriptions(path: Path | str | None) -> DescriptionTable:
     if path.suffix == ".py":
         table = read_public_table(path)
     else:
-        table = parse_json(settings_text(path), str(path), ConfigError)
+        table = parse_json(read_settings_text(path, "class-description file", ConfigError), str(path), ConfigError)
     check_table(table, str(path))
     return table
-
-
-def settings_text(path: Path) -> str:
-    """A class-description file's text (utf-8, at most MAX_SETTINGS_BYTES); a ConfigError naming it otherwise."""
-    try:
-        return read_text(path, "class-description file", max_bytes=MAX_SETTINGS_BYTES)
-    except DataError as error:
-        raise ConfigError(str(error)) from error
 
 
 def read_public_table(path: Path) -> DescriptionTable:
     """The REAL_NAMES literal of the public code's constants.py, taken from the parsed file (no code runs)."""
     try:
-        module = ast.parse(settings_text(path), filename=str(path))
+        module = ast.parse(read_settings_text(path, "class-description file", ConfigError), filename=str(path))
     except (SyntaxError, ValueError, RecursionError, MemoryError) as error:  # deep nesting: RecursionError
         raise ConfigError(f"{path}: not a readable Python file ({str(error)[:160]})") from error
     for node in module.body:

@@ -404,8 +404,10 @@ class LazySupervisedDataset(Dataset):
 
     def needed_length(self, record: Record, images: list[Image.Image]) -> tuple[int, int | None]:
         """(length after splicing, first learned position) of a record whose images are `images`."""
+        return self._spliced(*self.tokenized(record), images)
+
+    def _spliced(self, input_ids: list[int], labels: list[int], images: list[Image.Image]) -> tuple[int, int | None]:
         assert self.length_limit is not None
-        input_ids, labels = self.tokenized(record)
         counts = self.length_limit.image_tokens(self.image_processor, [image.size for image in images])
         return spliced_length(input_ids, labels, counts)
 
@@ -415,8 +417,9 @@ class LazySupervisedDataset(Dataset):
         for offset in range(len(self.records)):
             record = self.records[(index + offset) % len(self.records)]
             images = [self.read_image(record, name) for name in record.image_paths]
+            input_ids, labels = self.tokenized(record)  # once: the length check and the sample share it
             if self.length_limit is not None:
-                needed, first_learned = self.needed_length(record, images)
+                needed, first_learned = self._spliced(input_ids, labels, images)
                 if first_learned is None or first_learned >= self.length_limit.max_length:
                     if record.where not in self.skipped:
                         self.skipped.add(record.where)
@@ -426,7 +429,6 @@ class LazySupervisedDataset(Dataset):
                             record.where, self.length_limit.max_length, needed,
                         )  # fmt: skip
                     continue
-            input_ids, labels = self.tokenized(record)
             return {
                 "input_ids": torch.tensor(input_ids),
                 "labels": torch.tensor(labels),

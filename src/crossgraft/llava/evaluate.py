@@ -23,17 +23,14 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer
 
-from crossgraft.errors import DataError
 from crossgraft.files import (
     JsonLine,
     atomic_write,
-    parse_json,
     read_json_lines,
-    read_text,
+    read_json_object,
     write_text_atomic,
 )
 from crossgraft.images import set_max_pixels
-from crossgraft.limits import MAX_SETTINGS_BYTES
 from crossgraft.llava.caption_metrics import CAPTION_METRICS, caption_statistics, mean_finalize, summed_value, words
 from crossgraft.llava.config import EvaluateConfig
 from crossgraft.llava.configuration import IGNORE_INDEX, LlavaConfigError
@@ -147,15 +144,7 @@ def settings_of(config: EvaluateConfig) -> dict[str, Any]:
 
 def read_settings(path: Path) -> dict[str, Any]:
     """An evaluation folder's evaluation.json: a JSON object, or a LlavaConfigError naming the file."""
-    try:
-        saved = parse_json(
-            read_text(path, "evaluation settings", max_bytes=MAX_SETTINGS_BYTES), str(path), LlavaConfigError
-        )
-    except DataError as error:
-        raise LlavaConfigError(str(error)) from error
-    if not isinstance(saved, dict):
-        raise LlavaConfigError(f"{path}: expected a JSON object, found {type(saved).__name__}")
-    return saved
+    return read_json_object(path, "evaluation settings", LlavaConfigError)
 
 
 def check_settings(folder: Path, settings: dict[str, Any]) -> None:

@@ -18,10 +18,8 @@ from transformers import SiglipConfig, SiglipVisionConfig
 from transformers.utils import cached_file
 from transformers.utils import logging as hf_logging
 
-from crossgraft.errors import DataError
-from crossgraft.files import parse_json, read_text
+from crossgraft.files import read_json_object
 from crossgraft.graft import CheckpointError, CopyReport, file_problem, selective_copy
-from crossgraft.limits import MAX_SETTINGS_BYTES
 from crossgraft.llava.configuration import (
     ALTERNATING_CROSS_MODEL_TYPE,
     ALTERNATING_MODEL_TYPE,
@@ -86,13 +84,7 @@ def read_raw_config(name_or_path: str) -> dict[str, Any]:
                 f"{name_or_path}: not a local folder, and its config.json could not be fetched "
                 f"from the Hugging Face Hub ({error})"
             ) from error
-    try:
-        raw = parse_json(read_text(path, "config.json", max_bytes=MAX_SETTINGS_BYTES), str(path), CheckpointError)
-    except DataError as error:
-        raise CheckpointError(str(error)) from error
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, found {type(raw).__name__}")
-    return raw
+    return read_json_object(path, "config.json", CheckpointError)
 
 
 def classify(raw: dict[str, Any], source: str) -> CheckpointKind:

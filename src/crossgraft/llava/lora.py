@@ -28,10 +28,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save
 from torch import nn
 
-from crossgraft.errors import DataError
-from crossgraft.files import atomic_folder, atomic_write, parse_json, read_text
+from crossgraft.files import atomic_folder, atomic_write, read_json_object
 from crossgraft.graft import CheckpointError, file_problem
-from crossgraft.limits import MAX_SETTINGS_BYTES
 from crossgraft.llava.configuration import LlavaConfigError
 
 if TYPE_CHECKING:
@@ -172,12 +170,7 @@ def read_adapter_config(folder: str | Path) -> dict[str, Any]:
     problem is one CheckpointError naming the file, before anything is loaded."""
     folder = Path(folder)
     path = folder / ADAPTER_CONFIG
-    try:
-        config = parse_json(read_text(path, ADAPTER_CONFIG, max_bytes=MAX_SETTINGS_BYTES), str(path), CheckpointError)
-    except DataError as error:
-        raise CheckpointError(str(error)) from error
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, found {type(config).__name__}")
+    config = read_json_object(path, ADAPTER_CONFIG, CheckpointError)
     if config.get("peft_type", "LORA") != "LORA":
         raise CheckpointError(f"{path}: a {str(config.get('peft_type'))[:40]} adapter; crossgraft loads LoRA adapters")
     rank = config.get("r")

@@ -30,10 +30,10 @@ from crossgraft.anomaly.detector import INPUT_NAMES, AnomalyDetector, Detection,
 from crossgraft.anomaly.infer import TrainedRun, load_trained
 from crossgraft.anomaly.prompts import class_text
 from crossgraft.devices import resolve_device
-from crossgraft.errors import ConfigError, CrossgraftError, DataError
-from crossgraft.files import parse_json, read_text, recover_folder
+from crossgraft.errors import ConfigError, CrossgraftError
+from crossgraft.files import read_json_object, recover_folder
 from crossgraft.graft import CheckpointError
-from crossgraft.limits import MAX_SETTINGS_BYTES, path_component
+from crossgraft.limits import path_component
 
 EngineName = Literal["auto", "torch", "onnxruntime", "openvino"]
 METADATA = "metadata.json"
@@ -166,12 +166,7 @@ def read_metadata(folder: Path) -> ExportMetadata:
     path = folder / METADATA
     if not path.is_file():
         raise ConfigError(f"{path} not found: is {folder} a folder written by `crossgraft anomaly export`?")
-    try:
-        document = parse_json(read_text(path, METADATA, max_bytes=MAX_SETTINGS_BYTES), str(path), CheckpointError)
-    except DataError as error:
-        raise CheckpointError(str(error)) from error
-    if not isinstance(document, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, found {type(document).__name__}")
+    document = read_json_object(path, METADATA, CheckpointError)
     name, _, version = str(document.get("format", ""))[:200].partition("/")
     if name != EXPORT_FORMAT or not version.isdigit() or len(version) > 6:
         raise CheckpointError(f"{path} is not crossgraft export metadata (format {shown(document.get('format'))})")
