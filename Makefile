@@ -16,7 +16,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,deploy,serve,lora]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,deploy,serve,lora,deepspeed]"
 	@touch $(STAMP)
 
 demo: venv

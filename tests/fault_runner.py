@@ -7,6 +7,8 @@ Plans:
   write:N:mid          the N-th atomic write dies halfway through writing its temporary file
   write:N:rename       the N-th atomic write dies with its temporary file complete, before the rename
   trainer_state:N      the N-th Trainer checkpoint dies halfway through writing trainer_state.json
+  zero_shard:N         under DeepSpeed, every process dies halfway through writing its N-th ZeRO optimizer shard
+                       (`global_stepK/*optim_states.pt`); run it under a launcher (torchrun), one plan per process
 """
 
 from __future__ import annotations
@@ -84,6 +86,28 @@ def plan_trainer_state(number: int) -> None:
     TrainerState.save_to_json = dying_save
 
 
+def plan_zero_shard(number: int) -> None:
+    import io
+
+    import torch
+
+    real_save = torch.save
+    count = {"saved": 0}
+
+    def dying_save(obj, f, *args, **kwargs):
+        if isinstance(f, (str, os.PathLike)) and str(f).endswith("optim_states.pt"):
+            count["saved"] += 1
+            if count["saved"] == number:
+                buffer = io.BytesIO()
+                real_save(obj, buffer, *args, **kwargs)
+                with open(f, "wb") as handle:  # half the shard is on disk, the rest never will be
+                    handle.write(buffer.getvalue()[: buffer.tell() // 2])
+                die()
+        return real_save(obj, f, *args, **kwargs)
+
+    torch.save = dying_save  # DeepSpeed's checkpoint engine calls torch.save through the module
+
+
 def main() -> int:
     plan, args = sys.argv[1], sys.argv[2:]
     kind, *params = plan.split(":")
@@ -93,6 +117,8 @@ def main() -> int:
         plan_atomic_write(int(params[0]), params[1])
     elif kind == "trainer_state":
         plan_trainer_state(int(params[0]))
+    elif kind == "zero_shard":
+        plan_zero_shard(int(params[0]))
     from crossgraft.cli import main as crossgraft_main
 
     return crossgraft_main(args)

@@ -196,9 +196,17 @@ def load_model(
     config = build_config(raw, model_type)
     model_class = MODEL_CLASSES[model_type]
     check_weight_files(name_or_path)
-    return model_class.from_pretrained(
+    model = model_class.from_pretrained(
         name_or_path, config=config, attn_implementation=attn_implementation, dtype=dtype
     )
+    # Under DeepSpeed ZeRO-3 transformers keeps every key conversion it tried, used or not, and reverses them all on
+    # save: the SigLIP tower's unused prefix change would save its weights as `vision_model.vision_model.…`. Keep only
+    # the used ones, as transformers' ordinary loading path does.
+    conversions = getattr(model, "_weight_conversions", None)
+    if conversions:
+        used = [conversion for conversion in conversions if conversion.was_used()]
+        setattr(model, "_weight_conversions", used)  # noqa: B010 (a transformers attribute nn.Module's typing lacks)
+    return model
 
 
 def check_weight_files(name_or_path: str) -> None:

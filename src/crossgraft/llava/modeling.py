@@ -529,6 +529,12 @@ class LlavaQwenForCausalLM(LlavaQwenPreTrainedModel):
 
     generation_config: Any = None  # peft's CAUSAL_LM wrapper sets and reads it; generate() takes settings as arguments
 
+    @classmethod
+    def can_generate(cls) -> bool:
+        """False for transformers: `generate` is this class's own (not GenerationMixin's), so there is no
+        generation_config to load, and no warning about a `prepare_inputs_for_generation` without GenerationMixin."""
+        return False
+
     def prepare_inputs_for_generation(
         self,
         input_ids: torch.Tensor,

@@ -11,6 +11,7 @@ import json
 import logging
 import shutil
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -150,6 +151,53 @@ class RunLogCallback(TrainerCallback):
         if logs and state.is_world_process_zero:
             self.logger.info("step %d: %s", state.global_step, json.dumps(logs, sort_keys=True))
 
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        optimizer = kwargs.get("optimizer")
+        if optimizer is not None:
+            engine = "the Trainer"
+            if args.deepspeed:
+                engine = f"DeepSpeed ZeRO-{args.hf_deepspeed_config.config['zero_optimization']['stage']}"
+            self.logger.info("%s", describe_optimizer_groups(optimizer_groups(optimizer), engine))
+
+
+@dataclass
+class OptimizerGroup:
+    """One parameter group as the optimizer that steps holds it."""
+
+    part: str  # mm_language_model, mm_mlp_adapter, mm_vision_tower, xattn or gates
+    learning_rate: float
+    weight_decay: float
+    parameters: int  # elements of the model parameters in the group (whole tensors, not one process's shard)
+
+
+def optimizer_groups(optimizer: Any) -> list[OptimizerGroup]:
+    """The groups of the optimizer the Trainer steps. Under DeepSpeed ZeRO that is the engine's optimizer, whose
+    groups hold flat shards: the model parameters of group i are its fp16_groups[i] (ZeRO-3) or bit16_groups[i]
+    (ZeRO-1/2). The learning rate is the group's own, before a schedule scales it."""
+    stepping = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper around the one that steps
+    members = getattr(stepping, "fp16_groups", None) or getattr(stepping, "bit16_groups", None)
+    return [
+        OptimizerGroup(
+            part=group.get("part", "?"),
+            learning_rate=group.get("initial_lr", group["lr"]),
+            weight_decay=group["weight_decay"],
+            parameters=sum(full_numel(p) for p in (members[index] if members is not None else group["params"])),
+        )
+        for index, group in enumerate(stepping.param_groups)
+    ]
+
+
+def describe_optimizer_groups(groups: list[OptimizerGroup], engine: str) -> str:
+    lines = [f"optimizer groups, as {engine} holds them:"]
+    for group in groups:
+        lines.append(
+            f"  {group.part:<18} lr {group.learning_rate:<8g} weight decay {group.weight_decay:<6g} "
+            f"{group.parameters:>14,} parameters"
+        )
+    return "\n".join(lines)
+
 
 class QuietProgressCallback(ProgressCallback):
     """The Trainer's progress bar without its own copy of every log record (the run log prints it once)."""
@@ -172,28 +220,42 @@ class ModalityGroupingTrainer(Trainer):
 
 class AlternatingTrainer(ModalityGroupingTrainer):
     """The Trainer with one more optimizer group (the tanh gates, at --xattn_gate_lr, without weight decay), and a
-    guard: a non-finite loss or gradient stops training before the optimizer step that would apply it."""
+    guard: a non-finite loss stops training before its backward pass, a non-finite gradient before the optimizer
+    step that would apply it (under DeepSpeed the engine steps inside the backward pass and holds the gradients
+    itself: there only the loss is checked, and fp16 loss scaling skips overflowing steps as DeepSpeed does)."""
+
+    def compute_loss(
+        self,
+        model: torch.nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> Any:
+        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        loss = result[0] if isinstance(result, tuple) else result
+        if model.training and not torch.isfinite(loss).all():
+            raise TrainingError(
+                f"the training loss became {loss.item()} at step {self.state.global_step + 1}; training stopped "
+                "before applying it, the last checkpoint is kept (try a lower --learning_rate)"
+            )
+        return result
 
     def training_step(
         self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
     ) -> torch.Tensor:
         loss = super().training_step(model, inputs, num_items_in_batch)
-        step = self.state.global_step + 1
-        if not torch.isfinite(loss).all():
-            raise TrainingError(
-                f"the training loss became {loss.item()} at step {step}; training stopped before applying it, the "
-                "last checkpoint is kept (try a lower --learning_rate)"
-            )
         grads = [p.grad for p in model.parameters() if p.grad is not None]
         if grads and not torch.isfinite(torch.stack([g.norm() for g in grads])).all():  # one sync per step
             raise TrainingError(
-                f"the gradients became non-finite at step {step}; training stopped before applying them, the last "
-                "checkpoint is kept (try a lower --learning_rate, or --max_grad_norm)"
+                f"the gradients became non-finite at step {self.state.global_step + 1}; training stopped before "
+                "applying them, the last checkpoint is kept (try a lower --learning_rate, or --max_grad_norm)"
             )
         return loss
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """peft saves only the adapter: a LoRA model's fully trained parameters and its config go beside it."""
+        if state_dict is not None:
+            state_dict = without_tied_copies(cast(torch.nn.Module, self.model), state_dict)
         super()._save(output_dir, state_dict)
         folder = Path(output_dir or str(self.args.output_dir))
         if is_lora_model(cast(torch.nn.Module, self.model)) and self.args.should_save:
@@ -234,6 +296,17 @@ class AlternatingTrainer(ModalityGroupingTrainer):
         return self.optimizer
 
 
+def without_tied_copies(model: torch.nn.Module, state_dict: dict) -> dict:
+    """The state dict without the second name of a tied parameter (lm_head.weight when it is embed_tokens.weight).
+    DeepSpeed ZeRO-1/2 hands the Trainer cloned tensors, so transformers no longer sees the tie and would save both."""
+    first_names: dict[int, str] = {}
+    copies = set()
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        if first_names.setdefault(id(parameter), name) != name:
+            copies.add(name)
+    return {key: value for key, value in state_dict.items() if key not in copies}
+
+
 def part_learning_rates(args: AlternatingTrainingArguments) -> dict[str, float | None]:
     """The learning rate of each part that has its own flag (None: --learning_rate)."""
     return {"mm_mlp_adapter": args.mm_projector_lr, "mm_vision_tower": args.mm_vision_tower_lr}
@@ -256,8 +329,13 @@ def set_trainable_parts(model: LlavaQwenForCausalLM, parts: list[str]) -> dict[s
     for name, parameter in model.named_parameters():
         part = tunable_part(name)
         parameter.requires_grad_(part == "xattn" or part in parts)
-        counts[part][0 if parameter.requires_grad else 1] += parameter.numel()
+        counts[part][0 if parameter.requires_grad else 1] += full_numel(parameter)
     return {part: (trained, frozen) for part, (trained, frozen) in counts.items() if trained or frozen}
+
+
+def full_numel(parameter: torch.nn.Parameter) -> int:
+    """A parameter's size; under DeepSpeed ZeRO-3 the tensor a process holds is empty and `ds_numel` is the size."""
+    return int(getattr(parameter, "ds_numel", parameter.numel()))
 
 
 def describe_freeze_state(counts: dict[str, tuple[int, int]], args: AlternatingTrainingArguments) -> str:
@@ -297,6 +375,28 @@ def checkpoint_problem(folder: Path) -> str | None:
             problem = file_problem(path)
             if problem:
                 return f"{path.name} is {problem}"
+    return deepspeed_checkpoint_problem(folder)
+
+
+def deepspeed_checkpoint_problem(folder: Path) -> str | None:
+    """What is missing or cut in the DeepSpeed part of a checkpoint (`latest` names the `global_stepN` folder that
+    holds one model and one optimizer shard per process), or None; a checkpoint without that part passes."""
+    step_folders = sorted(folder.glob("global_step*"))
+    if not step_folders and not (folder / "latest").exists():
+        return None
+    if not (folder / "latest").is_file():
+        return "its DeepSpeed state has no `latest` file"
+    tag = (folder / "latest").read_text(encoding="utf-8", errors="replace").strip()
+    shards = folder / tag
+    if not tag or "/" in tag or not shards.is_dir():
+        return f"its DeepSpeed `latest` names {tag!r}, which is not a folder there"
+    for path in sorted(shards.iterdir()):
+        if path.suffix == ".pt" and (problem := file_problem(path)):
+            return f"{tag}/{path.name} is {problem}"
+    processes = len(list(folder.glob("rng_state_*.pth"))) or 1
+    models, optimizers = len(list(shards.glob("*model_states.pt"))), len(list(shards.glob("*optim_states.pt")))
+    if optimizers not in (0, processes) or models not in (1, processes):
+        return f"{tag} holds {models} model and {optimizers} optimizer shards for {processes} processes"
     return None
 
 
@@ -317,6 +417,32 @@ def last_complete_checkpoint(output_dir: Path, logger: logging.Logger) -> str | 
         if problem is None:
             return str(folder)
         logger.warning("skipping %s: %s (its save was interrupted?)", folder, problem)
+    return None
+
+
+def deepspeed_processes(folder: Path) -> int | None:
+    """How many processes wrote a checkpoint's DeepSpeed ZeRO state (one optimizer shard each), or None: it has none."""
+    latest = folder / "latest"
+    if not latest.is_file():
+        return None
+    shards = folder / latest.read_text(encoding="utf-8", errors="replace").strip()
+    return len(list(shards.glob("*optim_states.pt"))) or None
+
+
+def resume_problem(folder: Path, args: TrainingArguments) -> str | None:
+    """Why this run cannot continue a complete checkpoint, or None: ZeRO shards load only into as many processes
+    as wrote them, and only under DeepSpeed."""
+    processes = deepspeed_processes(folder)
+    weights = f"start a new --output_dir from its weights (--model_name_or_path {folder})"
+    if processes is None and args.deepspeed and (folder / "optimizer.pt").exists():
+        return f"it was written without DeepSpeed; resume it without --deepspeed, or {weights}"
+    if processes is not None and not args.deepspeed:
+        return f"it holds DeepSpeed ZeRO shards; resume it with --deepspeed, or {weights}"
+    if processes is not None and processes != args.world_size:
+        return (
+            f"its DeepSpeed ZeRO state is split over {processes} processes and this run has {args.world_size}; "
+            f"launch {processes} processes (torchrun --nproc_per_node {processes}), or {weights}"
+        )
     return None
 
 
@@ -508,7 +634,9 @@ def train(
     resume = training_args.resume_from_checkpoint
     if resume is not None and (problem := checkpoint_problem(Path(resume))):
         raise CheckpointError(f"--resume_from_checkpoint {resume} cannot be resumed: {problem}")
-    run = prepare_run(model_args, data_args, training_args, console_logging(LOGGER_NAME))
+    if training_args.deepspeed:  # torch's deprecation notes about the collectives DeepSpeed calls, at every step
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
+    run = prepare_run(model_args, data_args, training_args, quiet_replicas(console_logging(LOGGER_NAME), training_args))
     lock = RunLock(output_dir)
     try:
         if training_args.process_index == 0:
@@ -516,6 +644,14 @@ def train(
         return _train(run, model_args, data_args, training_args, output_dir, resume)
     finally:
         lock.release()
+
+
+def quiet_replicas(logger: logging.Logger, args: TrainingArguments) -> logging.Logger:
+    """One process reports (the first); in a multi-process run the others add only errors (their warnings would
+    repeat the first's: every process reads the same records and checkpoints)."""
+    if args.process_index != 0:
+        logger.setLevel(logging.ERROR)
+    return logger
 
 
 @dataclass
@@ -620,7 +756,7 @@ def _train(
     output_dir: Path,
     resume: str | None,
 ) -> TrainResult:
-    logger = setup_run_logging(output_dir, LOG_FILE, LOGGER_NAME)
+    logger = quiet_replicas(setup_run_logging(output_dir, LOG_FILE, LOGGER_NAME), training_args)
     if training_args.dataloader_pin_memory and not torch.cuda.is_available():
         training_args.dataloader_pin_memory = False  # pinning needs a GPU; without one torch warns at every epoch
     if training_args.process_index == 0:  # the Trainer keeps its own arguments in training_args.bin
@@ -645,6 +781,8 @@ def _train(
     if resume is None:
         resume = last_complete_checkpoint(output_dir, logger)
     if resume:
+        if problem := resume_problem(Path(resume), training_args):
+            raise CheckpointError(f"cannot resume from {resume}: {problem}")
         logger.info("resuming from %s", resume)
     try:
         result = trainer.train(resume_from_checkpoint=resume)
@@ -661,7 +799,9 @@ def _train(
                 shutil.rmtree(merged)
             write_checkpoint(trainer.model, tokenizer, merged)
             logger.info("LoRA adapters merged into %s, an ordinary checkpoint", merged)
+    # the Trainer's final training loss is each process's own; the run's is their mean
+    training_loss = float(trainer.accelerator.reduce(torch.tensor(result.training_loss), "mean"))
     logger.info(
-        "done: %d steps, training loss %.4f; model written to %s", result.global_step, result.training_loss, output_dir
+        "done: %d steps, training loss %.4f; model written to %s", result.global_step, training_loss, output_dir
     )
-    return TrainResult(output_dir, result.global_step, result.training_loss)
+    return TrainResult(output_dir, result.global_step, training_loss)

@@ -3,10 +3,15 @@ own module, so that commands other than `train` never load transformers for thei
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 from dataclasses import dataclass, field
+from datetime import timedelta
+from functools import cached_property
 from typing import Literal
 
+import torch
 from transformers import TrainingArguments
 
 from crossgraft.llava.constants import LLAVA_NEXT_GROUP, LlavaConfigError
@@ -80,6 +85,14 @@ class AlternatingTrainingArguments(TrainingArguments):
     )  # fmt: skip
 
     def __post_init__(self) -> None:
+        if self.deepspeed and importlib.util.find_spec("deepspeed") is None:
+            raise LlavaConfigError(
+                "--deepspeed needs DeepSpeed, which is not installed: pip install 'crossgraft[deepspeed]'"
+            )
+        if self.deepspeed and not any(name in os.environ for name in LAUNCHER_VARIABLES):
+            as_one_process_launch()  # `crossgraft llava train --deepspeed …` without torchrun or deepspeed
+        if cpu_only() and "DS_ACCELERATOR" not in os.environ:
+            os.environ["DS_ACCELERATOR"] = "cpu"  # what DeepSpeed picks here anyway, without a warning that it did
         if self.evaluation_strategy is not None:  # before TrainingArguments reads eval_strategy
             self.eval_strategy = self.evaluation_strategy
         if self.warmup_ratio is not None:
@@ -106,3 +119,49 @@ class AlternatingTrainingArguments(TrainingArguments):
             )
         if self.merge_lora and not self.lora_enable:
             raise LlavaConfigError("--merge_lora merges LoRA adapters; it needs --lora_enable")
+
+    @cached_property
+    def _setup_devices(self) -> torch.device:
+        """DeepSpeed on the CPU (its `cpu` accelerator, over gloo) under a launcher: transformers and accelerate find
+        no GPU backend and set up a one-process state, although DeepSpeed itself joins every process, so each process
+        would count itself as the only one (and DeepSpeed refuses the batch size resolved for that). Here the state
+        is accelerate's DeepSpeed state over gloo, as it is over NCCL on GPUs; everything else is transformers' own."""
+        if not (self.deepspeed and cpu_only() and int(os.environ.get("LOCAL_RANK", -1)) != -1):
+            return super()._setup_devices
+        from accelerate.state import AcceleratorState, PartialState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        os.environ["ACCELERATE_USE_DEEPSPEED"] = "true"  # as transformers does: accelerate reads it while it sets up
+        try:
+            self.distributed_state = PartialState(backend="gloo", timeout=timedelta(seconds=self.ddp_timeout))
+        finally:
+            del os.environ["ACCELERATE_USE_DEEPSPEED"]
+        self._n_gpu = 1  # one device per process, as under DeepSpeed on GPUs
+        return self.distributed_state.device
+
+
+def cpu_only() -> bool:
+    """No GPU or other accelerator that torch knows of: DeepSpeed runs on its CPU accelerator, over gloo."""
+    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6
+    if accelerator is None:
+        return not torch.cuda.is_available()
+    try:
+        return accelerator.current_accelerator() is None
+    except RuntimeError:  # torch 2.6 raises when there is none
+        return True
+
+
+# what torchrun, `deepspeed`, `accelerate launch` or an MPI launcher set in each process they start
+LAUNCHER_VARIABLES = ("LOCAL_RANK", "RANK", "WORLD_SIZE", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
+
+
+def as_one_process_launch() -> None:
+    """The variables a launcher sets, for one process on this machine (DeepSpeed would otherwise look for MPI)."""
+    import socket
+
+    os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"})
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in os.environ:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:  # a port nothing listens on now
+            probe.bind(("127.0.0.1", 0))
+            os.environ["MASTER_PORT"] = str(probe.getsockname()[1])
