@@ -7,11 +7,19 @@ import shutil
 import pytest
 import torch
 from helpers import QUIET, short_llava_run
+from safetensors.torch import save_file
 
 from crossgraft.cli import main as crossgraft_main
 from crossgraft.cli import train_alternating as train_main
 from crossgraft.llava.config import AlternatingTrainingArguments, DataArguments, ModelArguments
-from crossgraft.llava.train import LOG_FILE, AlternatingTrainer, train
+from crossgraft.llava.train import (
+    LOG_FILE,
+    AlternatingTrainer,
+    checkpoint_problem,
+    resume_problem,
+    train,
+    without_tied_copies,
+)
 
 BASE, ALT, CROSS = "llava_qwen", "llava_qwen_with_alternating_attn", "llava_qwen_with_alternating_cross_attn"
 
@@ -240,25 +248,82 @@ def test_demo_trains_all_four_variants_from_one_backbone(tmp_path, capsys):
     assert [c["variant"] for c in compared["comparisons"]] == [r["variant"] for r in results[1:]]
 
 
-def test_deepspeed_is_only_imported_when_asked_for(tiny_models, llava_sample, tmp_path, capsys):
+def test_deepspeed_without_the_package_names_the_extra(tiny_models, llava_sample, tmp_path, capsys, monkeypatch):
     import importlib.util
-    import sys
 
-    assert "deepspeed" not in sys.modules  # nothing so far (several Trainer runs in this session) needed it
-    if importlib.util.find_spec("deepspeed") is None:
-        args = [
-            "--model_name_or_path",
-            str(tiny_models[BASE]),
-            "--data_path",
-            str(llava_sample),
-            "--output_dir",
-            str(tmp_path),
-            "--deepspeed",
-            "configs/deepspeed/zero2.json",
-        ]
-        assert train_main(args) == 2
-        err = capsys.readouterr().err
-        assert "needs a package that is not installed" in err and "deepspeed" in err
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else real_find_spec(name, *a)
+    )
+    args = [
+        "--model_name_or_path", str(tiny_models[BASE]), "--data_path", str(llava_sample), "--output_dir",
+        str(tmp_path / "o"), "--deepspeed", "configs/deepspeed/zero2.json",
+    ]  # fmt: skip
+    assert train_main(args) == 2
+    assert "--deepspeed needs DeepSpeed, which is not installed: pip install 'crossgraft[deepspeed]'" in (
+        capsys.readouterr().err
+    )
+    assert not (tmp_path / "o").exists()
+
+
+def deepspeed_checkpoint(folder, processes=2, stage_files=("model_states", "optim_states")):
+    """A checkpoint folder as a ZeRO-3 run of `processes` writes it (the files' contents as torch.save writes them)."""
+    folder.mkdir(parents=True)
+    (folder / "trainer_state.json").write_text("{}")
+    (folder / "config.json").write_text("{}")
+    save_file({"w": torch.zeros(2)}, str(folder / "model.safetensors"))
+    (folder / "latest").write_text("global_step4")
+    (folder / "global_step4").mkdir()
+    for rank in range(processes):
+        torch.save({"rank": rank}, folder / f"rng_state_{rank}.pth")
+        for kind in stage_files:
+            torch.save({"rank": rank}, folder / "global_step4" / f"zero_pp_rank_{rank}_mp_rank_00_{kind}.pt")
+    return folder
+
+
+def test_a_deepspeed_checkpoint_is_complete_only_with_every_shard(tmp_path):
+    assert checkpoint_problem(deepspeed_checkpoint(tmp_path / "whole")) is None
+    cut = deepspeed_checkpoint(tmp_path / "cut")
+    shard = cut / "global_step4" / "zero_pp_rank_1_mp_rank_00_optim_states.pt"
+    shard.write_bytes(shard.read_bytes()[:100])
+    assert checkpoint_problem(cut).startswith("global_step4/zero_pp_rank_1_mp_rank_00_optim_states.pt is incomplete")
+    unfinished = deepspeed_checkpoint(tmp_path / "unfinished")
+    (unfinished / "latest").unlink()
+    assert checkpoint_problem(unfinished) == "its DeepSpeed state has no `latest` file"
+    missing = deepspeed_checkpoint(tmp_path / "missing")
+    (missing / "global_step4" / "zero_pp_rank_1_mp_rank_00_optim_states.pt").unlink()
+    assert checkpoint_problem(missing) == "global_step4 holds 2 model and 1 optimizer shards for 2 processes"
+    elsewhere = deepspeed_checkpoint(tmp_path / "elsewhere")
+    (elsewhere / "latest").write_text("../../etc")
+    assert "names '../../etc', which is not a folder there" in checkpoint_problem(elsewhere)
+
+
+def test_a_checkpoint_resumes_only_as_it_was_written(tmp_path):
+    from types import SimpleNamespace
+
+    zero = deepspeed_checkpoint(tmp_path / "zero")
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    (plain / "optimizer.pt").write_bytes(b"")
+    two = SimpleNamespace(deepspeed="zero3.json", world_size=2)
+    assert resume_problem(zero, two) is None
+    assert "split over 2 processes and this run has 1; launch 2 processes (torchrun --nproc_per_node 2)" in (
+        resume_problem(zero, SimpleNamespace(deepspeed="zero3.json", world_size=1))
+    )
+    assert "holds DeepSpeed ZeRO shards; resume it with --deepspeed" in resume_problem(
+        zero, SimpleNamespace(deepspeed=None, world_size=2)
+    )
+    assert "written without DeepSpeed; resume it without --deepspeed" in resume_problem(plain, two)
+    assert f"--model_name_or_path {plain}" in resume_problem(plain, two)
+
+
+def test_a_save_keeps_one_name_of_a_tied_parameter():
+    embed = torch.nn.Embedding(4, 3)
+    model = torch.nn.ModuleDict({"embed": embed, "head": torch.nn.Linear(3, 4, bias=False)})
+    model["head"].weight = embed.weight
+    cloned = {name: value.clone() for name, value in model.state_dict(keep_vars=False).items()}  # as ZeRO-2 hands it
+    cloned["head.weight"] = embed.weight.detach().clone()
+    assert set(without_tied_copies(model, cloned)) == {"embed.weight"}
 
 
 @pytest.mark.parametrize("name, stage", [("zero2.json", 2), ("zero3.json", 3)])

@@ -156,10 +156,8 @@ class RunLogCallback(TrainerCallback):
     ) -> None:
         optimizer = kwargs.get("optimizer")
         if optimizer is not None:
-            engine = "the Trainer"
-            if args.deepspeed:
-                engine = f"DeepSpeed ZeRO-{args.hf_deepspeed_config.config['zero_optimization']['stage']}"
-            self.logger.info("%s", describe_optimizer_groups(optimizer_groups(optimizer), engine))
+            stepping = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper around the one that steps
+            self.logger.info("%s", describe_optimizer_groups(optimizer_groups(optimizer), type(stepping).__name__))
 
 
 @dataclass
@@ -189,8 +187,8 @@ def optimizer_groups(optimizer: Any) -> list[OptimizerGroup]:
     ]
 
 
-def describe_optimizer_groups(groups: list[OptimizerGroup], engine: str) -> str:
-    lines = [f"optimizer groups, as {engine} holds them:"]
+def describe_optimizer_groups(groups: list[OptimizerGroup], optimizer_name: str) -> str:
+    lines = [f"optimizer groups, as the {optimizer_name} that steps holds them:"]
     for group in groups:
         lines.append(
             f"  {group.part:<18} lr {group.learning_rate:<8g} weight decay {group.weight_decay:<6g} "
