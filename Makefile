@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.crossgraft-installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: venv demo ablation-demo llava-demo serve-demo test test-fast lint bench-metrics bench-train bench-llava bench-deploy browser clean
+.PHONY: venv demo ablation-demo llava-demo serve-demo test test-fast lint bench-metrics bench-train bench-llava bench-deploy bench-deepspeed browser clean
 
 venv: $(STAMP)
 
@@ -60,6 +60,9 @@ bench-train: venv
 
 bench-llava: venv
 	$(PY) benchmarks/llava_bench.py
+
+bench-deepspeed: venv
+	$(PY) benchmarks/deepspeed_bench.py
 
 bench-deploy: venv
 	$(PY) benchmarks/deploy_bench.py

@@ -582,8 +582,9 @@ def test_records_cut_before_their_answer_are_reported_and_never_trained_on(tiny_
 
 
 # LLaVA-NeXT's OneVision fine-tuning scripts (scripts/train/finetune_ov.sh and finetune_si.sh pass the same flags),
-# as this project's own list. Left out here: --deepspeed (its own issue and extra), --bf16 and --tf32 (they need a GPU;
-# transformers refuses them on a CPU).
+# as this project's own list. Left out here: --deepspeed (its arguments start DeepSpeed's process group, so
+# test_deepspeed.py runs it in processes of its own), --bf16 and --tf32 (they need a GPU; transformers refuses them on
+# a CPU).
 ONEVISION_SCRIPT_FLAGS = [
     "--version", "qwen_1_5", "--image_folder", "images", "--video_folder", "videos",
     "--mm_tunable_parts=mm_vision_tower,mm_mlp_adapter,mm_language_model", "--mm_vision_tower_lr=2e-6",

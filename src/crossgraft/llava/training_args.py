@@ -122,11 +122,16 @@ class AlternatingTrainingArguments(TrainingArguments):
 
     @cached_property
     def _setup_devices(self) -> torch.device:
-        """DeepSpeed on the CPU (its `cpu` accelerator, over gloo) under a launcher: transformers and accelerate find
-        no GPU backend and set up a one-process state, although DeepSpeed itself joins every process, so each process
-        would count itself as the only one (and DeepSpeed refuses the batch size resolved for that). Here the state
-        is accelerate's DeepSpeed state over gloo, as it is over NCCL on GPUs; everything else is transformers' own."""
-        if not (self.deepspeed and cpu_only() and int(os.environ.get("LOCAL_RANK", -1)) != -1):
+        """Several processes on a machine without a GPU (a launcher set LOCAL_RANK): transformers and accelerate find
+        no GPU backend and give each process a one-process state, so every process would train alone as process 0.
+        Without DeepSpeed the processes run as --use_cpu runs them (accelerate's MULTI_CPU over gloo). With DeepSpeed
+        (its cpu accelerator, which does join every process: DeepSpeed refused the batch size resolved for one) the
+        state is accelerate's DeepSpeed state over gloo, as it is over NCCL on GPUs. Everything else is
+        transformers' own."""
+        if not (cpu_only() and int(os.environ.get("LOCAL_RANK", -1)) != -1):
+            return super()._setup_devices
+        if not self.deepspeed:
+            self.use_cpu = True
             return super()._setup_devices
         from accelerate.state import AcceleratorState, PartialState
 
