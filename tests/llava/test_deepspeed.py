@@ -203,3 +203,30 @@ def test_a_run_killed_inside_a_zero3_checkpoint_resumes_to_the_uninterrupted_wei
     expected, weights = load_file(tmp_path / "whole" / "model.safetensors"), load_file(out / "model.safetensors")
     for key, value in expected.items():
         torch.testing.assert_close(weights[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_a_variant_built_from_a_backbone_under_zero3_equals_one_plain_process(tiny_models, llava_sample, tmp_path):
+    """--init_from_backbone creates the model inside DeepSpeed's partitioning (zero.Init) and copies into it."""
+    backbone_folder = tiny_models["llava_qwen"]
+
+    def args(name, per_device, *extra):
+        flags = train_args(backbone_folder, llava_sample, tmp_path / name, per_device, *STEPS, *extra)
+        return [
+            *flags,
+            "--init_from_backbone",
+            "--backbone_model",
+            str(backbone_folder),
+            "--variant",
+            "alternating_cross",
+        ]
+
+    assert main(args("one", GLOBAL_BATCH)) == 0
+    result = launch_two(args("two", GLOBAL_BATCH // 2, "--deepspeed", str(CONFIGS / "zero3.json")))
+    assert result.returncode == 0, launch_failure(result)
+    one, two = load_file(tmp_path / "one" / "model.safetensors"), load_file(tmp_path / "two" / "model.safetensors")
+    backbone = load_file(backbone_folder / "model.safetensors")
+    assert two.keys() == one.keys() > backbone.keys()  # the backbone's keys plus the gated blocks
+    for key, value in one.items():
+        torch.testing.assert_close(two[key], value, rtol=0, atol=TOLERANCE, msg=key)
+    tower = [key for key in backbone if ".vision_tower." in key]
+    assert tower and all(torch.equal(two[key], backbone[key]) for key in tower)  # copied, then frozen

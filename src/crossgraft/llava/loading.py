@@ -199,9 +199,13 @@ def load_model(
     model = model_class.from_pretrained(
         name_or_path, config=config, attn_implementation=attn_implementation, dtype=dtype
     )
-    # Under DeepSpeed ZeRO-3 transformers keeps every key conversion it tried, used or not, and reverses them all on
-    # save: the SigLIP tower's unused prefix change would save its weights as `vision_model.vision_model.…`. Keep only
-    # the used ones, as transformers' ordinary loading path does.
+    return keep_used_conversions(model)
+
+
+def keep_used_conversions(model: LlavaQwenForCausalLM) -> LlavaQwenForCausalLM:
+    """Under DeepSpeed ZeRO-3 transformers keeps every key conversion it tried, used or not, and reverses them all
+    on save: the SigLIP tower's unused prefix change would save its weights as `vision_model.vision_model.…`. Keep
+    only the used ones, as transformers' ordinary loading path does."""
     conversions = getattr(model, "_weight_conversions", None)
     if conversions:
         used = [conversion for conversion in conversions if conversion.was_used()]
@@ -363,8 +367,9 @@ def build_from_plan(
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # plan.report already lists every key; transformers' table would repeat it
     try:
-        return model_class.from_pretrained(
+        model = model_class.from_pretrained(
             None, config=plan.config, state_dict=plan.state_dict, attn_implementation=attn_implementation, dtype=dtype
         )
+        return keep_used_conversions(model)
     finally:
         hf_logging.set_verbosity(verbosity)
