@@ -56,7 +56,7 @@ def launch_two(args, plan=None) -> subprocess.CompletedProcess:
     """`torchrun --nproc_per_node 2 -m crossgraft ARGS` (or under the fault runner with PLAN)."""
     program = [str(FAULT_RUNNER), plan] if plan else ["-m", "crossgraft"]
     environment = {**os.environ, "DS_ACCELERATOR": "cpu"}
-    return subprocess.run([*torchrun(2), *program, *args], capture_output=True, text=True, timeout=600, env=environment)
+    return subprocess.run([*torchrun(2), *program, *args], capture_output=True, text=True, timeout=300, env=environment)
 
 
 @pytest.fixture(scope="module")
