@@ -157,7 +157,7 @@ class RunLogCallback(TrainerCallback):
         optimizer = kwargs.get("optimizer")
         if optimizer is not None:
             stepping = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper around the one that steps
-            self.logger.info("%s", describe_optimizer_groups(optimizer_groups(optimizer), type(stepping).__name__))
+            self.logger.info("%s", describe_optimizer_groups(optimizer_groups(stepping), type(stepping).__name__))
 
 
 @dataclass
@@ -170,11 +170,10 @@ class OptimizerGroup:
     parameters: int  # elements of the model parameters in the group (whole tensors, not one process's shard)
 
 
-def optimizer_groups(optimizer: Any) -> list[OptimizerGroup]:
-    """The groups of the optimizer the Trainer steps. Under DeepSpeed ZeRO that is the engine's optimizer, whose
-    groups hold flat shards: the model parameters of group i are its fp16_groups[i] (ZeRO-3) or bit16_groups[i]
-    (ZeRO-1/2). The learning rate is the group's own, before a schedule scales it."""
-    stepping = getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper around the one that steps
+def optimizer_groups(stepping: Any) -> list[OptimizerGroup]:
+    """The groups of the optimizer that steps (inside accelerate's wrapper). Under DeepSpeed ZeRO that is the
+    engine's optimizer, whose groups hold flat shards: the model parameters of group i are its fp16_groups[i]
+    (ZeRO-3) or bit16_groups[i] (ZeRO-1/2). The learning rate is the group's own, before a schedule scales it."""
     members = getattr(stepping, "fp16_groups", None) or getattr(stepping, "bit16_groups", None)
     return [
         OptimizerGroup(
@@ -382,9 +381,9 @@ def deepspeed_checkpoint_problem(folder: Path) -> str | None:
     step_folders = sorted(folder.glob("global_step*"))
     if not step_folders and not (folder / "latest").exists():
         return None
-    if not (folder / "latest").is_file():
+    tag = deepspeed_tag(folder)
+    if tag is None:
         return "its DeepSpeed state has no `latest` file"
-    tag = (folder / "latest").read_text(encoding="utf-8", errors="replace").strip()
     shards = folder / tag
     if not tag or "/" in tag or not shards.is_dir():
         return f"its DeepSpeed `latest` names {tag!r}, which is not a folder there"
@@ -418,13 +417,18 @@ def last_complete_checkpoint(output_dir: Path, logger: logging.Logger) -> str | 
     return None
 
 
+def deepspeed_tag(folder: Path) -> str | None:
+    """The `global_stepN` folder a checkpoint's DeepSpeed `latest` file names, or None: there is no such file."""
+    latest = folder / "latest"
+    return latest.read_text(encoding="utf-8", errors="replace").strip() if latest.is_file() else None
+
+
 def deepspeed_processes(folder: Path) -> int | None:
     """How many processes wrote a checkpoint's DeepSpeed ZeRO state (one optimizer shard each), or None: it has none."""
-    latest = folder / "latest"
-    if not latest.is_file():
+    tag = deepspeed_tag(folder)
+    if not tag:
         return None
-    shards = folder / latest.read_text(encoding="utf-8", errors="replace").strip()
-    return len(list(shards.glob("*optim_states.pt"))) or None
+    return len(list((folder / tag).glob("*optim_states.pt"))) or None
 
 
 def resume_problem(folder: Path, args: TrainingArguments) -> str | None:
